@@ -1,0 +1,364 @@
+//! Client and manager configuration.
+//!
+//! A [`ClientConfig`] describes one named client (the "m2m" client of a
+//! service): where its token endpoint is, how it authenticates, what it asks
+//! for, and how its tokens are refreshed. [`ManagerConfig`] holds the limits
+//! that apply to every client.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::Uri;
+use zeroize::Zeroizing;
+
+use crate::error::ConfigError;
+use crate::key::{validate_param_name, validate_resource, Scope};
+
+/// A client secret. Its `Debug` output is redacted and its memory is wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSecret(Zeroizing<String>);
+
+impl ClientSecret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> ClientSecret {
+        ClientSecret(Zeroizing::new(secret.into()))
+    }
+
+    /// The secret itself. Named so that every use stands out in review.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientSecret([redacted])")
+    }
+}
+
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// `client_secret_basic`: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`,
+    /// with the RFC 6749 §2.3.1 form-urlencoding (a space becomes `+`).
+    Basic(ClientSecret),
+    /// `client_secret_basic` without the form-urlencoding step, for servers
+    /// that do not decode the credentials (`base64(id ":" secret)`).
+    BasicRaw(ClientSecret),
+    /// `client_secret_post`: `client_id` and `client_secret` in the form body.
+    Post(ClientSecret),
+    /// No client authentication: only `client_id` in the body. For servers
+    /// that authenticate the client by other means (mutual TLS, a network boundary).
+    None,
+}
+
+impl ClientAuth {
+    /// The secret this method sends, if any; used to scrub error excerpts.
+    pub(crate) fn secret(&self) -> Option<&ClientSecret> {
+        match self {
+            ClientAuth::Basic(s) | ClientAuth::BasicRaw(s) | ClientAuth::Post(s) => Some(s),
+            ClientAuth::None => None,
+        }
+    }
+}
+
+/// When tokens are considered stale and expired.
+///
+/// A token issued with lifetime `L` (from `expires_in`, measured from the
+/// moment the token request was created, so network time only shortens it) is:
+///
+/// * **usable** until `L - buffer`, where `buffer = min(expiry_buffer, L / 4)`.
+///   The default buffer is 60 s, yet a short-lived token is still used for at
+///   least three quarters of its life: a 5 s token is attached for 3.75 s, not
+///   thrown away at once.
+/// * **Fresh** until its refresh point, `usable * (refresh_at - jitter * r)`,
+///   where `r` in `[0, 1)` comes from the manager's injected random source, so
+///   a fleet of processes started together does not refresh in lockstep. With
+///   the defaults (0.8 and 0.1) a one-hour token is refreshed between 70 % and
+///   80 % of its usable life.
+/// * **Stale** from the refresh point until the end of its usable life: it is
+///   still attached while exactly one refresh runs.
+/// * **Expired** afterwards: never attached again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefreshPolicy {
+    /// Safety margin before the server-side expiry (default 60 s; capped at a
+    /// quarter of the token's lifetime).
+    pub expiry_buffer: Duration,
+    /// Fraction of the usable life after which a refresh starts (default 0.8; clamped to `0.0..=1.0`).
+    pub refresh_at: f64,
+    /// How much earlier, as a fraction of the usable life, the refresh point may be moved at random (default 0.1).
+    pub refresh_jitter: f64,
+    /// Lifetime assumed when the server sends no `expires_in` (default 300 s). Never "forever".
+    pub default_lifetime: Duration,
+    /// Longest lifetime believed; larger `expires_in` values are clamped (default 24 h).
+    pub max_lifetime: Duration,
+    /// Refresh ahead on a timer (see [`TokenManager::poll_timeout`](crate::TokenManager::poll_timeout))
+    /// rather than only when a caller finds the token stale (default `true`).
+    pub proactive: bool,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        RefreshPolicy {
+            expiry_buffer: Duration::from_secs(60),
+            refresh_at: 0.8,
+            refresh_jitter: 0.1,
+            default_lifetime: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(24 * 3600),
+            proactive: true,
+        }
+    }
+}
+
+/// How failed token requests are retried.
+///
+/// After the `n`-th consecutive failure the key waits
+/// `min(max, initial * 2^(n-1))`, shortened at random by up to `jitter`
+/// (a fraction), and never less than a server's `Retry-After` (itself capped
+/// at [`BackoffPolicy::max_retry_after`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackoffPolicy {
+    /// Delay after the first failure (default 1 s).
+    pub initial: Duration,
+    /// Longest computed delay (default 60 s).
+    pub max: Duration,
+    /// Fraction by which each delay may be shortened at random (default 0.2; clamped to `0.0..=1.0`).
+    pub jitter: f64,
+    /// Longest `Retry-After` honoured (default 1 h).
+    pub max_retry_after: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        BackoffPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: 0.2,
+            max_retry_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One named client: the token endpoint, the credentials and what to ask for.
+///
+/// ```
+/// use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
+///
+/// let config = ClientConfig::new(
+///     "https://auth.example.com/connect/token",
+///     "m2m",
+///     ClientAuth::Basic(ClientSecret::new("s3cret")),
+/// )?
+/// .scope("api.read api.write")
+/// .resource("https://api.example.com/")?
+/// .param("tenant", "acme")?;
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), token_keeper::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub(crate) token_endpoint: Uri,
+    pub(crate) client_id: String,
+    pub(crate) auth: ClientAuth,
+    pub(crate) scope: Scope,
+    pub(crate) resources: Vec<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) refresh: RefreshPolicy,
+    pub(crate) backoff: BackoffPolicy,
+}
+
+impl ClientConfig {
+    /// A client with its token endpoint, id and authentication.
+    ///
+    /// The endpoint must be an absolute `https` URL, or `http` on a loopback
+    /// host (`127.0.0.0/8`, `::1`, `localhost`): client secrets are never sent
+    /// in clear text over a network.
+    pub fn new(
+        token_endpoint: &str,
+        client_id: impl Into<String>,
+        auth: ClientAuth,
+    ) -> Result<ClientConfig, ConfigError> {
+        let token_endpoint = parse_endpoint(token_endpoint)?;
+        let client_id = client_id.into();
+        if client_id.is_empty() {
+            return Err(ConfigError::new("client id is empty"));
+        }
+        Ok(ClientConfig {
+            token_endpoint,
+            client_id,
+            auth,
+            scope: Scope::default(),
+            resources: Vec::new(),
+            audience: None,
+            params: Vec::new(),
+            refresh: RefreshPolicy::default(),
+            backoff: BackoffPolicy::default(),
+        })
+    }
+
+    /// The space-separated scopes to request (order and duplicates do not matter).
+    pub fn scope(mut self, scope: &str) -> ClientConfig {
+        self.scope = Scope::parse(scope);
+        self
+    }
+
+    /// Adds an RFC 8707 `resource` (an absolute URI without a fragment); may be repeated.
+    pub fn resource(mut self, resource: &str) -> Result<ClientConfig, ConfigError> {
+        validate_resource(resource)?;
+        self.resources.push(resource.to_owned());
+        Ok(self)
+    }
+
+    /// Sets the `audience` parameter (used by Auth0, Okta and others instead of `resource`).
+    pub fn audience(mut self, audience: impl Into<String>) -> ClientConfig {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Adds an extra form parameter. The names the protocol owns
+    /// (`grant_type`, `client_id`, `scope`, `resource`, …) are refused.
+    pub fn param(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<ClientConfig, ConfigError> {
+        let name = name.into();
+        validate_param_name(&name)?;
+        self.params.push((name, value.into()));
+        Ok(self)
+    }
+
+    /// Replaces the refresh policy.
+    pub fn refresh_policy(mut self, policy: RefreshPolicy) -> ClientConfig {
+        self.refresh = policy;
+        self
+    }
+
+    /// Replaces the backoff policy.
+    pub fn backoff_policy(mut self, policy: BackoffPolicy) -> ClientConfig {
+        self.backoff = policy;
+        self
+    }
+
+    /// The token endpoint.
+    pub fn token_endpoint(&self) -> &Uri {
+        &self.token_endpoint
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The client authentication method.
+    pub fn auth(&self) -> &ClientAuth {
+        &self.auth
+    }
+
+    /// The refresh policy.
+    pub fn refresh(&self) -> &RefreshPolicy {
+        &self.refresh
+    }
+}
+
+/// Limits that apply to the whole manager.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManagerConfig {
+    /// Largest token-endpoint response body accepted (default 1 MiB).
+    /// Adapters read at most one byte more than this.
+    pub max_response_body: usize,
+    /// How long a token request may stay in flight before the core gives up
+    /// on it (default 30 s). Adapters should time out sooner; this bound makes
+    /// sure waiters are released even if an adapter loses a request.
+    pub request_timeout: Duration,
+    /// Most distinct cache keys (client + scope + resources + parameters) kept (default 10 000).
+    pub max_keys: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            max_response_body: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_keys: 10_000,
+        }
+    }
+}
+
+fn parse_endpoint(url: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| ConfigError::new("token endpoint is not a valid URL"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| ConfigError::new("token endpoint has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(uri),
+        Some("http") if is_loopback_host(host) => Ok(uri),
+        Some("http") => Err(ConfigError::new(
+            "token endpoint uses http on a non-loopback host; use https",
+        )),
+        _ => Err(ConfigError::new("token endpoint must be an http(s) URL")),
+    }
+}
+
+/// Whether `host` (as written in a URL) names this machine.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    bare.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> ClientAuth {
+        ClientAuth::Basic(ClientSecret::new("hunter2"))
+    }
+
+    #[test]
+    fn endpoint_must_be_https_or_loopback_http() {
+        assert!(ClientConfig::new("https://as.example/token", "c", secret()).is_ok());
+        assert!(ClientConfig::new("http://127.0.0.1:8080/token", "c", secret()).is_ok());
+        assert!(ClientConfig::new("http://[::1]:8080/token", "c", secret()).is_ok());
+        assert!(ClientConfig::new("http://localhost/token", "c", secret()).is_ok());
+        let err = ClientConfig::new("http://as.example/token", "c", secret()).unwrap_err();
+        assert!(err.to_string().contains("https"), "{err}");
+        assert!(ClientConfig::new("ftp://as.example/token", "c", secret()).is_err());
+        assert!(ClientConfig::new("/token", "c", secret()).is_err());
+        assert!(ClientConfig::new("not a url", "c", secret()).is_err());
+        assert!(ClientConfig::new("https://as.example/token", "", secret()).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let config = ClientConfig::new("https://as.example/token", "c", secret()).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("redacted"), "{debug}");
+    }
+
+    #[test]
+    fn reserved_parameters_are_refused() {
+        let config = ClientConfig::new("https://as.example/token", "c", secret()).unwrap();
+        for name in [
+            "grant_type",
+            "client_id",
+            "client_secret",
+            "scope",
+            "resource",
+            "audience",
+            "",
+        ] {
+            assert!(config.clone().param(name, "x").is_err(), "{name}");
+        }
+        assert!(config.param("tenant", "x").is_ok());
+    }
+}

@@ -1,0 +1,97 @@
+//! Events: what happened, for adapters to log or count.
+//!
+//! The core never logs. After every input, adapters drain
+//! [`TokenManager::poll_event`](crate::TokenManager::poll_event) and forward
+//! the events to `log`, `tracing` or metrics. Events carry no secrets.
+
+use std::time::Duration;
+
+use crate::error::TokenError;
+use crate::key::KeyId;
+use crate::request::RequestId;
+use crate::response::TokenType;
+use crate::time::Instant;
+
+/// Why a token request was started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RequestReason {
+    /// No token was cached (first use, or after an invalidation).
+    Missing,
+    /// The cached token had expired.
+    Expired,
+    /// The cached token became Stale: refresh-ahead, while it is still attached.
+    RefreshAhead,
+    /// [`TokenManager::force_refresh`](crate::TokenManager::force_refresh) was called.
+    Forced,
+}
+
+/// Why a cached token was dropped before its time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InvalidationReason {
+    /// [`TokenManager::invalidate`](crate::TokenManager::invalidate) was called.
+    Manual,
+    /// A protected resource answered 401 to a request that carried this token.
+    RejectedByResource,
+}
+
+/// Something the core did or observed.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A token request was queued (see [`TokenManager::poll_request`](crate::TokenManager::poll_request)).
+    RequestStarted {
+        /// The key the token is for.
+        key: KeyId,
+        /// The request.
+        id: RequestId,
+        /// Why it was started.
+        reason: RequestReason,
+    },
+    /// A token was received and cached.
+    TokenAcquired {
+        /// The key.
+        key: KeyId,
+        /// The lifetime believed, after defaulting and clamping.
+        lifetime: Duration,
+        /// The token type.
+        token_type: TokenType,
+        /// The scope granted, when the server said.
+        scope: Option<String>,
+    },
+    /// A token request failed.
+    RequestFailed {
+        /// The key.
+        key: KeyId,
+        /// The request.
+        id: RequestId,
+        /// Why.
+        error: TokenError,
+    },
+    /// The key backs off: no token request before `until`.
+    BackoffEntered {
+        /// The key.
+        key: KeyId,
+        /// End of the backoff.
+        until: Instant,
+        /// Length of the backoff.
+        delay: Duration,
+        /// Consecutive failures so far.
+        failures: u32,
+        /// Whether a still-valid token keeps being served meanwhile.
+        serving_cached: bool,
+    },
+    /// A cached token was dropped before its expiry.
+    TokenInvalidated {
+        /// The key.
+        key: KeyId,
+        /// Why.
+        reason: InvalidationReason,
+    },
+    /// A cached token reached the end of its usable life and was dropped.
+    TokenExpired {
+        /// The key.
+        key: KeyId,
+    },
+}

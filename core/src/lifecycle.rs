@@ -1,0 +1,204 @@
+//! The arithmetic of a token's life and of backoff, kept apart from the state
+//! machine so it can be read (and tested) on its own.
+//!
+//! ```text
+//!  requested_at            refresh_at             attach_until    server expiry
+//!       |------- Fresh --------|------- Stale ---------|-- buffer ---|
+//!       |<------------------------- lifetime L ------------------------>|
+//! ```
+//! See [`RefreshPolicy`] for the rule.
+
+use std::time::Duration;
+
+use crate::config::{BackoffPolicy, RefreshPolicy};
+use crate::time::Instant;
+
+/// When a token stops being Fresh, and when it stops being attachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Schedule {
+    /// The lifetime believed (after defaulting and clamping).
+    pub(crate) lifetime: Duration,
+    /// End of Fresh: a refresh is due from here on.
+    pub(crate) refresh_at: Instant,
+    /// End of Stale: never attached from here on.
+    pub(crate) attach_until: Instant,
+}
+
+/// Clamps a user-supplied fraction to `0.0..=1.0`; NaN counts as zero.
+fn fraction(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(0.0, 1.0)
+    }
+}
+
+/// `d * f` for `f` in `0.0..=1.0`, without the panics of `Duration::mul_f64`.
+fn scale(d: Duration, f: f64) -> Duration {
+    let nanos = (d.as_nanos() as f64 * fraction(f)).min(d.as_nanos() as f64);
+    Duration::from_nanos(nanos as u64)
+}
+
+/// The lifetime to believe for a response's `expires_in`.
+pub(crate) fn lifetime(policy: &RefreshPolicy, expires_in: Option<i64>) -> Duration {
+    match expires_in {
+        None => policy.default_lifetime.min(policy.max_lifetime),
+        Some(secs) if secs <= 0 => Duration::ZERO,
+        Some(secs) => Duration::from_secs(secs as u64).min(policy.max_lifetime),
+    }
+}
+
+/// The schedule of a token requested at `requested_at` with `expires_in`;
+/// `random` in `[0, 1)` moves the refresh point earlier by up to the policy's jitter.
+pub(crate) fn schedule(
+    policy: &RefreshPolicy,
+    requested_at: Instant,
+    expires_in: Option<i64>,
+    random: f64,
+) -> Schedule {
+    let lifetime = lifetime(policy, expires_in);
+    let buffer = policy.expiry_buffer.min(lifetime / 4);
+    let usable = lifetime - buffer;
+    let refresh_fraction =
+        fraction(policy.refresh_at) - fraction(policy.refresh_jitter) * fraction(random);
+    Schedule {
+        lifetime,
+        refresh_at: requested_at.saturating_add(scale(usable, refresh_fraction)),
+        attach_until: requested_at.saturating_add(usable),
+    }
+}
+
+/// The wait after the `failures`-th consecutive failure (counting from 1).
+pub(crate) fn backoff_delay(
+    policy: &BackoffPolicy,
+    failures: u32,
+    retry_after: Option<Duration>,
+    random: f64,
+) -> Duration {
+    let exponent = failures.saturating_sub(1).min(31);
+    let computed = policy
+        .initial
+        .saturating_mul(1u32 << exponent)
+        .min(policy.max);
+    let jittered = computed - scale(computed, fraction(policy.jitter) * fraction(random));
+    let asked = retry_after.map_or(Duration::ZERO, |d| d.min(policy.max_retry_after));
+    jittered.max(asked)
+}
+
+/// A small deterministic random source (SplitMix64), seeded by the adapter.
+/// The core needs randomness only to spread refreshes and retries in time;
+/// keeping it seeded makes every test reproducible.
+#[derive(Clone, Debug)]
+pub(crate) struct Jitter(u64);
+
+impl Jitter {
+    pub(crate) fn new(seed: u64) -> Jitter {
+        Jitter(seed)
+    }
+
+    /// A value in `[0, 1)`.
+    pub(crate) fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn one_hour_token_with_defaults() {
+        let p = RefreshPolicy::default();
+        let s = schedule(&p, Instant::from_secs(100), Some(3600), 0.0);
+        assert_eq!(s.lifetime, secs(3600));
+        assert_eq!(s.attach_until, Instant::from_secs(100 + 3540));
+        assert_eq!(s.refresh_at, Instant::from_secs(100 + 2832)); // 0.8 * 3540
+        let early = schedule(&p, Instant::from_secs(100), Some(3600), 0.999_999);
+        assert!(early.refresh_at < s.refresh_at);
+        assert!(early.refresh_at >= Instant::from_secs(100 + 2478)); // 0.7 * 3540
+    }
+
+    #[test]
+    fn short_tokens_are_still_used_for_most_of_their_life() {
+        let p = RefreshPolicy::default();
+        let s = schedule(&p, Instant::ZERO, Some(5), 0.5);
+        assert_eq!(s.attach_until, Instant::from_nanos(3_750_000_000));
+        assert!(s.refresh_at > Instant::from_secs(2));
+        let s = schedule(&p, Instant::ZERO, Some(120), 0.0);
+        assert_eq!(s.attach_until, Instant::from_secs(90));
+    }
+
+    #[test]
+    fn lifetimes_default_clamp_and_never_last_forever() {
+        let p = RefreshPolicy::default();
+        assert_eq!(lifetime(&p, None), secs(300));
+        assert_eq!(lifetime(&p, Some(0)), Duration::ZERO);
+        assert_eq!(lifetime(&p, Some(-7)), Duration::ZERO);
+        assert_eq!(lifetime(&p, Some(i64::MIN)), Duration::ZERO);
+        assert_eq!(lifetime(&p, Some(i64::MAX)), secs(86_400));
+        let s = schedule(&p, Instant::MAX, Some(i64::MAX), 0.3);
+        assert_eq!(s.attach_until, Instant::MAX);
+        let s = schedule(&p, Instant::from_secs(9), Some(0), 0.3);
+        assert_eq!(
+            (s.refresh_at, s.attach_until),
+            (Instant::from_secs(9), Instant::from_secs(9))
+        );
+    }
+
+    #[test]
+    fn hostile_policies_do_not_panic() {
+        let p = RefreshPolicy {
+            refresh_at: f64::NAN,
+            refresh_jitter: f64::INFINITY,
+            expiry_buffer: Duration::MAX,
+            ..RefreshPolicy::default()
+        };
+        let s = schedule(&p, Instant::ZERO, Some(100), f64::NAN);
+        assert!(s.refresh_at <= s.attach_until);
+        let b = BackoffPolicy {
+            initial: Duration::MAX,
+            max: Duration::MAX,
+            jitter: -3.0,
+            max_retry_after: Duration::MAX,
+        };
+        assert_eq!(
+            backoff_delay(&b, u32::MAX, Some(Duration::MAX), 2.0),
+            Duration::MAX
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_honours_retry_after() {
+        let p = BackoffPolicy::default();
+        let delays: Vec<_> = (1..=9).map(|n| backoff_delay(&p, n, None, 0.0)).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60].map(secs));
+        let jittered = backoff_delay(&p, 1, None, 0.999);
+        assert!(
+            jittered >= Duration::from_millis(800) && jittered < secs(1),
+            "{jittered:?}"
+        );
+        assert_eq!(backoff_delay(&p, 1, Some(secs(120)), 0.5), secs(120));
+        assert_eq!(backoff_delay(&p, 1, Some(secs(86_400)), 0.5), secs(3600));
+        assert_eq!(backoff_delay(&p, 7, Some(secs(1)), 0.0), secs(60));
+    }
+
+    #[test]
+    fn jitter_is_uniform_enough_and_reproducible() {
+        let mut a = Jitter::new(42);
+        let mut b = Jitter::new(42);
+        let xs: Vec<f64> = (0..10_000).map(|_| a.next_f64()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+        assert_eq!(xs[0], b.next_f64());
+    }
+}

@@ -1,0 +1,301 @@
+//! Token requests (RFC 6749 §4.4.2): what the core hands adapters to send.
+//!
+//! A request is a complete `http::Request<Vec<u8>>`: a `POST` to the token
+//! endpoint with a form body, `Accept: application/json`, and client
+//! authentication in the `Authorization` header (`client_secret_basic`) or in
+//! the body (`client_secret_post`). Each carries a [`RequestId`] that the
+//! adapter hands back with the response, like quinn-proto's `Transmit`.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method};
+
+use crate::config::{ClientAuth, ClientConfig};
+use crate::key::{KeyDescriptor, KeyId};
+
+/// Identifies one token request while it is in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub(crate) u64);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request#{}", self.0)
+    }
+}
+
+/// A token request to send. Hand its response back with
+/// [`TokenManager::handle_response`](crate::TokenManager::handle_response)
+/// under the same [`id`](TokenRequest::id), or its failure with
+/// [`TokenManager::handle_transport_error`](crate::TokenManager::handle_transport_error).
+pub struct TokenRequest {
+    pub(crate) id: RequestId,
+    pub(crate) key: KeyId,
+    pub(crate) request: http::Request<Vec<u8>>,
+}
+
+impl TokenRequest {
+    /// The id to report the outcome under.
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The cache key the token is for.
+    pub fn key(&self) -> KeyId {
+        self.key
+    }
+
+    /// The HTTP request.
+    pub fn request(&self) -> &http::Request<Vec<u8>> {
+        &self.request
+    }
+
+    /// Takes the HTTP request out, to send it.
+    pub fn into_request(self) -> http::Request<Vec<u8>> {
+        self.request
+    }
+}
+
+impl fmt::Debug for TokenRequest {
+    // The body and the Authorization header hold credentials: show neither.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRequest")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("method", self.request.method())
+            .field("uri", self.request.uri())
+            .field("body_len", &self.request.body().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `Authorization` header value for `client_secret_basic`.
+///
+/// With `form_encode` (the RFC 6749 §2.3.1 rule), the id and the secret are
+/// each `application/x-www-form-urlencoded` before joining, so a `:` in the id
+/// cannot be confused with the separator and a space becomes `+`. Without it,
+/// they are joined as they are, for servers that do not decode.
+///
+/// ```
+/// use token_keeper::request::basic_credentials;
+/// // RFC 6749 §2.3.1 encoding: ':' → %3A, ' ' → '+'.
+/// let header = basic_credentials("a:b", "c d", true);
+/// assert_eq!(header.to_str().unwrap(), "Basic YSUzQWI6Yytk"); // base64("a%3Ab:c+d")
+/// ```
+pub fn basic_credentials(client_id: &str, secret: &str, form_encode: bool) -> HeaderValue {
+    let joined = if form_encode {
+        let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
+        let secret: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        zeroize::Zeroizing::new(format!("{id}:{secret}"))
+    } else {
+        zeroize::Zeroizing::new(format!("{client_id}:{secret}"))
+    };
+    let encoded = zeroize::Zeroizing::new(format!("Basic {}", BASE64.encode(joined.as_bytes())));
+    let mut value =
+        HeaderValue::from_str(&encoded).expect("base64 output is always a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
+/// Builds the token request for `key` of `client`.
+pub(crate) fn build_token_request(
+    client: &ClientConfig,
+    key: &KeyDescriptor,
+) -> http::Request<Vec<u8>> {
+    let scope = key.scope.to_request_string();
+    let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+    if !scope.is_empty() {
+        form.push(("scope", &scope));
+    }
+    for resource in &key.resources {
+        form.push(("resource", resource));
+    }
+    if let Some(audience) = &key.audience {
+        form.push(("audience", audience));
+    }
+    for (name, value) in &key.params {
+        form.push((name, value));
+    }
+    let mut authorization = None;
+    match &client.auth {
+        ClientAuth::Basic(secret) => {
+            authorization = Some(basic_credentials(
+                &client.client_id,
+                secret.expose_secret(),
+                true,
+            ))
+        }
+        ClientAuth::BasicRaw(secret) => {
+            authorization = Some(basic_credentials(
+                &client.client_id,
+                secret.expose_secret(),
+                false,
+            ))
+        }
+        ClientAuth::Post(secret) => {
+            form.push(("client_id", &client.client_id));
+            form.push(("client_secret", secret.expose_secret()));
+        }
+        ClientAuth::None => form.push(("client_id", &client.client_id)),
+    }
+    let body = serde_urlencoded::to_string(&form)
+        .expect("pairs of strings always serialize")
+        .into_bytes();
+
+    let mut builder = http::Request::builder()
+        .method(Method::POST)
+        .uri(client.token_endpoint.clone())
+        .header(ACCEPT, HeaderValue::from_static("application/json"))
+        .header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+    if let Some(authorization) = authorization {
+        builder = builder.header(AUTHORIZATION, authorization);
+    }
+    builder
+        .body(body)
+        .expect("method, validated URI and static headers always build")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClientSecret;
+    use crate::key::{KeyOverrides, Scope};
+
+    fn decode_basic(value: &HeaderValue) -> String {
+        let text = value.to_str().unwrap();
+        let b64 = text.strip_prefix("Basic ").unwrap();
+        String::from_utf8(BASE64.decode(b64).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn basic_auth_vectors() {
+        let cases = [
+            ("client", "secret", "client:secret"),
+            ("my client", "my secret", "my+client:my+secret"),
+            ("a:b", "c:d", "a%3Ab:c%3Ad"),
+            ("100%", "50%off", "100%25:50%25off"),
+            ("plus+id", "p+w", "plus%2Bid:p%2Bw"),
+            ("clïent", "sécret€", "cl%C3%AFent:s%C3%A9cret%E2%82%AC"),
+            ("id", "a/b=c&d", "id:a%2Fb%3Dc%26d"),
+        ];
+        for (id, secret, expected) in cases {
+            let value = basic_credentials(id, secret, true);
+            assert_eq!(decode_basic(&value), expected, "{id} / {secret}");
+            assert!(value.is_sensitive());
+        }
+    }
+
+    #[test]
+    fn basic_raw_joins_without_encoding() {
+        let value = basic_credentials("my client", "p:w d%", false);
+        assert_eq!(decode_basic(&value), "my client:p:w d%");
+    }
+
+    fn client(auth: ClientAuth) -> ClientConfig {
+        ClientConfig::new("https://as.example/connect/token", "m2m", auth)
+            .unwrap()
+            .scope("b a")
+            .resource("https://api.example/v1?x=1")
+            .unwrap()
+            .resource("urn:example:other")
+            .unwrap()
+            .audience("aud one")
+            .param("tenant", "acme & co")
+            .unwrap()
+    }
+
+    fn descriptor(config: &ClientConfig) -> KeyDescriptor {
+        KeyDescriptor::new(
+            0,
+            &config.scope,
+            &config.resources,
+            config.audience.as_ref(),
+            &config.params,
+            &KeyOverrides::new(),
+        )
+    }
+
+    fn form(request: &http::Request<Vec<u8>>) -> Vec<(String, String)> {
+        serde_urlencoded::from_bytes(request.body()).unwrap()
+    }
+
+    #[test]
+    fn basic_request_shape() {
+        let config = client(ClientAuth::Basic(ClientSecret::new("s e:c")));
+        let request = build_token_request(&config, &descriptor(&config));
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "https://as.example/connect/token");
+        assert_eq!(request.headers()[ACCEPT], "application/json");
+        assert_eq!(
+            request.headers()[CONTENT_TYPE],
+            "application/x-www-form-urlencoded"
+        );
+        assert_eq!(
+            decode_basic(&request.headers()[AUTHORIZATION]),
+            "m2m:s+e%3Ac"
+        );
+        let body = std::str::from_utf8(request.body()).unwrap();
+        assert!(
+            body.starts_with("grant_type=client_credentials&scope=a+b&"),
+            "{body}"
+        );
+        assert_eq!(
+            form(&request),
+            vec![
+                ("grant_type".into(), "client_credentials".into()),
+                ("scope".into(), "a b".into()),
+                ("resource".into(), "https://api.example/v1?x=1".into()),
+                ("resource".into(), "urn:example:other".into()),
+                ("audience".into(), "aud one".into()),
+                ("tenant".into(), "acme & co".into()),
+            ]
+        );
+        assert!(!body.contains("client_secret"));
+    }
+
+    #[test]
+    fn post_request_carries_credentials_in_body() {
+        let config = client(ClientAuth::Post(ClientSecret::new("p&ss=w rd")));
+        let request = build_token_request(&config, &descriptor(&config));
+        assert!(request.headers().get(AUTHORIZATION).is_none());
+        let fields = form(&request);
+        assert!(fields.contains(&("client_id".into(), "m2m".into())));
+        assert!(fields.contains(&("client_secret".into(), "p&ss=w rd".into())));
+    }
+
+    #[test]
+    fn public_client_sends_only_its_id() {
+        let config = ClientConfig::new("https://as.example/t", "pub", ClientAuth::None).unwrap();
+        let key = KeyDescriptor::new(0, &Scope::default(), &[], None, &[], &KeyOverrides::new());
+        let request = build_token_request(&config, &key);
+        assert_eq!(
+            form(&request),
+            vec![
+                ("grant_type".into(), "client_credentials".into()),
+                ("client_id".into(), "pub".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_credentials() {
+        let config = client(ClientAuth::Post(ClientSecret::new("topsecret")));
+        let request = TokenRequest {
+            id: RequestId(7),
+            key: KeyId(0),
+            request: build_token_request(&config, &descriptor(&config)),
+        };
+        let debug = format!("{request:?}");
+        assert!(!debug.contains("topsecret"), "{debug}");
+        assert!(debug.starts_with("TokenRequest"), "{debug}");
+        let basic = client(ClientAuth::Basic(ClientSecret::new("topsecret")));
+        let request = build_token_request(&basic, &descriptor(&basic));
+        let debug = format!("{:?}", request.headers());
+        assert!(!debug.contains(&BASE64.encode("m2m:topsecret")), "{debug}");
+    }
+}
