@@ -170,13 +170,23 @@ impl TokenView<'_> {
     }
 }
 
-#[derive(Debug)]
 struct Client {
     name: String,
     config: ClientConfig,
     default_key: KeyId,
     /// Strings that must never appear in an error excerpt.
     sensitive: Vec<String>,
+}
+
+impl std::fmt::Debug for Client {
+    // `sensitive` holds the secret in several encodings: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("default_key", &self.default_key)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
