@@ -1,1 +1,21 @@
+//! Test kit for token-keeper: a small but real local authorization server.
+//!
+//! [`LocalAuthServer`] listens on `127.0.0.1` on an ephemeral port and serves
+//! a token endpoint (`POST /token`, client credentials grant, `client_secret_basic`
+//! and `client_secret_post`) and a protected API (`GET|POST /api/...`) that
+//! accepts only the tokens it issued, until they expire or are revoked. It
+//! counts requests and can be told to misbehave: error statuses with
+//! `Retry-After`, delays, malformed bodies, dropped connections, a 401 from
+//! the API. One implementation serves the integration tests, the benchmarks
+//! and `tokenctl demo`.
+//!
+//! Only `std` is used: the server is a thread per connection with HTTP/1.1
+//! keep-alive, bounded header and body sizes, and read timeouts, and it stops
+//! (joining its threads' listener) when dropped.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod server;
+
+pub use server::{ApiFault, LocalAuthServer, RecordedRequest, ServerConfig, TokenFault};
