@@ -18,7 +18,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn new(reason: &'static str) -> ConfigError {
+    /// A configuration error with a fixed reason (adapters use it for their own settings).
+    pub fn new(reason: &'static str) -> ConfigError {
         ConfigError { reason }
     }
 

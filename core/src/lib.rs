@@ -136,6 +136,7 @@
 
 pub mod challenge;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod event;
 pub mod key;

@@ -458,6 +458,11 @@ impl TokenManager {
         }
     }
 
+    /// The token request in flight for `key`, if any.
+    pub fn in_flight(&self, key: KeyId) -> Option<RequestId> {
+        self.slots[key.index()].flight.as_ref().map(|f| f.id)
+    }
+
     /// The next token request to send, if any.
     pub fn poll_request(&mut self) -> Option<TokenRequest> {
         self.requests.pop_front()
