@@ -164,4 +164,4 @@ pub use manager::{
 pub use request::{RequestId, TokenRequest};
 pub use response::{AccessToken, TokenResponse, TokenType};
 pub use snapshot::Snapshot;
-pub use time::{Instant, Now};
+pub use time::{Clock, Instant, ManualClock, Now};

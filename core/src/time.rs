@@ -11,6 +11,8 @@
 //! be compared against a published [`Snapshot`](crate::Snapshot) with one
 //! integer compare and no shared-memory writes, and tests can put it anywhere.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 /// A reading of a monotonic clock, in nanoseconds since an origin chosen by
@@ -112,6 +114,92 @@ impl Now {
     }
 }
 
+/// A source of time, for adapters. The core itself never reads one: adapters
+/// read a [`Clock`] and pass the reading in. Defined here so that every adapter
+/// and every test shares one [`ManualClock`].
+pub trait Clock: Send + Sync + 'static {
+    /// The monotonic reading (the hit path reads only this).
+    fn monotonic(&self) -> Instant;
+
+    /// The wall-clock reading, for calendar dates (`Retry-After` dates).
+    fn wall(&self) -> SystemTime;
+
+    /// Both readings.
+    fn now(&self) -> Now {
+        Now::new(self.monotonic(), self.wall())
+    }
+
+    /// Registers a callback to run when this clock jumps (only manual clocks
+    /// do), so the client's timer thread can re-check its deadlines.
+    fn subscribe(&self, _on_jump: Weak<dyn Fn() + Send + Sync>) {}
+}
+
+/// A callback run when a [`ManualClock`] jumps.
+type JumpCallback = Weak<dyn Fn() + Send + Sync>;
+
+/// A clock that moves only when told to. Share it (it is cheap to clone)
+/// between a test and the client under test.
+#[derive(Clone, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+    subscribers: Arc<Mutex<Vec<JumpCallback>>>,
+}
+
+impl std::fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("nanos", &self.nanos.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+impl ManualClock {
+    /// A clock at its origin (the wall clock starts at 2026-01-01T00:00:00Z).
+    pub fn new() -> ManualClock {
+        ManualClock::default()
+    }
+
+    /// Moves the clock forwards and wakes whoever subscribed.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_add(by))
+            });
+        let callbacks: Vec<_> = {
+            let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            subscribers.retain(|w| w.strong_count() > 0);
+            subscribers.iter().filter_map(Weak::upgrade).collect()
+        };
+        for callback in callbacks {
+            callback();
+        }
+    }
+
+    /// The time since the origin.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+impl Clock for ManualClock {
+    fn monotonic(&self) -> Instant {
+        Instant::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+
+    fn wall(&self) -> SystemTime {
+        Now::from_duration(self.elapsed()).wall()
+    }
+
+    fn subscribe(&self, on_jump: Weak<dyn Fn() + Send + Sync>) {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(on_jump);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +235,24 @@ mod tests {
             b.wall().duration_since(a.wall()).unwrap(),
             Duration::from_secs(60)
         );
+    }
+
+    #[test]
+    fn manual_clock_moves_when_told_and_wakes_subscribers() {
+        let clock = ManualClock::new();
+        let woken = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&woken);
+        let callback: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        clock.subscribe(Arc::downgrade(&callback));
+        assert_eq!(clock.monotonic(), Instant::ZERO);
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(clock.monotonic(), Instant::from_secs(5));
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        drop(callback);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        assert_eq!(clock.now().wall(), Now::from_secs(6).wall());
     }
 }

@@ -1,7 +1,8 @@
 //! Test kit for token-keeper: a small but real local authorization server.
 //!
 //! [`LocalAuthServer`] listens on `127.0.0.1` on an ephemeral port and serves
-//! a token endpoint (`POST /token`, client credentials grant, `client_secret_basic`
+//! an OpenID discovery document (`GET /.well-known/openid-configuration`), a
+//! token endpoint (`POST /token`, client credentials grant, `client_secret_basic`
 //! and `client_secret_post`) and a protected API (`GET|POST /api/...`) that
 //! accepts only the tokens it issued, until they expire or are revoked. It
 //! counts requests and can be told to misbehave: error statuses with
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod scenarios;
 pub mod server;
 
-pub use server::{ApiFault, LocalAuthServer, RecordedRequest, ServerConfig, TokenFault};
+pub use server::{ApiFault, Gate, LocalAuthServer, RecordedRequest, ServerConfig, TokenFault};

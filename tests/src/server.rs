@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,33 @@ pub enum TokenFault {
     Delay(Duration),
     /// Close the connection without answering.
     Close,
+    /// Hold the request until the gate opens (at most 30 s), then answer as
+    /// the next queued fault says (normally when there is none).
+    Hold(Gate),
+}
+
+/// A gate that holds a token request until the test opens it.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Opens the gate: held requests proceed.
+    pub fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+
+    fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let guard = open.lock().unwrap();
+        let _ = changed.wait_timeout_while(guard, Duration::from_secs(30), |open| !*open);
+    }
 }
 
 /// A misbehaviour of the protected API.
@@ -98,12 +125,15 @@ struct Shared {
     api_faults: VecDeque<ApiFault>,
     tokens: HashMap<String, Issued>,
     last_token_request: Option<RecordedRequest>,
+    last_api_authorization: Option<Option<String>>,
 }
 
 struct State {
+    addr: SocketAddr,
     config: Mutex<ServerConfig>,
     shared: Mutex<Shared>,
     token_requests: AtomicU64,
+    token_request_seen: Condvar,
     tokens_issued: AtomicU64,
     api_requests: AtomicU64,
     api_rejected: AtomicU64,
@@ -129,9 +159,11 @@ impl LocalAuthServer {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
+            addr,
             config: Mutex::new(config),
             shared: Mutex::new(Shared::default()),
             token_requests: AtomicU64::new(0),
+            token_request_seen: Condvar::new(),
             tokens_issued: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
             api_rejected: AtomicU64::new(0),
@@ -173,6 +205,19 @@ impl LocalAuthServer {
     /// Token requests received (successful or not).
     pub fn token_requests(&self) -> u64 {
         self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most `timeout`) until at least `n` token requests have arrived.
+    pub fn wait_for_token_requests(&self, n: u64, timeout: Duration) -> bool {
+        let shared = self.state.shared.lock().unwrap();
+        let (_shared, result) = self
+            .state
+            .token_request_seen
+            .wait_timeout_while(shared, timeout, |_| {
+                self.state.token_requests.load(Ordering::SeqCst) < n
+            })
+            .unwrap();
+        !result.timed_out()
     }
 
     /// Tokens issued.
@@ -220,6 +265,29 @@ impl LocalAuthServer {
         for issued in self.state.shared.lock().unwrap().tokens.values_mut() {
             issued.revoked = true;
         }
+    }
+
+    /// Every access token issued so far (to check that none leaks into logs).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state
+            .shared
+            .lock()
+            .unwrap()
+            .tokens
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The `Authorization` header of the most recent API request: `None` if
+    /// no API request arrived yet, `Some(None)` if it carried none.
+    pub fn last_api_authorization(&self) -> Option<Option<String>> {
+        self.state
+            .shared
+            .lock()
+            .unwrap()
+            .last_api_authorization
+            .clone()
     }
 
     /// The most recent token request.
@@ -324,6 +392,15 @@ fn serve_connection(stream: &TcpStream, state: &State) -> io::Result<()> {
                 Some(response) => response,
                 None => return writer.shutdown(Shutdown::Both),
             },
+            ("GET", "/.well-known/openid-configuration") => {
+                let base = format!("http://{}", state.addr);
+                Response::json(
+                    200,
+                    format!(
+                        r#"{{"issuer":"{base}","token_endpoint":"{base}/token","token_endpoint_auth_methods_supported":["client_secret_basic","client_secret_post"],"grant_types_supported":["client_credentials"]}}"#
+                    ),
+                )
+            }
             (_, path)
                 if path == "/api" || path.starts_with("/api/") || path.starts_with("/api?") =>
             {
@@ -478,11 +555,17 @@ fn token_endpoint(request: &Request, state: &State) -> Option<Response> {
         headers: request.headers.clone(),
         form: form.clone(),
     };
-    let fault = {
+    let mut fault = {
         let mut shared = state.shared.lock().unwrap();
         shared.last_token_request = Some(recorded);
+        state.token_request_seen.notify_all();
         shared.token_faults.pop_front()
     };
+    if let Some(TokenFault::Hold(gate)) = &fault {
+        // A held request then gets the next fault in the queue, if any.
+        gate.wait();
+        fault = state.shared.lock().unwrap().token_faults.pop_front();
+    }
     match fault {
         Some(TokenFault::Status {
             status,
@@ -498,6 +581,7 @@ fn token_endpoint(request: &Request, state: &State) -> Option<Response> {
         Some(TokenFault::Body(body)) => return Some(Response::json(200, body)),
         Some(TokenFault::Delay(delay)) => std::thread::sleep(delay),
         Some(TokenFault::Close) => return None,
+        Some(TokenFault::Hold(gate)) => gate.wait(),
         None => {}
     }
     let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
@@ -551,6 +635,7 @@ fn api(request: &Request, state: &State) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     let mut shared = state.shared.lock().unwrap();
+    shared.last_api_authorization = Some(request.header("authorization").map(str::to_owned));
     let forced = matches!(
         shared.api_faults.pop_front(),
         Some(ApiFault::UnauthorizedOnce)

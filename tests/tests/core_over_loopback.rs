@@ -14,7 +14,7 @@ use token_keeper::{
     Authorization, ClientAuth, ClientConfig, ClientSecret, KeyId, ManagerConfig, Now,
     ResourceOutcome, ResourceResponse, TokenError, TokenManager,
 };
-use token_keeper_tests::{ApiFault, LocalAuthServer, ServerConfig, TokenFault};
+use token_keeper_testkit::{ApiFault, LocalAuthServer, ServerConfig, TokenFault};
 
 /// Sends one request with `Connection: close` and reads the whole response.
 fn send(request: &http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {

@@ -1,0 +1,73 @@
+//! The blocking client's hit path: the header for a named client with a
+//! cached Fresh token, the clock read included.
+//!
+//! `cargo bench -p token-keeper-ureq --bench hit_path`
+//!
+//! - `client/with_header`: reads the header in place (guard load, no copy, no refcount).
+//! - `client/header`: returns an owned `HeaderValue` (a clone: one shared refcount increment).
+//! - `client/with_header_2_threads`: two threads at once; the time per call
+//!   should halve if reads scale (they write no shared memory).
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
+use token_keeper_testkit::{LocalAuthServer, ServerConfig};
+use token_keeper_ureq::TokenClient;
+
+fn client() -> (LocalAuthServer, TokenClient) {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let tokens = TokenClient::new();
+    let config = ClientConfig::new(
+        &server.token_url(),
+        "m2m",
+        ClientAuth::Basic(ClientSecret::new("s3cret")),
+    )
+    .unwrap();
+    tokens.add_client("m2m", config).unwrap();
+    tokens.header("m2m").unwrap();
+    (server, tokens)
+}
+
+/// Runs `iters` calls split over `threads` threads started together; the wall time.
+fn parallel(tokens: &TokenClient, threads: u64, iters: u64) -> Duration {
+    let barrier = Barrier::new(threads as usize + 1);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                barrier.wait();
+                for _ in 0..iters / threads {
+                    black_box(tokens.with_header("m2m", |h| h.len()).unwrap());
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let (_server, tokens) = client();
+    let mut group = c.benchmark_group("client");
+    group.bench_function("with_header", |b| {
+        b.iter(|| black_box(tokens.with_header("m2m", |h| h.len()).unwrap()))
+    });
+    group.bench_function("header", |b| {
+        b.iter(|| black_box(tokens.header("m2m").unwrap()))
+    });
+    group.bench_function("with_header_1_thread_spawned", |b| {
+        b.iter_custom(|iters| parallel(&tokens, 1, iters))
+    });
+    group.bench_function("with_header_2_threads", |b| {
+        b.iter_custom(|iters| parallel(&tokens, 2, iters))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,79 @@
+//! # token-keeper-ureq: managed OAuth 2.0 client-credentials tokens on ureq 3
+//!
+//! This crate drives the sans-IO [`token_keeper`] core with blocking I/O. It
+//! holds no protocol logic of its own: it reads a clock, sends the token
+//! requests the core hands out with ureq, feeds the answers back, wakes the
+//! threads that wait, and publishes the core's snapshots for the lock-free hit
+//! path.
+//!
+//! - [`TokenClient`]: a `Clone + Send + Sync` client that owns the core and the
+//!   named client configurations. `header(name)` returns the `Authorization`
+//!   value, fetching a token once for all threads when none is cached. A
+//!   background thread refreshes ahead of expiry and stops when the last clone
+//!   is dropped.
+//! - [`TokenMiddleware`]: a ureq `Middleware` that attaches tokens to requests
+//!   for configured origins and, on 401, follows the core's
+//!   compare-and-invalidate answer with one retry of replayable requests.
+//! - [`Error`]: one error type, with messages a person can act on and no secrets.
+//!
+//! ## How a call finds its header
+//!
+//! ```text
+//!  header(name) ─► snapshot cell (arc-swap guard load) ─ Fresh? ─► header, no lock
+//!                       │ not Fresh / none
+//!                       ▼
+//!                  lock core ─► authorize ─ Attach ─► header (a Stale token also queues a refresh,
+//!                                    │                          sent on its own thread)
+//!                                    ├─ Fetch ─► send it on this thread, feed the answer back
+//!                                    ├─ Wait  ─► condvar until that request ends, ask again
+//!                                    └─ Unavailable ─► Error::Unavailable (backing off)
+//! ```
+//!
+//! The timer thread sleeps until [`TokenManager::poll_timeout`](token_keeper::TokenManager::poll_timeout)
+//! and calls `handle_timeout`, which starts refreshes before tokens go stale.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
+//! use token_keeper_ureq::{TokenClient, TokenMiddleware};
+//!
+//! let tokens = TokenClient::new();
+//! tokens.add_client(
+//!     "m2m",
+//!     ClientConfig::new("https://auth.example.com/connect/token", "m2m",
+//!                       ClientAuth::Basic(ClientSecret::new(std::env::var("CLIENT_SECRET")?)))?
+//!         .scope("orders.read"),
+//! )?;
+//! let agent = TokenMiddleware::new(tokens.clone())
+//!     .route("https://api.example.com", "m2m")?
+//!     .build_agent(|| ureq::Agent::config_builder().http_status_as_error(false));
+//! let response = agent.get("https://api.example.com/orders").call()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Logging
+//!
+//! Through the [`log`](https://docs.rs/log) facade, which ureq uses too:
+//! `info` when a token is acquired (lifetime, scope) or invalidated, `warn`
+//! when a token request fails or the client backs off, `debug` for the rest.
+//! Tokens and secrets are never logged.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+pub mod clock;
+pub mod error;
+pub mod middleware;
+mod transport;
+
+pub use client::{ClientOptions, ClientStats, TokenClient, TokenInfo};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::Error;
+pub use middleware::TokenMiddleware;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

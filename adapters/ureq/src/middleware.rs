@@ -1,0 +1,306 @@
+//! [`TokenMiddleware`]: attaches tokens to a ureq agent's requests.
+//!
+//! Rules, in order, for every request the agent sends:
+//!
+//! 1. Only requests to a configured origin (scheme, host, port) get a token;
+//!    an origin must be `https`, or `http` on a loopback host.
+//! 2. A request that already has an `Authorization` header is left alone.
+//! 3. Otherwise the client's header is attached (cached, or fetched once for
+//!    all threads).
+//! 4. On a 401 the core decides: the cached token is invalidated only if it
+//!    is the one this request carried, and one retry is allowed. The retry is
+//!    sent only when the request can be replayed: no body, or a body buffered
+//!    under the replay limit (default 64 KiB). Otherwise the 401 is handed back.
+//!
+//! ureq's `MiddlewareNext` can be used once, so the retry re-enters through a
+//! second agent built from the same configuration: build agents with
+//! [`TokenMiddleware::build_agent`] to get retries. A middleware added by hand
+//! with `ConfigBuilder::middleware` attaches tokens and invalidates on 401, but
+//! hands the 401 back instead of retrying.
+//!
+//! The agent's own redirect policy applies; ureq's default drops
+//! `Authorization` when a redirect leaves the origin.
+
+use std::io::{Cursor, Read};
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use token_keeper::{KeyId, ResourceOutcome};
+use ureq::config::ConfigBuilder;
+use ureq::middleware::{Middleware, MiddlewareNext};
+use ureq::typestate::AgentScope;
+use ureq::{Body, SendBody};
+
+use crate::client::TokenClient;
+use crate::error::Error;
+
+/// Marks the replayed request, so the second pass knows it is the retry.
+#[derive(Clone, Copy, Debug)]
+struct Retried;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    fn of(uri: &Uri) -> Option<Origin> {
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return None,
+        };
+        Some(Origin {
+            host: uri.host()?.to_ascii_lowercase(),
+            port: uri.port_u16().unwrap_or(default_port),
+            scheme,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Route {
+    origin: Origin,
+    key: KeyId,
+}
+
+/// A ureq middleware that attaches managed tokens. See the [module docs](self).
+///
+/// ```no_run
+/// use token_keeper_ureq::{TokenClient, TokenMiddleware};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tokens = TokenClient::new();
+/// let agent = TokenMiddleware::new(tokens)
+///     .route("https://api.example.com", "m2m")?
+///     .build_agent(|| ureq::Agent::config_builder().http_status_as_error(false));
+/// let response = agent.get("https://api.example.com/orders").call()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TokenMiddleware {
+    client: TokenClient,
+    routes: Arc<Vec<Route>>,
+    max_replay_body: usize,
+    retry_agent: Option<ureq::Agent>,
+}
+
+impl std::fmt::Debug for TokenMiddleware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenMiddleware")
+            .field("routes", &self.routes)
+            .field("max_replay_body", &self.max_replay_body)
+            .field("retries", &self.retry_agent.is_some())
+            .finish()
+    }
+}
+
+impl TokenMiddleware {
+    /// A middleware with no routes yet.
+    pub fn new(client: TokenClient) -> TokenMiddleware {
+        TokenMiddleware {
+            client,
+            routes: Arc::new(Vec::new()),
+            max_replay_body: 64 * 1024,
+            retry_agent: None,
+        }
+    }
+
+    /// Attaches the named client's tokens to requests for `origin`
+    /// (`https://host[:port]`, or `http://` on a loopback host).
+    pub fn route(mut self, origin: &str, client_name: &str) -> Result<TokenMiddleware, Error> {
+        let uri: Uri = origin
+            .parse()
+            .map_err(|_| Error::Config(config_error("origin is not a valid URL")))?;
+        let origin = Origin::of(&uri).ok_or_else(|| {
+            Error::Config(config_error("origin must be an http(s) URL with a host"))
+        })?;
+        let loopback = origin.host == "localhost"
+            || origin
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if origin.scheme != "https" && !loopback {
+            return Err(Error::Config(config_error(
+                "tokens are attached only to https origins (or http on loopback)",
+            )));
+        }
+        let key = self.client.key(client_name)?;
+        Arc::make_mut(&mut self.routes).push(Route { origin, key });
+        Ok(self)
+    }
+
+    /// The largest request body buffered so that a request can be retried
+    /// after a 401 (default 64 KiB). Larger bodies are streamed and not retried.
+    pub fn max_replay_body(mut self, bytes: usize) -> TokenMiddleware {
+        self.max_replay_body = bytes;
+        self
+    }
+
+    /// Builds an agent with this middleware, and a second agent from the same
+    /// configuration for the one retry after a 401. `make_config` is called twice.
+    pub fn build_agent(self, make_config: impl Fn() -> ConfigBuilder<AgentScope>) -> ureq::Agent {
+        let for_retries = TokenMiddleware {
+            retry_agent: None,
+            ..self.clone()
+        };
+        let retry_agent = make_config().middleware(for_retries).build().new_agent();
+        let first = TokenMiddleware {
+            retry_agent: Some(retry_agent),
+            ..self
+        };
+        make_config().middleware(first).build().new_agent()
+    }
+
+    fn route_for(&self, uri: &Uri) -> Option<KeyId> {
+        let origin = Origin::of(uri)?;
+        self.routes
+            .iter()
+            .find(|r| r.origin == origin)
+            .map(|r| r.key)
+    }
+
+    /// Reports a 401 to the core; says whether the core allows a retry.
+    fn on_unauthorized(
+        &self,
+        key: KeyId,
+        headers: &HeaderMap,
+        sent: &http::HeaderValue,
+        attempt: u32,
+    ) -> bool {
+        let outcome = self.client.handle_resource_response(
+            key,
+            StatusCode::UNAUTHORIZED,
+            headers,
+            sent,
+            attempt,
+        );
+        outcome == ResourceOutcome::Retry
+    }
+}
+
+fn config_error(reason: &'static str) -> token_keeper::ConfigError {
+    token_keeper::ConfigError::new(reason)
+}
+
+/// The parts of a request needed to send it again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: http::Version,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+fn may_carry_body(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+impl Middleware for TokenMiddleware {
+    fn handle(
+        &self,
+        request: Request<SendBody>,
+        next: MiddlewareNext,
+    ) -> Result<Response<Body>, ureq::Error> {
+        let Some(key) = self.route_for(request.uri()) else {
+            return next.handle(request);
+        };
+        if request.headers().contains_key(AUTHORIZATION) {
+            return next.handle(request);
+        }
+        let attempt = u32::from(request.extensions().get::<Retried>().is_some());
+        let header = self
+            .client
+            .header_for(key)
+            .map_err(|e| ureq::Error::Other(Box::new(e)))?;
+        let (mut parts, body) = request.into_parts();
+        parts.headers.insert(AUTHORIZATION, header.clone());
+
+        let retry_agent = self.retry_agent.as_ref().filter(|_| attempt == 0);
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let buffer =
+            retry_agent.is_some() && declared.is_none_or(|n| n <= self.max_replay_body as u64);
+
+        let mut replay = None;
+        let result = if !buffer {
+            next.handle(Request::from_parts(parts, body))
+        } else {
+            let mut reader = body.into_reader();
+            let mut bytes = Vec::new();
+            (&mut reader)
+                .take(self.max_replay_body as u64 + 1)
+                .read_to_end(&mut bytes)
+                .map_err(ureq::Error::Io)?;
+            if bytes.len() > self.max_replay_body {
+                // Too large to keep: send what was read, then the rest, once.
+                let mut stream = Cursor::new(bytes).chain(reader);
+                next.handle(Request::from_parts(
+                    parts,
+                    SendBody::from_reader(&mut stream),
+                ))
+            } else {
+                let send = if bytes.is_empty() && !may_carry_body(&parts.method) {
+                    SendBody::none()
+                } else {
+                    parts
+                        .headers
+                        .insert(CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+                    SendBody::from_owned_reader(Cursor::new(bytes.clone()))
+                };
+                replay = Some(Replay {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    version: parts.version,
+                    headers: parts.headers.clone(),
+                    body: bytes,
+                });
+                next.handle(Request::from_parts(parts, send))
+            }
+        };
+
+        // With http_status_as_error(true), a 401 arrives as an error without headers.
+        let unauthorized_headers = match &result {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                Some(response.headers().clone())
+            }
+            Err(ureq::Error::StatusCode(401)) => Some(HeaderMap::new()),
+            _ => None,
+        };
+        let Some(headers) = unauthorized_headers else {
+            return result;
+        };
+        let retry = self.on_unauthorized(key, &headers, &header, attempt);
+        match (retry, retry_agent, replay) {
+            (true, Some(agent), Some(replay)) => {
+                drop(result);
+                let mut builder = Request::builder()
+                    .method(replay.method.clone())
+                    .uri(replay.uri)
+                    .version(replay.version)
+                    .extension(Retried);
+                let mut headers = replay.headers;
+                headers.remove(AUTHORIZATION);
+                if let Some(h) = builder.headers_mut() {
+                    *h = headers;
+                }
+                if replay.body.is_empty() && !may_carry_body(&replay.method) {
+                    agent.run(builder.body(()).map_err(ureq::Error::Http)?)
+                } else {
+                    agent.run(builder.body(replay.body).map_err(ureq::Error::Http)?)
+                }
+            }
+            _ => result,
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The scenario table, run on the blocking ureq adapter.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig};
+use token_keeper_testkit::scenarios::{Adapter, AdapterError, AdapterFactory, ErrorKind, Setup};
+use token_keeper_ureq::{ClientOptions, Error, TokenClient, TokenMiddleware};
+
+/// Captures every log record, so scenarios can look for leaked secrets.
+struct CaptureLogger(Mutex<String>);
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let mut text = self.0.lock().unwrap();
+        text.push_str(&format!("{} {}\n", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+fn logger() -> &'static CaptureLogger {
+    static LOGGER: OnceLock<&'static CaptureLogger> = OnceLock::new();
+    LOGGER.get_or_init(|| {
+        let logger: &'static CaptureLogger =
+            Box::leak(Box::new(CaptureLogger(Mutex::new(String::new()))));
+        let _ = log::set_logger(logger);
+        log::set_max_level(log::LevelFilter::Trace);
+        logger
+    })
+}
+
+struct UreqFactory;
+
+struct UreqAdapter {
+    client: TokenClient,
+    agent: ureq::Agent,
+}
+
+fn flatten(error: &Error) -> AdapterError {
+    let kind = match error {
+        Error::OAuth(_) => ErrorKind::OAuth,
+        Error::InvalidResponse(_) => ErrorKind::InvalidResponse,
+        Error::Transport(t) if t.kind() == token_keeper::TransportErrorKind::Timeout => {
+            ErrorKind::Timeout
+        }
+        Error::Transport(_) => ErrorKind::Transport,
+        Error::Unavailable { .. } => ErrorKind::Unavailable,
+        _ => ErrorKind::Other,
+    };
+    AdapterError {
+        kind,
+        oauth_code: match error {
+            Error::OAuth(e) => Some(e.code().to_owned()),
+            _ => None,
+        },
+        retry_in: match error {
+            Error::Unavailable { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        },
+        text: format!("{error} {error:?}"),
+    }
+}
+
+fn flatten_ureq(error: ureq::Error) -> AdapterError {
+    match error {
+        ureq::Error::Other(inner) => match inner.downcast::<Error>() {
+            Ok(e) => flatten(&e),
+            Err(other) => AdapterError {
+                kind: ErrorKind::Other,
+                oauth_code: None,
+                retry_in: None,
+                text: other.to_string(),
+            },
+        },
+        other => AdapterError {
+            kind: ErrorKind::Other,
+            oauth_code: None,
+            retry_in: None,
+            text: other.to_string(),
+        },
+    }
+}
+
+impl AdapterFactory for UreqFactory {
+    fn build(&self, setup: Setup) -> Box<dyn Adapter> {
+        logger();
+        let options = ClientOptions {
+            manager: ManagerConfig::default(),
+            timeout: setup.timeout,
+            connect_timeout: setup.timeout,
+            clock: Arc::new(setup.clock.clone()),
+            seed: 7,
+        };
+        let client = TokenClient::with_options(options);
+        let config = ClientConfig::new(
+            &setup.token_url,
+            &setup.client_id,
+            ClientAuth::Basic(ClientSecret::new(setup.secret)),
+        )
+        .unwrap()
+        .scope("api");
+        client.add_client("m2m", config).unwrap();
+        let agent = TokenMiddleware::new(client.clone())
+            .route(&setup.api_origin, "m2m")
+            .unwrap()
+            .max_replay_body(setup.max_replay_body)
+            .build_agent(|| ureq::Agent::config_builder().http_status_as_error(false));
+        Box::new(UreqAdapter { client, agent })
+    }
+
+    fn captured_logs(&self) -> String {
+        logger().0.lock().unwrap().clone()
+    }
+}
+
+impl Adapter for UreqAdapter {
+    fn header(&self) -> Result<String, AdapterError> {
+        self.client
+            .header("m2m")
+            .map(|h| h.to_str().unwrap().to_owned())
+            .map_err(|e| flatten(&e))
+    }
+
+    fn get(&self, url: &str) -> Result<u16, AdapterError> {
+        self.agent
+            .get(url)
+            .call()
+            .map(|r| r.status().as_u16())
+            .map_err(flatten_ureq)
+    }
+
+    fn get_with_authorization(&self, url: &str, authorization: &str) -> Result<u16, AdapterError> {
+        self.agent
+            .get(url)
+            .header("Authorization", authorization)
+            .call()
+            .map(|r| r.status().as_u16())
+            .map_err(flatten_ureq)
+    }
+
+    fn post(&self, url: &str, body: Vec<u8>) -> Result<u16, AdapterError> {
+        self.agent
+            .post(url)
+            .send(&body[..])
+            .map(|r| r.status().as_u16())
+            .map_err(flatten_ureq)
+    }
+
+    fn report_unauthorized(&self, sent: &str) -> bool {
+        let key = self.client.key("m2m").unwrap();
+        let sent = http::HeaderValue::from_str(sent).unwrap();
+        let outcome = self.client.handle_resource_response(
+            key,
+            http::StatusCode::UNAUTHORIZED,
+            &http::HeaderMap::new(),
+            &sent,
+            0,
+        );
+        outcome == token_keeper::ResourceOutcome::Retry
+    }
+
+    fn force_refresh(&self) -> Result<(), AdapterError> {
+        self.client.force_refresh("m2m").map_err(|e| flatten(&e))
+    }
+
+    fn debug_text(&self) -> String {
+        format!("{:?} {:?}", self.client, self.agent)
+    }
+}
+
+token_keeper_testkit::scenario_tests!(UreqFactory);

@@ -1,0 +1,369 @@
+//! Command-line parsing (by hand with `lexopt`: small, exact errors, no magic).
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use lexopt::prelude::*;
+
+/// A usage error: printed with a hint, exit code 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl From<lexopt::Error> for Usage {
+    fn from(e: lexopt::Error) -> Self {
+        Usage(e.to_string())
+    }
+}
+
+/// How to authenticate the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    Basic,
+    Post,
+}
+
+/// The flags that describe a client, shared by `token` and `call`.
+#[derive(Clone, Debug, Default)]
+pub struct ClientFlags {
+    pub token_url: Option<String>,
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub auth: Option<AuthMethod>,
+    pub scope: Option<String>,
+    pub resources: Vec<String>,
+    pub audience: Option<String>,
+    pub params: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Help,
+    Version,
+    Token {
+        client: ClientFlags,
+        json: bool,
+    },
+    Call {
+        client: ClientFlags,
+        url: String,
+        amount: Amount,
+        concurrency: usize,
+        json: bool,
+    },
+    Demo {
+        duration: Duration,
+    },
+}
+
+/// How many requests `call` makes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Amount {
+    Requests(u64),
+    Duration(Duration),
+}
+
+pub const USAGE: &str = "\
+tokenctl: OAuth 2.0 client-credentials tokens, managed by token-keeper
+
+USAGE:
+    tokenctl token  [CLIENT FLAGS] [--json]
+    tokenctl call URL [CLIENT FLAGS] [--requests N | --duration SECS] [--concurrency C] [--json]
+    tokenctl demo   [--duration SECS]
+
+CLIENT FLAGS:
+    --token-url URL          token endpoint (or --issuer URL to discover it)
+    --issuer URL             issuer: reads /.well-known/openid-configuration
+    --client-id ID
+    --client-secret-env VAR  read the secret from this environment variable (recommended)
+    --client-secret S        the secret itself (visible in the process list: avoid)
+    --auth basic|post        client authentication (default basic)
+    --scope \"a b\"            space-separated scopes
+    --resource URI           RFC 8707 resource indicator (repeatable)
+    --audience A
+    --param k=v              extra form parameter (repeatable)
+
+EXIT CODES:
+    0 success   2 usage   3 the authorization server refused (OAuth error)
+    4 transport failure   5 invalid response   1 anything else
+";
+
+fn value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, Usage> {
+    let v: OsString = parser
+        .value()
+        .map_err(|_| Usage(format!("{flag} needs a value")))?;
+    v.into_string()
+        .map_err(|_| Usage(format!("{flag}: the value is not valid UTF-8")))
+}
+
+fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, Usage> {
+    let text = value(parser, flag)?;
+    text.parse()
+        .map_err(|_| Usage(format!("{flag}: {text:?} is not a valid number")))
+}
+
+fn seconds(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, Usage> {
+    let secs: f64 = number(parser, flag)?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+        return Err(Usage(format!(
+            "{flag}: expected seconds between 0 and 86400"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// An argument detached from the parser, so the parser can be used again.
+enum Owned {
+    Long(String),
+    Short(char),
+    Value(OsString),
+}
+
+impl Owned {
+    fn of(arg: lexopt::Arg<'_>) -> Owned {
+        match arg {
+            Long(name) => Owned::Long(name.to_owned()),
+            Short(c) => Owned::Short(c),
+            Value(v) => Owned::Value(v),
+        }
+    }
+
+    fn unexpected(self) -> Usage {
+        match self {
+            Owned::Long(name) => Usage(format!("unexpected option --{name}")),
+            Owned::Short(c) => Usage(format!("unexpected option -{c}")),
+            Owned::Value(v) => Usage(format!("unexpected argument {:?}", v.to_string_lossy())),
+        }
+    }
+}
+
+/// Reads one client flag; `Ok(false)` when `arg` is not a client flag.
+fn client_flag(
+    arg: &Owned,
+    parser: &mut lexopt::Parser,
+    client: &mut ClientFlags,
+) -> Result<bool, Usage> {
+    let Owned::Long(name) = arg else {
+        return Ok(false);
+    };
+    let flag = format!("--{name}");
+    match name.as_str() {
+        "token-url" => client.token_url = Some(value(parser, &flag)?),
+        "issuer" => client.issuer = Some(value(parser, &flag)?),
+        "client-id" => client.client_id = Some(value(parser, &flag)?),
+        "client-secret" => client.client_secret = Some(value(parser, &flag)?),
+        "client-secret-env" => client.client_secret_env = Some(value(parser, &flag)?),
+        "auth" => {
+            client.auth = Some(match value(parser, &flag)?.as_str() {
+                "basic" => AuthMethod::Basic,
+                "post" => AuthMethod::Post,
+                other => {
+                    return Err(Usage(format!(
+                        "--auth: {other:?} is not one of basic, post"
+                    )))
+                }
+            })
+        }
+        "scope" => client.scope = Some(value(parser, &flag)?),
+        "resource" => client.resources.push(value(parser, &flag)?),
+        "audience" => client.audience = Some(value(parser, &flag)?),
+        "param" => {
+            let pair = value(parser, &flag)?;
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| Usage(format!("--param: expected k=v, got {pair:?}")))?;
+            client.params.push((k.to_owned(), v.to_owned()));
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Usage> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let sub = match parser.next()? {
+        None => return Ok(Command::Help),
+        Some(Short('h') | Long("help")) => return Ok(Command::Help),
+        Some(Short('V') | Long("version")) => return Ok(Command::Version),
+        Some(Value(v)) => v
+            .into_string()
+            .map_err(|_| Usage("invalid command".into()))?,
+        Some(other) => {
+            return Err(Usage(format!(
+                "expected a command, got {}",
+                other.unexpected()
+            )))
+        }
+    };
+    let mut client = ClientFlags::default();
+    let mut json = false;
+    match sub.as_str() {
+        "token" => {
+            while let Some(arg) = parser.next()?.map(Owned::of) {
+                if client_flag(&arg, &mut parser, &mut client)? {
+                    continue;
+                }
+                match arg {
+                    Owned::Long(name) if name == "json" => json = true,
+                    Owned::Short('h') => return Ok(Command::Help),
+                    Owned::Long(name) if name == "help" => return Ok(Command::Help),
+                    other => return Err(other.unexpected()),
+                }
+            }
+            validate_client(&client)?;
+            Ok(Command::Token { client, json })
+        }
+        "call" => {
+            let mut url = None;
+            let mut requests = None;
+            let mut duration = None;
+            let mut concurrency = 1;
+            while let Some(arg) = parser.next()?.map(Owned::of) {
+                if client_flag(&arg, &mut parser, &mut client)? {
+                    continue;
+                }
+                match arg {
+                    Owned::Long(name) => match name.as_str() {
+                        "json" => json = true,
+                        "requests" => requests = Some(number::<u64>(&mut parser, "--requests")?),
+                        "duration" => duration = Some(seconds(&mut parser, "--duration")?),
+                        "concurrency" => {
+                            concurrency = number::<usize>(&mut parser, "--concurrency")?
+                        }
+                        "help" => return Ok(Command::Help),
+                        _ => return Err(Owned::Long(name).unexpected()),
+                    },
+                    Owned::Short('h') => return Ok(Command::Help),
+                    Owned::Value(v) if url.is_none() => {
+                        url = Some(
+                            v.into_string()
+                                .map_err(|_| Usage("URL is not valid UTF-8".into()))?,
+                        )
+                    }
+                    other => return Err(other.unexpected()),
+                }
+            }
+            let url = url.ok_or_else(|| Usage("call needs a URL".into()))?;
+            let amount = match (requests, duration) {
+                (Some(_), Some(_)) => {
+                    return Err(Usage("use --requests or --duration, not both".into()))
+                }
+                (Some(0), None) => return Err(Usage("--requests must be at least 1".into())),
+                (Some(n), None) => Amount::Requests(n),
+                (None, Some(d)) => Amount::Duration(d),
+                (None, None) => Amount::Requests(1),
+            };
+            if !(1..=1024).contains(&concurrency) {
+                return Err(Usage("--concurrency must be between 1 and 1024".into()));
+            }
+            validate_client(&client)?;
+            Ok(Command::Call {
+                client,
+                url,
+                amount,
+                concurrency,
+                json,
+            })
+        }
+        "demo" => {
+            let mut duration = Duration::from_secs(8);
+            while let Some(arg) = parser.next()?.map(Owned::of) {
+                match arg {
+                    Owned::Long(name) if name == "duration" => {
+                        duration = seconds(&mut parser, "--duration")?
+                    }
+                    Owned::Short('h') => return Ok(Command::Help),
+                    Owned::Long(name) if name == "help" => return Ok(Command::Help),
+                    other => return Err(other.unexpected()),
+                }
+            }
+            Ok(Command::Demo { duration })
+        }
+        "help" => Ok(Command::Help),
+        other => Err(Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+fn validate_client(client: &ClientFlags) -> Result<(), Usage> {
+    match (&client.token_url, &client.issuer) {
+        (None, None) => return Err(Usage("give --token-url or --issuer".into())),
+        (Some(_), Some(_)) => return Err(Usage("give --token-url or --issuer, not both".into())),
+        _ => {}
+    }
+    if client.client_id.is_none() {
+        return Err(Usage("--client-id is required".into()));
+    }
+    if client.client_secret.is_some() && client.client_secret_env.is_some() {
+        return Err(Usage(
+            "give --client-secret or --client-secret-env, not both".into(),
+        ));
+    }
+    if client.client_secret.is_none() && client.client_secret_env.is_none() {
+        return Err(Usage(
+            "give --client-secret-env VAR (or --client-secret)".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(line: &str) -> Result<Command, Usage> {
+        parse(line.split_whitespace().map(OsString::from))
+    }
+
+    #[test]
+    fn token_flags() {
+        let cmd = parse_str("token --token-url http://127.0.0.1:1/t --client-id c --client-secret-env S --auth post --scope a --resource https://r/ --resource urn:x --param k=v=w --json").unwrap();
+        let Command::Token { client, json } = cmd else {
+            panic!()
+        };
+        assert!(json);
+        assert_eq!(client.auth, Some(AuthMethod::Post));
+        assert_eq!(client.resources, vec!["https://r/", "urn:x"]);
+        assert_eq!(client.params, vec![("k".to_owned(), "v=w".to_owned())]);
+    }
+
+    #[test]
+    fn call_flags() {
+        let cmd = parse_str("call http://127.0.0.1:1/api --issuer http://127.0.0.1:1 --client-id c --client-secret s --duration 2.5 --concurrency 4").unwrap();
+        let Command::Call {
+            url,
+            amount,
+            concurrency,
+            ..
+        } = cmd
+        else {
+            panic!()
+        };
+        assert_eq!(url, "http://127.0.0.1:1/api");
+        assert_eq!(amount, Amount::Duration(Duration::from_millis(2500)));
+        assert_eq!(concurrency, 4);
+    }
+
+    #[test]
+    fn usage_errors() {
+        for line in [
+            "token --client-id c --client-secret s",
+            "token --token-url u --issuer i --client-id c --client-secret s",
+            "token --token-url u --client-secret s",
+            "token --token-url u --client-id c",
+            "token --token-url u --client-id c --client-secret s --auth jwt",
+            "token --token-url u --client-id c --client-secret s --param novalue",
+            "call --token-url u --client-id c --client-secret s",
+            "call u --token-url u --client-id c --client-secret s --requests 3 --duration 1",
+            "call u --token-url u --client-id c --client-secret s --concurrency 0",
+            "call u --token-url u --client-id c --client-secret s --requests x",
+            "demo --duration -1",
+            "frobnicate",
+            "token --bogus",
+        ] {
+            assert!(parse_str(line).is_err(), "{line}");
+        }
+        assert!(matches!(parse_str(""), Ok(Command::Help)));
+        assert!(matches!(parse_str("demo"), Ok(Command::Demo { .. })));
+    }
+}

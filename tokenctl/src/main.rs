@@ -1,0 +1,192 @@
+//! `tokenctl`: fetch tokens, call APIs through the managed client, and demo
+//! token-keeper's caching, refresh-ahead and single-flight on a local server.
+
+#![forbid(unsafe_code)]
+
+mod args;
+mod call;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
+use token_keeper_ureq::{Error, TokenClient};
+
+use crate::args::{AuthMethod, ClientFlags, Command, Usage};
+
+/// The name the command line's client is registered under.
+const CLIENT: &str = "cli";
+
+/// Why a command failed; each kind has its exit code.
+#[derive(Debug)]
+pub enum Failure {
+    Usage(String),
+    Token(Error),
+    Other(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Token(error) => token_exit_code(error),
+            Failure::Other(_) => 1,
+        }
+    }
+}
+
+/// 3 refused (OAuth), 4 transport, 5 invalid response, 2 configuration, 1 otherwise.
+pub fn token_exit_code(error: &Error) -> u8 {
+    use token_keeper::TokenError;
+    match error {
+        Error::OAuth(_) => 3,
+        Error::Transport(_) => 4,
+        Error::InvalidResponse(_) | Error::Discovery(_) => 5,
+        Error::Unavailable { cause, .. } => match cause {
+            TokenError::OAuth(_) => 3,
+            TokenError::Transport(_) => 4,
+            TokenError::InvalidResponse(_) => 5,
+            _ => 1,
+        },
+        Error::Config(_) => 2,
+        _ => 1,
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(m) => write!(f, "{m} (see tokenctl --help)"),
+            Failure::Token(e) => e.fmt(f),
+            Failure::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Config(c) => Failure::Usage(c.to_string()),
+            other => Failure::Token(other),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // One clear line on stderr, never a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!("tokenctl: internal error: {message}");
+    }));
+    let result = match args::parse(std::env::args_os().skip(1)) {
+        Err(Usage(message)) => Err(Failure::Usage(message)),
+        Ok(command) => run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("tokenctl: {failure}");
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Help => {
+            print!("{}", args::USAGE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version => {
+            println!("tokenctl {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { client, json } => token(&client, json),
+        Command::Call {
+            client,
+            url,
+            amount,
+            concurrency,
+            json,
+        } => {
+            let tokens = build_client(&client)?;
+            call::call(&tokens, CLIENT, &url, amount, concurrency, json)
+        }
+        Command::Demo { duration } => call::demo(duration),
+    }
+}
+
+/// Builds the managed client from the command line's client flags.
+pub fn build_client(flags: &ClientFlags) -> Result<TokenClient, Failure> {
+    let secret = match (&flags.client_secret, &flags.client_secret_env) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            Failure::Usage(format!(
+                "environment variable {var} is not set (or not UTF-8)"
+            ))
+        })?,
+        (None, None) => return Err(Failure::Usage("no client secret given".into())),
+    };
+    let secret = ClientSecret::new(secret);
+    let auth = match flags.auth.unwrap_or(AuthMethod::Basic) {
+        AuthMethod::Basic => ClientAuth::Basic(secret),
+        AuthMethod::Post => ClientAuth::Post(secret),
+    };
+    let tokens = TokenClient::new();
+    let token_url = match (&flags.token_url, &flags.issuer) {
+        (Some(url), _) => url.clone(),
+        (None, Some(issuer)) => tokens.discover(issuer)?.token_endpoint().to_owned(),
+        (None, None) => return Err(Failure::Usage("give --token-url or --issuer".into())),
+    };
+    let client_id = flags.client_id.clone().unwrap_or_default();
+    let mut config = ClientConfig::new(&token_url, client_id, auth)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    if let Some(scope) = &flags.scope {
+        config = config.scope(scope);
+    }
+    for resource in &flags.resources {
+        config = config
+            .resource(resource)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+    }
+    if let Some(audience) = &flags.audience {
+        config = config.audience(audience.clone());
+    }
+    for (k, v) in &flags.params {
+        config = config
+            .param(k.clone(), v.clone())
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+    }
+    tokens.add_client(CLIENT, config)?;
+    Ok(tokens)
+}
+
+fn token(flags: &ClientFlags, json: bool) -> Result<ExitCode, Failure> {
+    let tokens = build_client(flags)?;
+    let info = tokens.token(CLIENT)?;
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        let value = serde_json::json!({
+            "access_token": info.access_token.expose_secret(),
+            "token_type": info.token_type.scheme(),
+            "expires_in": info.expires_in.as_secs(),
+            "scope": info.scope,
+        });
+        writeln!(out, "{value}")
+    } else {
+        writeln!(out, "{}", info.access_token.expose_secret())
+    };
+    written.map_err(|e| Failure::Other(format!("writing to stdout: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Formats a duration in milliseconds with two decimals.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
+}

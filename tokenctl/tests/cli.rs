@@ -1,0 +1,272 @@
+//! `tokenctl` as a user runs it: the real binary against the local server.
+
+use std::process::{Command, Output};
+
+use token_keeper_testkit::{ApiFault, LocalAuthServer, ServerConfig, TokenFault};
+
+const SECRET: &str = "cli-secret-7d1e";
+
+fn server() -> LocalAuthServer {
+    LocalAuthServer::start(ServerConfig {
+        clients: vec![("m2m".into(), SECRET.into())],
+        ttl_secs: 3600,
+        scope: Some("api".into()),
+        ..ServerConfig::default()
+    })
+    .unwrap()
+}
+
+fn tokenctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tokenctl"))
+        .args(args)
+        .env("TK_TEST_SECRET", SECRET)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// Checks the one-line error convention: a single line, no panic text, no secret.
+fn assert_clean_error(o: &Output, code: i32) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("tokenctl: "), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET), "{err}");
+}
+
+#[test]
+fn token_prints_the_access_token() {
+    let s = server();
+    let out = tokenctl(&[
+        "token",
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret-env",
+        "TK_TEST_SECRET",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out);
+    assert!(token.trim().starts_with("lt-0-"), "{token}");
+    assert_eq!(s.tokens_issued(), 1);
+}
+
+#[test]
+fn token_json_has_the_documented_keys() {
+    let s = server();
+    let out = tokenctl(&[
+        "token",
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret",
+        SECRET,
+        "--auth",
+        "post",
+        "--scope",
+        "api",
+        "--param",
+        "tenant=acme",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let object = value.as_object().unwrap();
+    let mut keys: Vec<_> = object.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["access_token", "expires_in", "scope", "token_type"]);
+    assert_eq!(object["token_type"], "Bearer");
+    assert_eq!(object["scope"], "api");
+    assert!(object["expires_in"].as_u64().unwrap() > 3500);
+    let recorded = s.last_token_request().unwrap();
+    assert_eq!(recorded.field("client_secret"), Some(SECRET));
+    assert_eq!(recorded.field("tenant"), Some("acme"));
+}
+
+#[test]
+fn issuer_discovery_finds_the_token_endpoint() {
+    let s = server();
+    let out = tokenctl(&[
+        "token",
+        "--issuer",
+        &s.base_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret-env",
+        "TK_TEST_SECRET",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.tokens_issued(), 1);
+}
+
+#[test]
+fn exit_codes() {
+    let s = server();
+    // 2: usage.
+    assert_clean_error(&tokenctl(&["token", "--client-id", "m2m"]), 2);
+    assert_clean_error(&tokenctl(&["frobnicate"]), 2);
+    assert_clean_error(
+        &tokenctl(&[
+            "token",
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "m2m",
+            "--client-secret-env",
+            "TK_UNSET_VAR_X",
+        ]),
+        2,
+    );
+    assert_clean_error(
+        &tokenctl(&[
+            "token",
+            "--token-url",
+            "http://example.com/t",
+            "--client-id",
+            "m2m",
+            "--client-secret",
+            "x",
+        ]),
+        2,
+    );
+    // 3: refused.
+    let out = tokenctl(&[
+        "token",
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret",
+        "wrong",
+    ]);
+    assert_clean_error(&out, 3);
+    assert!(stderr(&out).contains("invalid_client"));
+    // 4: transport (nothing listens on a port we just freed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}/token");
+    assert_clean_error(
+        &tokenctl(&[
+            "token",
+            "--token-url",
+            &dead,
+            "--client-id",
+            "m2m",
+            "--client-secret",
+            SECRET,
+        ]),
+        4,
+    );
+    // 5: invalid response.
+    s.push_token_fault(TokenFault::Body("<html>login</html>".into()));
+    assert_clean_error(
+        &tokenctl(&[
+            "token",
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "m2m",
+            "--client-secret",
+            SECRET,
+        ]),
+        5,
+    );
+}
+
+#[test]
+fn call_reports_the_documented_summary() {
+    let s = server();
+    let api = format!("{}/things", s.api_url());
+    let out = tokenctl(&[
+        "call",
+        &api,
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret-env",
+        "TK_TEST_SECRET",
+        "--requests",
+        "40",
+        "--concurrency",
+        "4",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let object = value.as_object().unwrap();
+    let mut keys: Vec<_> = object.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "failed",
+            "p50_ms",
+            "p99_ms",
+            "requests",
+            "succeeded",
+            "token_requests"
+        ]
+    );
+    assert_eq!(object["requests"], 40);
+    assert_eq!(object["succeeded"], 40);
+    assert_eq!(object["failed"], 0);
+    assert_eq!(object["token_requests"], 1);
+    assert!(object["p99_ms"].as_f64().unwrap() >= object["p50_ms"].as_f64().unwrap());
+    assert_eq!(s.api_requests(), 40);
+}
+
+#[test]
+fn call_exits_non_zero_unless_every_request_succeeded() {
+    let s = server();
+    // Two 401s in a row: the retry fails too, so one request fails.
+    s.push_api_fault(ApiFault::UnauthorizedOnce);
+    s.push_api_fault(ApiFault::UnauthorizedOnce);
+    let api = s.api_url();
+    let out = tokenctl(&[
+        "call",
+        &api,
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret",
+        SECRET,
+        "--requests",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("failed 1"), "{}", stdout(&out));
+}
+
+#[test]
+fn demo_runs_and_explains_itself() {
+    let out = tokenctl(&["demo", "--duration", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for word in [
+        "caching",
+        "single-flight",
+        "refresh-ahead",
+        "token requests",
+    ] {
+        assert!(text.contains(word), "{text}");
+    }
+}
