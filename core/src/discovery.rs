@@ -357,7 +357,8 @@ mod tests {
         );
         assert_eq!(m.dpop_signing_algs(), ["ES256"]);
 
-        let cases: [(&str, fn(&DiscoveryError) -> bool); 8] = [
+        type Check = fn(&DiscoveryError) -> bool;
+        let cases: [(&str, Check); 8] = [
             (
                 r#"{"issuer":"https://evil.example","token_endpoint":"https://as.example/t"}"#,
                 |e| matches!(e, DiscoveryError::IssuerMismatch { .. }),
