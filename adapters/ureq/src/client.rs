@@ -1,18 +1,18 @@
 //! [`TokenClient`]: the thread-safe blocking client.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderValue;
 use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
 use token_keeper::{
-    AccessToken, Authorization, ClientConfig, ClientHandle, Event, ForcedRefresh, KeyId,
-    KeyOverrides, ManagerConfig, RequestId, ResourceOutcome, ResourceResponse, Snapshot,
-    TokenManager, TokenRequest, TokenType,
+    ClientConfig, KeyId, KeyOverrides, ManagerConfig, ResourceOutcome, ResourceResponse,
+    TokenManager, TokenRequest,
+};
+use token_keeper_common::{
+    random_seed, start_forced_refresh, step, ClientStats, Registry, Step, TokenInfo,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -56,43 +56,6 @@ impl std::fmt::Debug for ClientOptions {
     }
 }
 
-/// A token as [`TokenClient::token`] returns it.
-#[derive(Clone, Debug)]
-pub struct TokenInfo {
-    /// The access token (redacted in `Debug`).
-    pub access_token: AccessToken,
-    /// Its type.
-    pub token_type: TokenType,
-    /// How long it may still be used.
-    pub expires_in: Duration,
-    /// The scope granted, when the server said.
-    pub scope: Option<String>,
-}
-
-/// Counts of what the client did, for reports and demos.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClientStats {
-    /// Token requests started.
-    pub token_requests: u64,
-    /// Tokens received and cached.
-    pub tokens_acquired: u64,
-    /// Token requests that failed.
-    pub failures: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    token_requests: AtomicU64,
-    tokens_acquired: AtomicU64,
-    failures: AtomicU64,
-}
-
-/// What the hit path reads without a lock: client names and per-key snapshots.
-struct Published {
-    names: ArcSwap<HashMap<String, (ClientHandle, KeyId)>>,
-    snapshots: Box<[ArcSwapOption<Snapshot>]>,
-}
-
 /// State shared by the client, its timer thread and its sender threads.
 pub(crate) struct Shared {
     core: Mutex<TokenManager>,
@@ -100,13 +63,11 @@ pub(crate) struct Shared {
     flight_ended: Condvar,
     /// Signalled whenever the core's next deadline may have moved.
     timers: Condvar,
-    published: Published,
+    registry: Registry,
     clock: Arc<dyn Clock>,
     agent: ureq::Agent,
     stopping: AtomicBool,
-    discovered: Mutex<HashMap<String, ServerMetadata>>,
     request_deadline: Duration,
-    counters: Counters,
 }
 
 /// Stops the timer thread when the last [`TokenClient`] clone goes away.
@@ -159,9 +120,8 @@ pub struct TokenClient {
 
 impl std::fmt::Debug for TokenClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self.shared.published.names.load().keys().cloned().collect();
         f.debug_struct("TokenClient")
-            .field("clients", &names)
+            .field("registry", &self.shared.registry)
             .finish_non_exhaustive()
     }
 }
@@ -180,24 +140,15 @@ impl TokenClient {
 
     /// A client with these options.
     pub fn with_options(options: ClientOptions) -> TokenClient {
-        let snapshots = (0..options.manager.max_keys)
-            .map(|_| ArcSwapOption::empty())
-            .collect::<Vec<_>>()
-            .into_boxed_slice();
         let shared = Arc::new(Shared {
             request_deadline: options.manager.request_timeout,
+            registry: Registry::new(options.manager.max_keys),
             core: Mutex::new(TokenManager::new(options.manager, options.seed)),
             flight_ended: Condvar::new(),
             timers: Condvar::new(),
-            published: Published {
-                names: ArcSwap::from_pointee(HashMap::new()),
-                snapshots,
-            },
             clock: Arc::clone(&options.clock),
             agent: transport::token_agent(options.connect_timeout, options.timeout),
             stopping: AtomicBool::new(false),
-            discovered: Mutex::new(HashMap::new()),
-            counters: Counters::default(),
         });
         let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -226,26 +177,14 @@ impl TokenClient {
     /// Registers a named client.
     pub fn add_client(&self, name: &str, config: ClientConfig) -> Result<(), Error> {
         let mut core = self.shared.lock_core();
-        let handle = core.add_client(name, config)?;
-        let key = core.default_key(handle);
-        let mut names = HashMap::clone(&self.shared.published.names.load());
-        names.insert(name.to_owned(), (handle, key));
-        self.shared.published.names.store(Arc::new(names));
-        Ok(())
+        self.shared.registry.add_client(&mut core, name, config)
     }
 
     /// The metadata of the authorization server at `issuer`
     /// (`/.well-known/openid-configuration`, falling back to
     /// `/.well-known/oauth-authorization-server`), fetched once and cached.
     pub fn discover(&self, issuer: &str) -> Result<ServerMetadata, Error> {
-        let cached = self
-            .shared
-            .discovered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(issuer)
-            .cloned();
-        if let Some(metadata) = cached {
+        if let Some(metadata) = self.shared.registry.discovered(issuer) {
             return Ok(metadata);
         }
         let mut discovery = Discovery::new(issuer)?;
@@ -263,22 +202,20 @@ impl TokenClient {
             }
         };
         self.shared
-            .discovered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(issuer.to_owned(), metadata.clone());
+            .registry
+            .remember_discovery(issuer, metadata.clone());
         Ok(metadata)
     }
 
     /// The key of a named client's configured request.
     pub fn key(&self, name: &str) -> Result<KeyId, Error> {
-        self.shared.lookup(name).map(|(_, key)| key)
+        self.shared.registry.lookup(name).map(|(_, key)| key)
     }
 
     /// The key of a named client's request changed by per-call overrides
     /// (another scope, resource or parameter): a separate cached token.
     pub fn key_with(&self, name: &str, overrides: &KeyOverrides) -> Result<KeyId, Error> {
-        let (handle, _) = self.shared.lookup(name)?;
+        let (handle, _) = self.shared.registry.lookup(name)?;
         Ok(self.shared.lock_core().key(handle, overrides)?)
     }
 
@@ -286,13 +223,18 @@ impl TokenClient {
     /// token when valid, otherwise fetched (one request per key, however many
     /// threads ask). Blocks only when no valid token is cached.
     pub fn header(&self, name: &str) -> Result<HeaderValue, Error> {
-        let (_, key) = self.shared.lookup(name)?;
+        let (_, key) = self.shared.registry.lookup(name)?;
         self.header_for(key)
     }
 
     /// The `Authorization` header value for a key.
     pub fn header_for(&self, key: KeyId) -> Result<HeaderValue, Error> {
-        if let Some(header) = self.shared.with_fresh_snapshot(key, |s| s.header().clone()) {
+        let now = self.shared.clock.monotonic();
+        if let Some(header) = self
+            .shared
+            .registry
+            .with_fresh(key, now, |s| s.header().clone())
+        {
             return Ok(header);
         }
         self.shared.acquire(key, |header| header.clone())
@@ -306,36 +248,30 @@ impl TokenClient {
         name: &str,
         f: impl FnOnce(&HeaderValue) -> R,
     ) -> Result<R, Error> {
-        let names = self.shared.published.names.load();
-        let Some(&(_, key)) = names.get(name) else {
-            return Err(Error::UnknownClient(name.to_owned()));
-        };
         let mut f = Some(f);
-        if let Some(result) = self
+        let now = self.shared.clock.monotonic();
+        let fast = self
             .shared
-            .with_fresh_snapshot(key, |s| (f.take().expect("called once"))(s.header()))
-        {
+            .registry
+            .with_fresh_named(name, now, |s| (f.take().expect("called once"))(s.header()))?;
+        if let Some(result) = fast {
             return Ok(result);
         }
-        let f = f.take().expect("not called on the fast path");
-        self.shared.acquire(key, f)
+        let (_, key) = self.shared.registry.lookup(name)?;
+        self.shared
+            .acquire(key, f.take().expect("not called on the fast path"))
     }
 
     /// The named client's token with its remaining lifetime and scope,
     /// fetching one if needed.
     pub fn token(&self, name: &str) -> Result<TokenInfo, Error> {
-        let (_, key) = self.shared.lookup(name)?;
+        let (_, key) = self.shared.registry.lookup(name)?;
         loop {
             self.shared.acquire(key, |_| ())?;
             let core = self.shared.lock_core();
             // The token may expire between the two steps; then ask again.
-            if let Some(view) = core.token(key, self.shared.clock.now()) {
-                return Ok(TokenInfo {
-                    access_token: view.access_token().clone(),
-                    token_type: view.token_type(),
-                    expires_in: view.remaining(),
-                    scope: view.scope().map(str::to_owned),
-                });
+            if let Some(info) = TokenInfo::of(&core, key, self.shared.clock.now()) {
+                return Ok(info);
             }
         }
     }
@@ -343,29 +279,17 @@ impl TokenClient {
     /// Fetches a new token for the named client now, even if the cached one
     /// is Fresh, and waits for the outcome. Respects backoff.
     pub fn force_refresh(&self, name: &str) -> Result<(), Error> {
-        let (_, key) = self.shared.lookup(name)?;
+        let (_, key) = self.shared.registry.lookup(name)?;
         let mut core = self.shared.lock_core();
-        let now = self.shared.clock.now();
-        let id = match core.force_refresh(key, now) {
-            ForcedRefresh::Started(id) | ForcedRefresh::InFlight(id) => id,
-            ForcedRefresh::BackingOff { retry_at } => {
-                let retry_in = retry_at.saturating_duration_since(now.monotonic());
-                let cause = match core.authorize(key, now) {
-                    Authorization::Unavailable { error, .. } => error.clone(),
-                    _ => token_keeper::TokenError::Transport(token_keeper::TransportError::new(
-                        token_keeper::TransportErrorKind::Other,
-                        "backing off after a failed refresh",
-                    )),
-                };
-                let requests = self.shared.drain(&mut core);
-                drop(core);
-                self.shared.dispatch(requests, None);
-                return Err(Error::Unavailable { cause, retry_in });
-            }
-        };
-        let requests = self.shared.drain(&mut core);
+        let (started, requests) = start_forced_refresh(
+            &mut core,
+            &self.shared.registry,
+            key,
+            self.shared.clock.now(),
+        );
         drop(core);
-        self.shared.dispatch(requests, None);
+        self.shared.dispatch(requests);
+        let id = started?;
         let mut core = self.shared.lock_core();
         while core.in_flight(key) == Some(id) {
             core = self.shared.wait_for_flight(core);
@@ -376,12 +300,12 @@ impl TokenClient {
 
     /// Drops the named client's cached token; the next call fetches a new one.
     pub fn invalidate(&self, name: &str) -> Result<(), Error> {
-        let (_, key) = self.shared.lookup(name)?;
+        let (_, key) = self.shared.registry.lookup(name)?;
         let mut core = self.shared.lock_core();
         core.invalidate(key, self.shared.clock.now());
-        let requests = self.shared.drain(&mut core);
+        let requests = self.shared.registry.drain(&mut core);
         drop(core);
-        self.shared.dispatch(requests, None);
+        self.shared.dispatch(requests);
         Ok(())
     }
 
@@ -404,20 +328,15 @@ impl TokenClient {
             attempt,
         };
         let outcome = core.handle_resource_response(key, &response, self.shared.clock.now());
-        let requests = self.shared.drain(&mut core);
+        let requests = self.shared.registry.drain(&mut core);
         drop(core);
-        self.shared.dispatch(requests, None);
+        self.shared.dispatch(requests);
         outcome
     }
 
     /// What the client has done so far.
     pub fn stats(&self) -> ClientStats {
-        let c = &self.shared.counters;
-        ClientStats {
-            token_requests: c.token_requests.load(Ordering::Relaxed),
-            tokens_acquired: c.tokens_acquired.load(Ordering::Relaxed),
-            failures: c.failures.load(Ordering::Relaxed),
-        }
+        self.shared.registry.stats()
     }
 
     /// The clock this client reads.
@@ -426,38 +345,11 @@ impl TokenClient {
     }
 }
 
-/// The outcome of one round with the core.
-enum Round<R> {
-    Done(Result<R, Error>),
-    Send(RequestId),
-    Wait(RequestId),
-}
-
 impl Shared {
-    pub(crate) fn lock_core(&self) -> MutexGuard<'_, TokenManager> {
-        // A panic while holding the lock cannot leave the core half-updated in a
-        // way that matters more than losing all tokens; keep serving.
+    fn lock_core(&self) -> MutexGuard<'_, TokenManager> {
+        // A panic while holding the lock cannot leave the core in a state worse
+        // than losing its tokens; keep serving rather than poisoning every caller.
         self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lookup(&self, name: &str) -> Result<(ClientHandle, KeyId), Error> {
-        self.published
-            .names
-            .load()
-            .get(name)
-            .copied()
-            .ok_or_else(|| Error::UnknownClient(name.to_owned()))
-    }
-
-    /// The lock-free hit path: a guard load of the key's snapshot and one compare.
-    #[inline]
-    fn with_fresh_snapshot<R>(&self, key: KeyId, f: impl FnOnce(&Snapshot) -> R) -> Option<R> {
-        let cell = self.published.snapshots.get(key.index())?;
-        let guard = cell.load();
-        let snapshot = guard.as_ref()?;
-        snapshot
-            .is_fresh(self.clock.monotonic())
-            .then(|| f(snapshot))
     }
 
     /// The slow path: asks the core until it attaches or fails, sending this
@@ -471,59 +363,46 @@ impl Shared {
         let mut f = Some(f);
         let mut core = self.lock_core();
         loop {
-            let now = self.clock.now();
-            let round = match core.authorize(key, now) {
-                Authorization::Attach(attach) => {
-                    Round::Done(Ok((f.take().expect("called once"))(attach.header())))
-                }
-                Authorization::Unavailable { error, retry_at } => Round::Done(Err(if waited {
-                    // This caller saw the request fail: report the failure itself.
-                    Error::from_token_error(error)
-                } else {
-                    Error::Unavailable {
-                        cause: error.clone(),
-                        retry_in: retry_at.saturating_duration_since(now.monotonic()),
-                    }
-                })),
-                Authorization::Fetch(id) => Round::Send(id),
-                Authorization::Wait(id) => Round::Wait(id),
-            };
-            let mut requests = self.drain(&mut core);
+            let round = step(
+                &mut core,
+                &self.registry,
+                key,
+                self.clock.now(),
+                waited,
+                &mut f,
+            );
+            self.timers.notify_all();
             match round {
-                Round::Done(result) => {
+                Step::Done(result, others) => {
                     drop(core);
-                    self.dispatch(requests, None);
+                    self.dispatch(others);
                     return result;
                 }
-                Round::Send(id) => {
-                    let own = requests
-                        .iter()
-                        .position(|r| r.id() == id)
-                        .map(|i| requests.swap_remove(i));
+                Step::Send { own, others } => {
                     drop(core);
-                    self.dispatch(requests, own);
-                    waited = true;
+                    self.dispatch(others);
+                    self.send_and_handle(own);
                     core = self.lock_core();
                 }
-                Round::Wait(id) => {
-                    if !requests.is_empty() {
+                Step::Wait { id, others } => {
+                    if !others.is_empty() {
                         drop(core);
-                        self.dispatch(requests, None);
+                        self.dispatch(others);
                         core = self.lock_core();
                     }
                     // Checked under the lock, so the end of the flight cannot be missed.
                     if core.in_flight(key) == Some(id) {
                         core = self.wait_for_flight(core);
                     }
-                    waited = true;
                 }
             }
+            waited = true;
         }
     }
 
     /// Waits until some token request ends, bounded by the core's request deadline.
     fn wait_for_flight<'a>(
-        &'a self,
+        self: &'a Arc<Self>,
         core: MutexGuard<'a, TokenManager>,
     ) -> MutexGuard<'a, TokenManager> {
         let (mut core, timeout) = self
@@ -533,64 +412,29 @@ impl Shared {
         if timeout.timed_out() {
             // The request outlived the core's deadline: let the core give up on it.
             core.handle_timeout(self.clock.now());
+            let requests = self.registry.drain(&mut core);
+            self.flight_ended.notify_all();
+            drop(core);
+            self.dispatch(requests);
+            return self.lock_core();
         }
         core
     }
 
-    /// Drains the core's outputs after an input: publishes snapshots, logs
-    /// events, wakes the timer thread, and returns the requests to send.
-    fn drain(&self, core: &mut TokenManager) -> Vec<TokenRequest> {
-        while let Some((key, snapshot)) = core.poll_snapshot() {
-            if let Some(cell) = self.published.snapshots.get(key.index()) {
-                cell.store(snapshot);
-            }
-        }
-        while let Some(event) = core.poll_event() {
-            let counter = match &event {
-                Event::RequestStarted { .. } => Some(&self.counters.token_requests),
-                Event::TokenAcquired { .. } => Some(&self.counters.tokens_acquired),
-                Event::RequestFailed { .. } => Some(&self.counters.failures),
-                _ => None,
-            };
-            if let Some(counter) = counter {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            log_event(&event);
-        }
-        self.timers.notify_all();
-        std::iter::from_fn(|| core.poll_request()).collect()
-    }
-
-    /// Sends `own` on this thread (the caller waits for it anyway) and every
-    /// other request on a thread of its own, off every caller's path.
-    fn dispatch(self: &Arc<Self>, requests: Vec<TokenRequest>, own: Option<TokenRequest>) {
+    /// Sends each request on a thread of its own, off every caller's path.
+    fn dispatch(self: &Arc<Self>, requests: Vec<TokenRequest>) {
         for request in requests {
-            self.spawn_sender(request);
-        }
-        if let Some(request) = own {
-            self.send_and_handle(request);
-        }
-    }
-
-    fn spawn_sender(self: &Arc<Self>, request: TokenRequest) {
-        // Sender threads need the shared state; callers hold it through an Arc.
-        let shared = Arc::clone(self);
-        let id = request.id();
-        let spawned = std::thread::Builder::new()
-            .name("token-keeper-refresh".into())
-            .spawn(move || shared.send_and_handle(request));
-        if let Err(error) = spawned {
-            let mut core = self.lock_core();
-            let failure = token_keeper::TransportError::new(
-                token_keeper::TransportErrorKind::Other,
-                format!("could not start a thread for the token request: {error}"),
-            );
-            let _ = core.handle_transport_error(id, failure, self.clock.now());
-            let requests = self.drain(&mut core);
-            self.flight_ended.notify_all();
-            drop(core);
-            for request in requests {
-                self.spawn_sender(request);
+            let shared = Arc::clone(self);
+            let id = request.id();
+            let spawned = std::thread::Builder::new()
+                .name("token-keeper-refresh".into())
+                .spawn(move || shared.send_and_handle(request));
+            if let Err(error) = spawned {
+                let failure = token_keeper::TransportError::new(
+                    token_keeper::TransportErrorKind::Other,
+                    format!("could not start a thread for the token request: {error}"),
+                );
+                self.finish(id, Err(failure));
             }
         }
     }
@@ -599,18 +443,27 @@ impl Shared {
         let id = request.id();
         let max_body = self.lock_core().config().max_response_body;
         let outcome = transport::send(&self.agent, request.into_request(), max_body);
+        self.finish(id, outcome);
+    }
+
+    /// Feeds a request's outcome to the core and wakes everyone who waits.
+    fn finish(
+        self: &Arc<Self>,
+        id: token_keeper::RequestId,
+        outcome: Result<http::Response<Vec<u8>>, token_keeper::TransportError>,
+    ) {
         let mut core = self.lock_core();
         let now = self.clock.now();
+        // An answer the core no longer waits for (it gave up on the request) is dropped.
         let _late = match outcome {
             Ok(response) => core.handle_response(id, response, now),
             Err(error) => core.handle_transport_error(id, error, now),
         };
-        let requests = self.drain(&mut core);
+        let requests = self.registry.drain(&mut core);
         self.flight_ended.notify_all();
+        self.timers.notify_all();
         drop(core);
-        for request in requests {
-            self.spawn_sender(request);
-        }
+        self.dispatch(requests);
     }
 
     /// The timer thread: sleeps until the core's next deadline, then lets the
@@ -625,12 +478,10 @@ impl Shared {
             let wait = match core.poll_timeout() {
                 Some((deadline, _)) if deadline <= now.monotonic() => {
                     core.handle_timeout(now);
-                    let requests = self.drain(&mut core);
+                    let requests = self.registry.drain(&mut core);
                     self.flight_ended.notify_all();
                     drop(core);
-                    for request in requests {
-                        self.spawn_sender(request);
-                    }
+                    self.dispatch(requests);
                     core = self.lock_core();
                     continue;
                 }
@@ -644,53 +495,4 @@ impl Shared {
                 .0;
         }
     }
-}
-
-fn log_event(event: &Event) {
-    match event {
-        Event::RequestStarted { key, id, reason } => {
-            log::debug!("{key}: token request {id} started ({reason:?})")
-        }
-        Event::TokenAcquired {
-            key,
-            lifetime,
-            token_type,
-            scope,
-        } => log::info!(
-            "{key}: {} token acquired, lifetime {} s, scope {:?}",
-            token_type.scheme(),
-            lifetime.as_secs(),
-            scope.as_deref().unwrap_or("")
-        ),
-        Event::RequestFailed { key, id, error } => {
-            log::warn!("{key}: token request {id} failed: {error}")
-        }
-        Event::BackoffEntered {
-            key,
-            delay,
-            failures,
-            serving_cached,
-            ..
-        } => log::warn!(
-            "{key}: backing off {:.1} s after {failures} failure(s){}",
-            delay.as_secs_f64(),
-            if *serving_cached {
-                "; still serving the cached token"
-            } else {
-                ""
-            }
-        ),
-        Event::TokenInvalidated { key, reason } => {
-            log::info!("{key}: token invalidated ({reason:?})")
-        }
-        Event::TokenExpired { key } => log::debug!("{key}: token expired"),
-        other => log::debug!("{other:?}"),
-    }
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(std::process::id() as u64);
-    hasher.finish()
 }

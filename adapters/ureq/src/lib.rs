@@ -63,15 +63,14 @@
 #![deny(missing_docs)]
 
 mod client;
-pub mod clock;
-pub mod error;
 pub mod middleware;
 mod transport;
 
-pub use client::{ClientOptions, ClientStats, TokenClient, TokenInfo};
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::Error;
+pub use client::{ClientOptions, TokenClient};
 pub use middleware::TokenMiddleware;
+pub use token_keeper_common::{
+    clock, error, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
+};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -32,41 +32,14 @@ use ureq::middleware::{Middleware, MiddlewareNext};
 use ureq::typestate::AgentScope;
 use ureq::{Body, SendBody};
 
+use token_keeper_common::{may_carry_body, Routes};
+
 use crate::client::TokenClient;
 use crate::error::Error;
 
 /// Marks the replayed request, so the second pass knows it is the retry.
 #[derive(Clone, Copy, Debug)]
 struct Retried;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Origin {
-    scheme: String,
-    host: String,
-    port: u16,
-}
-
-impl Origin {
-    fn of(uri: &Uri) -> Option<Origin> {
-        let scheme = uri.scheme_str()?.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "https" => 443,
-            "http" => 80,
-            _ => return None,
-        };
-        Some(Origin {
-            host: uri.host()?.to_ascii_lowercase(),
-            port: uri.port_u16().unwrap_or(default_port),
-            scheme,
-        })
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Route {
-    origin: Origin,
-    key: KeyId,
-}
 
 /// A ureq middleware that attaches managed tokens. See the [module docs](self).
 ///
@@ -83,7 +56,7 @@ struct Route {
 #[derive(Clone)]
 pub struct TokenMiddleware {
     client: TokenClient,
-    routes: Arc<Vec<Route>>,
+    routes: Arc<Routes>,
     max_replay_body: usize,
     retry_agent: Option<ureq::Agent>,
 }
@@ -103,7 +76,7 @@ impl TokenMiddleware {
     pub fn new(client: TokenClient) -> TokenMiddleware {
         TokenMiddleware {
             client,
-            routes: Arc::new(Vec::new()),
+            routes: Arc::new(Routes::new()),
             max_replay_body: 64 * 1024,
             retry_agent: None,
         }
@@ -112,26 +85,8 @@ impl TokenMiddleware {
     /// Attaches the named client's tokens to requests for `origin`
     /// (`https://host[:port]`, or `http://` on a loopback host).
     pub fn route(mut self, origin: &str, client_name: &str) -> Result<TokenMiddleware, Error> {
-        let uri: Uri = origin
-            .parse()
-            .map_err(|_| Error::Config(config_error("origin is not a valid URL")))?;
-        let origin = Origin::of(&uri).ok_or_else(|| {
-            Error::Config(config_error("origin must be an http(s) URL with a host"))
-        })?;
-        let loopback = origin.host == "localhost"
-            || origin
-                .host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if origin.scheme != "https" && !loopback {
-            return Err(Error::Config(config_error(
-                "tokens are attached only to https origins (or http on loopback)",
-            )));
-        }
         let key = self.client.key(client_name)?;
-        Arc::make_mut(&mut self.routes).push(Route { origin, key });
+        Arc::make_mut(&mut self.routes).add(origin, key)?;
         Ok(self)
     }
 
@@ -157,14 +112,6 @@ impl TokenMiddleware {
         make_config().middleware(first).build().new_agent()
     }
 
-    fn route_for(&self, uri: &Uri) -> Option<KeyId> {
-        let origin = Origin::of(uri)?;
-        self.routes
-            .iter()
-            .find(|r| r.origin == origin)
-            .map(|r| r.key)
-    }
-
     /// Reports a 401 to the core; says whether the core allows a retry.
     fn on_unauthorized(
         &self,
@@ -184,10 +131,6 @@ impl TokenMiddleware {
     }
 }
 
-fn config_error(reason: &'static str) -> token_keeper::ConfigError {
-    token_keeper::ConfigError::new(reason)
-}
-
 /// The parts of a request needed to send it again.
 struct Replay {
     method: Method,
@@ -197,20 +140,13 @@ struct Replay {
     body: Vec<u8>,
 }
 
-fn may_carry_body(method: &Method) -> bool {
-    !matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
-    )
-}
-
 impl Middleware for TokenMiddleware {
     fn handle(
         &self,
         request: Request<SendBody>,
         next: MiddlewareNext,
     ) -> Result<Response<Body>, ureq::Error> {
-        let Some(key) = self.route_for(request.uri()) else {
+        let Some(key) = self.routes.key_for(request.uri()) else {
             return next.handle(request);
         };
         if request.headers().contains_key(AUTHORIZATION) {
@@ -250,7 +186,7 @@ impl Middleware for TokenMiddleware {
                     SendBody::from_reader(&mut stream),
                 ))
             } else {
-                let send = if bytes.is_empty() && !may_carry_body(&parts.method) {
+                let send = if bytes.is_empty() && !may_carry_body(parts.method.as_str()) {
                     SendBody::none()
                 } else {
                     parts
@@ -294,7 +230,7 @@ impl Middleware for TokenMiddleware {
                 if let Some(h) = builder.headers_mut() {
                     *h = headers;
                 }
-                if replay.body.is_empty() && !may_carry_body(&replay.method) {
+                if replay.body.is_empty() && !may_carry_body(replay.method.as_str()) {
                     agent.run(builder.body(()).map_err(ureq::Error::Http)?)
                 } else {
                     agent.run(builder.body(replay.body).map_err(ureq::Error::Http)?)

@@ -1,4 +1,4 @@
-//! The system clock the adapter reads.
+//! The system clock adapters read.
 //!
 //! A token's lifetime runs on the authorization server's clock, which keeps
 //! going while this machine sleeps. [`SystemClock`] therefore reads

@@ -1,0 +1,30 @@
+//! # token-keeper-common: what every adapter needs around the core
+//!
+//! None of this is protocol logic (that lives in the sans-IO
+//! [`token_keeper`] core). It is the plumbing that the blocking and the async
+//! adapters would otherwise each write again:
+//!
+//! - [`SystemClock`]: the monotonic clock that keeps counting through suspend;
+//! - [`Error`]: the one error type both adapters return, so tools behave the
+//!   same on either;
+//! - [`Registry`]: named clients, the per-key snapshot cells read lock-free on
+//!   the hit path, discovery results, and counters, plus
+//!   [`Registry::drain`], which empties the core's outputs after every input;
+//! - [`step`]: one round of "ask the core for a header", turned into what the
+//!   adapter must do next (done, send this request, or wait for that one);
+//! - [`Routes`]: which origins get which client's tokens.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod clock;
+pub mod error;
+pub mod registry;
+pub mod routes;
+pub mod step;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::Error;
+pub use registry::{random_seed, ClientStats, Registry, TokenInfo};
+pub use routes::{may_carry_body, Routes};
+pub use step::{start_forced_refresh, step, Step};
