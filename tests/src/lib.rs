@@ -21,3 +21,8 @@ pub mod scenarios;
 pub mod server;
 
 pub use server::{ApiFault, Gate, LocalAuthServer, RecordedRequest, ServerConfig, TokenFault};
+
+/// The README's examples, compiled as doctests here, where every crate they use is a dependency.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -22,9 +22,20 @@ pub enum AuthMethod {
     Post,
 }
 
+/// Which adapter drives the core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AdapterKind {
+    /// The blocking ureq adapter.
+    #[default]
+    Ureq,
+    /// The async surf adapter.
+    Surf,
+}
+
 /// The flags that describe a client, shared by `token` and `call`.
 #[derive(Clone, Debug, Default)]
 pub struct ClientFlags {
+    pub adapter: AdapterKind,
     pub token_url: Option<String>,
     pub issuer: Option<String>,
     pub client_id: Option<String>,
@@ -83,6 +94,7 @@ CLIENT FLAGS:
     --resource URI           RFC 8707 resource indicator (repeatable)
     --audience A
     --param k=v              extra form parameter (repeatable)
+    --adapter ureq|surf      blocking ureq (default) or async surf; same output and exit codes
 
 EXIT CODES:
     0 success   2 usage   3 the authorization server refused (OAuth error)
@@ -166,6 +178,17 @@ fn client_flag(
             })
         }
         "scope" => client.scope = Some(value(parser, &flag)?),
+        "adapter" => {
+            client.adapter = match value(parser, &flag)?.as_str() {
+                "ureq" => AdapterKind::Ureq,
+                "surf" => AdapterKind::Surf,
+                other => {
+                    return Err(Usage(format!(
+                        "--adapter: {other:?} is not one of ureq, surf"
+                    )))
+                }
+            }
+        }
         "resource" => client.resources.push(value(parser, &flag)?),
         "audience" => client.audience = Some(value(parser, &flag)?),
         "param" => {
@@ -317,12 +340,13 @@ mod tests {
 
     #[test]
     fn token_flags() {
-        let cmd = parse_str("token --token-url http://127.0.0.1:1/t --client-id c --client-secret-env S --auth post --scope a --resource https://r/ --resource urn:x --param k=v=w --json").unwrap();
+        let cmd = parse_str("token --token-url http://127.0.0.1:1/t --client-id c --client-secret-env S --auth post --scope a --resource https://r/ --resource urn:x --param k=v=w --adapter surf --json").unwrap();
         let Command::Token { client, json } = cmd else {
             panic!()
         };
         assert!(json);
         assert_eq!(client.auth, Some(AuthMethod::Post));
+        assert_eq!(client.adapter, AdapterKind::Surf);
         assert_eq!(client.resources, vec!["https://r/", "urn:x"]);
         assert_eq!(client.params, vec![("k".to_owned(), "v=w".to_owned())]);
     }
@@ -360,6 +384,7 @@ mod tests {
             "demo --duration -1",
             "frobnicate",
             "token --bogus",
+            "token --token-url u --client-id c --client-secret s --adapter hyper",
         ] {
             assert!(parse_str(line).is_err(), "{line}");
         }

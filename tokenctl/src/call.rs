@@ -10,6 +10,8 @@ use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
 use token_keeper_testkit::{LocalAuthServer, ServerConfig};
 use token_keeper_ureq::{Error, TokenClient, TokenMiddleware};
 
+use crate::Managed;
+
 use crate::args::Amount;
 use crate::{millis, token_exit_code, Failure};
 
@@ -39,29 +41,88 @@ fn origin_of(url: &str) -> Result<String, Failure> {
     }
 }
 
+/// One API call's failure: what to say and the exit code it implies.
+type CallFailure = (String, u8);
+
+/// Builds, for the chosen adapter, a function that makes one authenticated GET.
+fn caller(
+    tokens: &Managed,
+    client: &str,
+    url: &str,
+    concurrency: usize,
+) -> Result<Box<dyn Fn() -> Result<(), CallFailure> + Sync + Send>, Failure> {
+    let origin = origin_of(url)?;
+    let url = url.to_owned();
+    match tokens {
+        Managed::Ureq(tokens) => {
+            let agent = TokenMiddleware::new(tokens.clone())
+                .route(&origin, client)?
+                .build_agent(|| {
+                    ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(30)))
+                        .max_idle_connections_per_host(concurrency.max(3))
+                });
+            Ok(Box::new(move || match agent.get(&url).call() {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err((
+                    format!("the API answered HTTP {}", response.status().as_u16()),
+                    1,
+                )),
+                Err(ureq::Error::Other(inner)) => Err(match inner.downcast::<Error>() {
+                    Ok(token_error) => (token_error.to_string(), token_exit_code(&token_error)),
+                    Err(other) => (other.to_string(), 1),
+                }),
+                Err(other) => Err((format!("calling the API: {other}"), 4)),
+            }))
+        }
+        Managed::Surf(tokens) => {
+            let middleware =
+                token_keeper_surf::TokenMiddleware::new(tokens.clone()).route(&origin, client)?;
+            let api = surf::Client::new().with(middleware);
+            Ok(Box::new(move || {
+                let call = async { api.get(&url).await };
+                let timed = futures_lite::FutureExt::or(call, async {
+                    async_io::Timer::after(Duration::from_secs(30)).await;
+                    Err(surf::Error::from_str(
+                        surf::StatusCode::RequestTimeout,
+                        "no answer within 30 s",
+                    ))
+                });
+                match async_std::task::block_on(timed) {
+                    Ok(response) if response.status().is_success() => Ok(()),
+                    Ok(response) => Err((
+                        format!("the API answered HTTP {}", u16::from(response.status())),
+                        1,
+                    )),
+                    Err(error) => Err(match error.downcast_ref::<Error>() {
+                        Some(token_error) => {
+                            (token_error.to_string(), token_exit_code(token_error))
+                        }
+                        None => (format!("calling the API: {error}"), 4),
+                    }),
+                }
+            }))
+        }
+    }
+}
+
 /// Makes the calls and measures them.
 pub fn run_calls(
-    tokens: &TokenClient,
+    tokens: &Managed,
     client: &str,
     url: &str,
     amount: Amount,
     concurrency: usize,
     progress: bool,
 ) -> Result<Summary, Failure> {
-    let agent = TokenMiddleware::new(tokens.clone())
-        .route(&origin_of(url)?, client)?
-        .build_agent(|| {
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(30)))
-                .max_idle_connections_per_host(concurrency.max(3))
-        });
+    let call = caller(tokens, client, url, concurrency)?;
     let started = Instant::now();
     let issued = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
-    let first_failure: Mutex<Option<(String, u8)>> = Mutex::new(None);
+    let first_failure: Mutex<Option<CallFailure>> = Mutex::new(None);
     let latencies: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
     let more = |issued: &AtomicU64| match amount {
         Amount::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
@@ -74,22 +135,9 @@ pub fn run_calls(
                     let mut mine = Vec::new();
                     while more(&issued) {
                         let t0 = Instant::now();
-                        let outcome = agent.get(url).call();
+                        let outcome = call();
                         mine.push(t0.elapsed());
-                        let failure = match outcome {
-                            Ok(response) if response.status().is_success() => None,
-                            Ok(response) => Some((
-                                format!("the API answered HTTP {}", response.status().as_u16()),
-                                1,
-                            )),
-                            Err(ureq::Error::Other(inner)) => match inner.downcast::<Error>() {
-                                Ok(token_error) => {
-                                    Some((token_error.to_string(), token_exit_code(&token_error)))
-                                }
-                                Err(other) => Some((other.to_string(), 1)),
-                            },
-                            Err(other) => Some((format!("calling the API: {other}"), 4)),
-                        };
+                        let failure = outcome.err();
                         if let Some(failure) = failure {
                             failed.fetch_add(1, Ordering::Relaxed);
                             first_failure.lock().unwrap().get_or_insert(failure);
@@ -109,7 +157,7 @@ pub fn run_calls(
                         "\r{} requests, {} failed, {} token requests, {:.1} s ",
                         done.load(Ordering::Relaxed),
                         failed.load(Ordering::Relaxed),
-                        tokens.stats().token_requests,
+                        tokens.token_requests(),
                         started.elapsed().as_secs_f64()
                     );
                     let _ = err.flush();
@@ -141,7 +189,7 @@ pub fn run_calls(
         requests,
         succeeded: requests - failed,
         failed,
-        token_requests: tokens.stats().token_requests,
+        token_requests: tokens.token_requests(),
         p50: pick(0.50),
         p99: pick(0.99),
         max: latencies.last().copied().unwrap_or_default(),
@@ -178,7 +226,7 @@ fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
 
 /// `tokenctl call`.
 pub fn call(
-    tokens: &TokenClient,
+    tokens: &Managed,
     client: &str,
     url: &str,
     amount: Amount,
@@ -217,7 +265,7 @@ pub fn demo(duration: Duration) -> Result<ExitCode, Failure> {
         "local authorization server on {} (tokens live {TTL} s)",
         server.base_url()
     );
-    let tokens = TokenClient::new();
+    let tokens = Managed::Ureq(TokenClient::new());
     let config = ClientConfig::new(
         &server.token_url(),
         "demo",

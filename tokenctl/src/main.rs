@@ -11,9 +11,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
-use token_keeper_ureq::{Error, TokenClient};
+use token_keeper_surf::AsyncTokenClient;
+use token_keeper_ureq::{Error, TokenClient, TokenInfo};
 
-use crate::args::{AuthMethod, ClientFlags, Command, Usage};
+use crate::args::{AdapterKind, AuthMethod, ClientFlags, Command, Usage};
 
 /// The name the command line's client is registered under.
 const CLIENT: &str = "cli";
@@ -122,8 +123,56 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
     }
 }
 
+/// The managed client, on the adapter the command line chose.
+#[derive(Clone)]
+pub enum Managed {
+    /// Blocking, on ureq.
+    Ureq(TokenClient),
+    /// Async, on surf (driven here with async-std).
+    Surf(AsyncTokenClient),
+}
+
+impl Managed {
+    fn new(kind: AdapterKind) -> Managed {
+        match kind {
+            AdapterKind::Ureq => Managed::Ureq(TokenClient::new()),
+            AdapterKind::Surf => Managed::Surf(AsyncTokenClient::new(surf::Client::new())),
+        }
+    }
+
+    fn discover(&self, issuer: &str) -> Result<String, Error> {
+        let metadata = match self {
+            Managed::Ureq(c) => c.discover(issuer)?,
+            Managed::Surf(c) => async_std::task::block_on(c.discover(issuer))?,
+        };
+        Ok(metadata.token_endpoint().to_owned())
+    }
+
+    fn add_client(&self, name: &str, config: ClientConfig) -> Result<(), Error> {
+        match self {
+            Managed::Ureq(c) => c.add_client(name, config),
+            Managed::Surf(c) => c.add_client(name, config),
+        }
+    }
+
+    fn token(&self, name: &str) -> Result<TokenInfo, Error> {
+        match self {
+            Managed::Ureq(c) => c.token(name),
+            Managed::Surf(c) => async_std::task::block_on(c.token(name)),
+        }
+    }
+
+    /// Token requests made so far.
+    pub fn token_requests(&self) -> u64 {
+        match self {
+            Managed::Ureq(c) => c.stats().token_requests,
+            Managed::Surf(c) => c.stats().token_requests,
+        }
+    }
+}
+
 /// Builds the managed client from the command line's client flags.
-pub fn build_client(flags: &ClientFlags) -> Result<TokenClient, Failure> {
+pub fn build_client(flags: &ClientFlags) -> Result<Managed, Failure> {
     let secret = match (&flags.client_secret, &flags.client_secret_env) {
         (Some(secret), _) => secret.clone(),
         (None, Some(var)) => std::env::var(var).map_err(|_| {
@@ -138,10 +187,10 @@ pub fn build_client(flags: &ClientFlags) -> Result<TokenClient, Failure> {
         AuthMethod::Basic => ClientAuth::Basic(secret),
         AuthMethod::Post => ClientAuth::Post(secret),
     };
-    let tokens = TokenClient::new();
+    let tokens = Managed::new(flags.adapter);
     let token_url = match (&flags.token_url, &flags.issuer) {
         (Some(url), _) => url.clone(),
-        (None, Some(issuer)) => tokens.discover(issuer)?.token_endpoint().to_owned(),
+        (None, Some(issuer)) => tokens.discover(issuer)?,
         (None, None) => return Err(Failure::Usage("give --token-url or --issuer".into())),
     };
     let client_id = flags.client_id.clone().unwrap_or_default();

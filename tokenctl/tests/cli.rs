@@ -16,6 +16,8 @@ fn server() -> LocalAuthServer {
     .unwrap()
 }
 
+const ADAPTERS: [&str; 2] = ["ureq", "surf"];
+
 fn tokenctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tokenctl"))
         .args(args)
@@ -47,21 +49,28 @@ fn assert_clean_error(o: &Output, code: i32) {
 }
 
 #[test]
-fn token_prints_the_access_token() {
+fn token_prints_the_access_token_on_both_adapters() {
     let s = server();
-    let out = tokenctl(&[
-        "token",
-        "--token-url",
-        &s.token_url(),
-        "--client-id",
-        "m2m",
-        "--client-secret-env",
-        "TK_TEST_SECRET",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let token = stdout(&out);
-    assert!(token.trim().starts_with("lt-0-"), "{token}");
-    assert_eq!(s.tokens_issued(), 1);
+    for (i, adapter) in ADAPTERS.into_iter().enumerate() {
+        let out = tokenctl(&[
+            "token",
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "m2m",
+            "--client-secret-env",
+            "TK_TEST_SECRET",
+            "--adapter",
+            adapter,
+        ]);
+        assert!(out.status.success(), "{adapter}: {}", stderr(&out));
+        let token = stdout(&out);
+        assert!(
+            token.trim().starts_with(&format!("lt-{i}-")),
+            "{adapter}: {token}"
+        );
+        assert_eq!(s.tokens_issued(), i as u64 + 1);
+    }
 }
 
 #[test]
@@ -100,160 +109,183 @@ fn token_json_has_the_documented_keys() {
 #[test]
 fn issuer_discovery_finds_the_token_endpoint() {
     let s = server();
-    let out = tokenctl(&[
-        "token",
-        "--issuer",
-        &s.base_url(),
-        "--client-id",
-        "m2m",
-        "--client-secret-env",
-        "TK_TEST_SECRET",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(s.tokens_issued(), 1);
-}
-
-#[test]
-fn exit_codes() {
-    let s = server();
-    // 2: usage.
-    assert_clean_error(&tokenctl(&["token", "--client-id", "m2m"]), 2);
-    assert_clean_error(&tokenctl(&["frobnicate"]), 2);
-    assert_clean_error(
-        &tokenctl(&[
+    for (i, adapter) in ADAPTERS.into_iter().enumerate() {
+        let out = tokenctl(&[
             "token",
-            "--token-url",
-            &s.token_url(),
+            "--issuer",
+            &s.base_url(),
             "--client-id",
             "m2m",
             "--client-secret-env",
-            "TK_UNSET_VAR_X",
-        ]),
-        2,
-    );
-    assert_clean_error(
-        &tokenctl(&[
-            "token",
-            "--token-url",
-            "http://example.com/t",
-            "--client-id",
-            "m2m",
-            "--client-secret",
-            "x",
-        ]),
-        2,
-    );
-    // 3: refused.
-    let out = tokenctl(&[
-        "token",
-        "--token-url",
-        &s.token_url(),
-        "--client-id",
-        "m2m",
-        "--client-secret",
-        "wrong",
-    ]);
-    assert_clean_error(&out, 3);
-    assert!(stderr(&out).contains("invalid_client"));
-    // 4: transport (nothing listens on a port we just freed).
+            "TK_TEST_SECRET",
+            "--adapter",
+            adapter,
+        ]);
+        assert!(out.status.success(), "{adapter}: {}", stderr(&out));
+        assert_eq!(s.tokens_issued(), i as u64 + 1);
+    }
+}
+
+#[test]
+fn exit_codes_are_the_same_on_both_adapters() {
+    let s = server();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let dead = format!("http://127.0.0.1:{port}/token");
-    assert_clean_error(
-        &tokenctl(&[
-            "token",
-            "--token-url",
-            &dead,
-            "--client-id",
-            "m2m",
-            "--client-secret",
-            SECRET,
-        ]),
-        4,
-    );
-    // 5: invalid response.
-    s.push_token_fault(TokenFault::Body("<html>login</html>".into()));
-    assert_clean_error(
-        &tokenctl(&[
+    // 2: usage.
+    assert_clean_error(&tokenctl(&["token", "--client-id", "m2m"]), 2);
+    assert_clean_error(&tokenctl(&["frobnicate"]), 2);
+    for adapter in ADAPTERS {
+        let with = |args: &[&str]| {
+            let mut all = args.to_vec();
+            all.extend(["--adapter", adapter]);
+            tokenctl(&all)
+        };
+        assert_clean_error(
+            &with(&[
+                "token",
+                "--token-url",
+                &s.token_url(),
+                "--client-id",
+                "m2m",
+                "--client-secret-env",
+                "TK_UNSET_VAR_X",
+            ]),
+            2,
+        );
+        assert_clean_error(
+            &with(&[
+                "token",
+                "--token-url",
+                "http://example.com/t",
+                "--client-id",
+                "m2m",
+                "--client-secret",
+                "x",
+            ]),
+            2,
+        );
+        // 3: refused.
+        let out = with(&[
             "token",
             "--token-url",
             &s.token_url(),
             "--client-id",
             "m2m",
             "--client-secret",
-            SECRET,
-        ]),
-        5,
-    );
+            "wrong",
+        ]);
+        assert_clean_error(&out, 3);
+        assert!(stderr(&out).contains("invalid_client"), "{adapter}");
+        // 4: transport (nothing listens on a port we just freed).
+        assert_clean_error(
+            &with(&[
+                "token",
+                "--token-url",
+                &dead,
+                "--client-id",
+                "m2m",
+                "--client-secret",
+                SECRET,
+            ]),
+            4,
+        );
+        // 5: invalid response.
+        s.push_token_fault(TokenFault::Body("<html>login</html>".into()));
+        assert_clean_error(
+            &with(&[
+                "token",
+                "--token-url",
+                &s.token_url(),
+                "--client-id",
+                "m2m",
+                "--client-secret",
+                SECRET,
+            ]),
+            5,
+        );
+    }
 }
 
 #[test]
-fn call_reports_the_documented_summary() {
-    let s = server();
-    let api = format!("{}/things", s.api_url());
-    let out = tokenctl(&[
-        "call",
-        &api,
-        "--token-url",
-        &s.token_url(),
-        "--client-id",
-        "m2m",
-        "--client-secret-env",
-        "TK_TEST_SECRET",
-        "--requests",
-        "40",
-        "--concurrency",
-        "4",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let object = value.as_object().unwrap();
-    let mut keys: Vec<_> = object.keys().cloned().collect();
-    keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "failed",
-            "p50_ms",
-            "p99_ms",
-            "requests",
-            "succeeded",
-            "token_requests"
-        ]
-    );
-    assert_eq!(object["requests"], 40);
-    assert_eq!(object["succeeded"], 40);
-    assert_eq!(object["failed"], 0);
-    assert_eq!(object["token_requests"], 1);
-    assert!(object["p99_ms"].as_f64().unwrap() >= object["p50_ms"].as_f64().unwrap());
-    assert_eq!(s.api_requests(), 40);
+fn call_reports_the_documented_summary_on_both_adapters() {
+    for adapter in ADAPTERS {
+        let s = server();
+        let api = format!("{}/things", s.api_url());
+        let out = tokenctl(&[
+            "call",
+            &api,
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "m2m",
+            "--client-secret-env",
+            "TK_TEST_SECRET",
+            "--requests",
+            "40",
+            "--concurrency",
+            "4",
+            "--json",
+            "--adapter",
+            adapter,
+        ]);
+        assert!(out.status.success(), "{adapter}: {}", stderr(&out));
+        let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let object = value.as_object().unwrap();
+        let mut keys: Vec<_> = object.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "failed",
+                "p50_ms",
+                "p99_ms",
+                "requests",
+                "succeeded",
+                "token_requests"
+            ]
+        );
+        assert_eq!(object["requests"], 40);
+        assert_eq!(object["succeeded"], 40);
+        assert_eq!(object["failed"], 0);
+        assert_eq!(object["token_requests"], 1, "{adapter}");
+        assert!(object["p99_ms"].as_f64().unwrap() >= object["p50_ms"].as_f64().unwrap());
+        assert_eq!(s.api_requests(), 40);
+    }
 }
 
 #[test]
 fn call_exits_non_zero_unless_every_request_succeeded() {
-    let s = server();
-    // Two 401s in a row: the retry fails too, so one request fails.
-    s.push_api_fault(ApiFault::UnauthorizedOnce);
-    s.push_api_fault(ApiFault::UnauthorizedOnce);
-    let api = s.api_url();
-    let out = tokenctl(&[
-        "call",
-        &api,
-        "--token-url",
-        &s.token_url(),
-        "--client-id",
-        "m2m",
-        "--client-secret",
-        SECRET,
-        "--requests",
-        "3",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stdout(&out).contains("failed 1"), "{}", stdout(&out));
+    for adapter in ADAPTERS {
+        let s = server();
+        // Two 401s in a row: the retry fails too, so one request fails.
+        s.push_api_fault(ApiFault::UnauthorizedOnce);
+        s.push_api_fault(ApiFault::UnauthorizedOnce);
+        let api = s.api_url();
+        let out = tokenctl(&[
+            "call",
+            &api,
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "m2m",
+            "--client-secret",
+            SECRET,
+            "--requests",
+            "3",
+            "--adapter",
+            adapter,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{adapter}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("failed 1"),
+            "{adapter}: {}",
+            stdout(&out)
+        );
+    }
 }
 
 #[test]

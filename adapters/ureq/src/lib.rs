@@ -71,8 +71,3 @@ pub use middleware::TokenMiddleware;
 pub use token_keeper_common::{
     clock, error, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
 };
-
-/// The README's examples, compiled as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;

@@ -1,0 +1,66 @@
+//! # token-keeper-surf: managed OAuth 2.0 client-credentials tokens, async
+//!
+//! This crate drives the sans-IO [`token_keeper`] core from async code, with
+//! no protocol logic of its own:
+//!
+//! - [`AsyncTokenClient`]: a cloneable client that runs on any executor
+//!   (async-std, smol, tokio). Waiting uses `event-listener`, timeouts use
+//!   `async-io` timers, no lock is held across an `.await`, and refreshes ahead
+//!   of expiry run on a background thread of the client's own, off every
+//!   executor. A cached Fresh token is read lock-free.
+//! - [`TokenMiddleware`]: a surf `Middleware` with the same rules as the
+//!   blocking adapter's: configured origins only, the caller's
+//!   `Authorization` kept, and on 401 the core's compare-and-invalidate with
+//!   one retry of replayable requests (bodies buffered up to a limit).
+//! - [`Error`]: the same error type as the blocking adapter.
+//!
+//! ## A word on async-std and surf
+//!
+//! async-std is discontinued upstream (deprecated in favour of smol) and surf
+//! has had no release since 2021. This crate supports them because
+//! applications run on them, and keeps them at arm's length: the client itself
+//! needs no particular runtime, and surf is used only to send requests.
+//!
+//! - **smol or tokio**: the client works unchanged; surf's `h1-client` backend
+//!   does its I/O through `async-io`, which runs alongside any executor. The
+//!   test suite runs a 1 000-task herd on async-std, smol and tokio.
+//! - **TLS**: this crate depends on surf with `default-features = false`, so
+//!   the backend is your choice. For HTTPS use `h1-client` (native TLS through
+//!   the platform library) or `curl-client`. Never use `h1-client-rustls`: it
+//!   pulls rustls 0.18, ring 0.16 and webpki 0.21, which have open security
+//!   advisories. `h1-client-no-tls` is for loopback tests only.
+//! - **Logging**: async-h1 (behind surf's `h1-client`) logs entire requests,
+//!   `Authorization` headers included, at `TRACE`. Keep the `async_h1` target
+//!   below `TRACE` wherever logs are kept. This crate's own logs (through
+//!   `log`) never contain tokens or secrets.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
+//! use token_keeper_surf::{AsyncTokenClient, TokenMiddleware};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let tokens = AsyncTokenClient::new(surf::Client::new());
+//! tokens.add_client(
+//!     "m2m",
+//!     ClientConfig::new("https://auth.example.com/connect/token", "m2m",
+//!                       ClientAuth::Basic(ClientSecret::new(std::env::var("CLIENT_SECRET")?)))?
+//!         .scope("orders.read"),
+//! )?;
+//! let api = surf::Client::new()
+//!     .with(TokenMiddleware::new(tokens.clone()).route("https://api.example.com", "m2m")?);
+//! let orders = api.get("https://api.example.com/orders").await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+pub mod middleware;
+mod transport;
+
+pub use client::{AsyncTokenClient, ClientOptions};
+pub use middleware::TokenMiddleware;
+pub use token_keeper_common::{ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo};

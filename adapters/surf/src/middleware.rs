@@ -1,0 +1,187 @@
+//! [`TokenMiddleware`]: attaches managed tokens to a surf client's requests.
+//!
+//! The same rules as the blocking adapter's middleware:
+//!
+//! 1. Only requests to a configured origin (scheme, host, port) get a token;
+//!    an origin must be `https`, or `http` on a loopback host.
+//! 2. A request that already has an `Authorization` header is left alone, and
+//!    so are this crate's own token and discovery requests.
+//! 3. Otherwise the client's header is attached (cached, or fetched once for
+//!    all tasks, through the surf `Client` the middleware is handed).
+//! 4. On a 401 the core decides: the cached token is invalidated only if it is
+//!    the one this request carried, and one retry is allowed. The retry is
+//!    sent only when the request can be replayed: surf's `Request::clone`
+//!    drops the body, so the body is buffered first, up to the replay limit
+//!    (default 64 KiB). A larger body is sent once and the 401 handed back.
+//!
+//! surf follows no redirects unless its `Redirect` middleware is added; that
+//! middleware forwards `Authorization` to any host, so do not combine it with
+//! this one for cross-origin redirects.
+
+use std::sync::Arc;
+
+use futures_lite::AsyncReadExt;
+use http::StatusCode;
+use surf::middleware::{Middleware, Next};
+use surf::{Client, Request, Response};
+use token_keeper::ResourceOutcome;
+use token_keeper_common::{Error, Routes};
+
+use crate::client::AsyncTokenClient;
+use crate::transport::{to_http_headers, TokenEndpointRequest};
+
+/// A surf middleware that attaches managed tokens. See the [module docs](self).
+///
+/// ```no_run
+/// use token_keeper_surf::{AsyncTokenClient, TokenMiddleware};
+///
+/// # async fn run(tokens: AsyncTokenClient) -> Result<(), Box<dyn std::error::Error>> {
+/// let api = surf::Client::new().with(TokenMiddleware::new(tokens).route("https://api.example.com", "m2m")?);
+/// let orders = api.get("https://api.example.com/orders").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TokenMiddleware {
+    client: AsyncTokenClient,
+    routes: Arc<Routes>,
+    max_replay_body: usize,
+}
+
+impl TokenMiddleware {
+    /// A middleware with no routes yet.
+    pub fn new(client: AsyncTokenClient) -> TokenMiddleware {
+        TokenMiddleware {
+            client,
+            routes: Arc::new(Routes::new()),
+            max_replay_body: 64 * 1024,
+        }
+    }
+
+    /// Attaches the named client's tokens to requests for `origin`
+    /// (`https://host[:port]`, or `http://` on a loopback host).
+    pub fn route(mut self, origin: &str, client_name: &str) -> Result<TokenMiddleware, Error> {
+        let key = self.client.key(client_name)?;
+        Arc::make_mut(&mut self.routes).add(origin, key)?;
+        Ok(self)
+    }
+
+    /// The largest request body buffered so that a request can be retried
+    /// after a 401 (default 64 KiB). Larger bodies are sent once and not retried.
+    pub fn max_replay_body(mut self, bytes: usize) -> TokenMiddleware {
+        self.max_replay_body = bytes;
+        self
+    }
+}
+
+fn header_value_text(header: &http::HeaderValue) -> surf::Result<String> {
+    // The core only builds headers from visible-ASCII tokens, so this holds.
+    header.to_str().map(str::to_owned).map_err(|_| {
+        surf_error(Error::Config(token_keeper::ConfigError::new(
+            "token is not text",
+        )))
+    })
+}
+
+fn surf_error(error: Error) -> surf::Error {
+    surf::Error::new(surf::StatusCode::InternalServerError, error)
+}
+
+#[surf::utils::async_trait]
+impl Middleware for TokenMiddleware {
+    async fn handle(
+        &self,
+        mut request: Request,
+        client: Client,
+        next: Next<'_>,
+    ) -> surf::Result<Response> {
+        if request.ext::<TokenEndpointRequest>().is_some()
+            || request.header("Authorization").is_some()
+        {
+            return next.run(request, client).await;
+        }
+        let url = request.url();
+        let Some(key) =
+            self.routes
+                .key_for_parts(url.scheme(), url.host_str().unwrap_or(""), url.port())
+        else {
+            return next.run(request, client).await;
+        };
+        let header = self
+            .client
+            .header_via(key, &client)
+            .await
+            .map_err(surf_error)?;
+        request.insert_header("Authorization", header_value_text(&header)?);
+
+        // Buffer the body (up to the limit) so the request can be replayed.
+        let mut replay: Option<Request> = None;
+        if request.len().is_none_or(|n| n <= self.max_replay_body) {
+            let body = request.take_body();
+            let mime = body.mime().clone();
+            let mut bytes = Vec::new();
+            let mut reader = body.take(self.max_replay_body as u64 + 1);
+            reader
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| surf::Error::new(surf::StatusCode::InternalServerError, e))?;
+            let rest = reader.into_inner();
+            let with_mime = |bytes: &[u8]| {
+                let mut body = surf::Body::from_bytes(bytes.to_vec());
+                body.set_mime(mime.clone());
+                body
+            };
+            if bytes.len() <= self.max_replay_body {
+                // `Request::clone` drops the body: give the copy its own.
+                let mut copy = request.clone();
+                if !bytes.is_empty() {
+                    copy.set_body(with_mime(&bytes));
+                    request.set_body(with_mime(&bytes));
+                }
+                replay = Some(copy);
+            } else {
+                // Too large to keep: send what was read and the rest, once.
+                let combined = futures_lite::io::Cursor::new(bytes).chain(rest);
+                let mut body =
+                    surf::Body::from_reader(futures_lite::io::BufReader::new(combined), None);
+                body.set_mime(mime);
+                request.set_body(body);
+            }
+        }
+
+        let response = next.run(request, client.clone()).await?;
+        if response.status() != surf::StatusCode::Unauthorized {
+            return Ok(response);
+        }
+        let headers = to_http_headers(&response);
+        let outcome = self.client.handle_resource_response(
+            key,
+            StatusCode::UNAUTHORIZED,
+            &headers,
+            &header,
+            0,
+        );
+        let (ResourceOutcome::Retry, Some(mut retry)) = (outcome, replay) else {
+            return Ok(response);
+        };
+        drop(response);
+        // `Next` is `Copy`: run the rest of the chain once more, with a new token.
+        let header = self
+            .client
+            .header_via(key, &client)
+            .await
+            .map_err(surf_error)?;
+        retry.insert_header("Authorization", header_value_text(&header)?);
+        let response = next.run(retry, client).await?;
+        if response.status() == surf::StatusCode::Unauthorized {
+            let headers = to_http_headers(&response);
+            self.client.handle_resource_response(
+                key,
+                StatusCode::UNAUTHORIZED,
+                &headers,
+                &header,
+                1,
+            );
+        }
+        Ok(response)
+    }
+}
