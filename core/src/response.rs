@@ -147,9 +147,15 @@ pub fn parse_token_response(
         if let Loose::Str(code) = &raw.error {
             return Err(TokenError::OAuth(OAuthError {
                 status,
-                code: clean_text(code, 64),
-                description: raw.error_description.as_str().map(|d| clean_text(d, 256)),
-                uri: raw.error_uri.as_str().map(|u| clean_text(u, 256)),
+                code: clean_text(&scrub(code, sensitive), 64),
+                description: raw
+                    .error_description
+                    .as_str()
+                    .map(|d| clean_text(&scrub(d, sensitive), 256)),
+                uri: raw
+                    .error_uri
+                    .as_str()
+                    .map(|u| clean_text(&scrub(u, sensitive), 256)),
             }));
         }
     }
@@ -178,7 +184,8 @@ pub fn parse_token_response(
         Loose::Str(t) if t.eq_ignore_ascii_case("dpop") => TokenType::DPoP,
         Loose::Str(t) => {
             return Err(invalid(ResponseProblem::UnsupportedTokenType(clean_text(
-                t, 32,
+                &scrub(t, sensitive),
+                32,
             ))))
         }
         _ => return Err(invalid(ResponseProblem::InvalidField("token_type"))),
@@ -213,11 +220,86 @@ fn excerpt(body: &[u8], sensitive: &[&str]) -> Option<String> {
         return None;
     }
     let text = String::from_utf8_lossy(body);
-    if text.contains("access_token") || sensitive.iter().any(|s| !s.is_empty() && text.contains(s))
-    {
+    if text.contains("access_token") || mentions(&text, sensitive) {
         return None;
     }
     Some(clean_text(&text, 160))
+}
+
+/// Text from the server with anything that reveals a sensitive string
+/// replaced as a whole: a server that echoes a request must not be able to
+/// carry the client secret into an error message.
+fn scrub(text: &str, sensitive: &[&str]) -> String {
+    if mentions(text, sensitive) {
+        "[withheld: the server echoed a credential]".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Whether `text` contains a sensitive string as it is, or once JSON
+/// `\uXXXX` escapes and `%XX` escapes are decoded (the forms an echo can take).
+fn mentions(text: &str, sensitive: &[&str]) -> bool {
+    let needles: Vec<&str> = sensitive
+        .iter()
+        .copied()
+        .filter(|s| !s.is_empty())
+        .collect();
+    if needles.is_empty() {
+        return false;
+    }
+    let found = |haystack: &str| needles.iter().any(|n| haystack.contains(n));
+    if found(text) {
+        return true;
+    }
+    if !(text.contains('\\') || text.contains('%') || text.contains('+')) {
+        return false;
+    }
+    let decoded = decode_escapes(text);
+    found(&decoded) || found(&decoded.replace('+', " "))
+}
+
+/// Decodes JSON `\uXXXX` (and the short JSON escapes) and URL `%XX` escapes,
+/// leaving anything malformed as it is.
+fn decode_escapes(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'\\' if i + 5 < bytes.len() && bytes[i + 1] == b'u' => {
+                let code = bytes[i + 2..i + 6]
+                    .iter()
+                    .try_fold(0u32, |acc, &b| Some(acc * 16 + hex(b)?));
+                match code.and_then(char::from_u32) {
+                    Some(c) => {
+                        let mut buf = [0; 4];
+                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        i += 6;
+                        continue;
+                    }
+                    None => out.push(b'\\'),
+                }
+            }
+            b'\\' if i + 1 < bytes.len() && matches!(bytes[i + 1], b'/' | b'\\' | b'"') => {
+                out.push(bytes[i + 1]);
+                i += 2;
+                continue;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn saturate_float(x: f64) -> i64 {
@@ -612,6 +694,55 @@ mod tests {
         let err =
             parse_token_response(StatusCode::BAD_GATEWAY, long.as_bytes(), MAX, &[]).unwrap_err();
         assert!(err.to_string().len() < 400);
+    }
+
+    #[test]
+    fn echoed_secrets_are_withheld_from_every_field() {
+        let s = ["hunter2"];
+        let cases: [(u16, &str); 7] = [
+            (400, r#"{"error":"hunter2"}"#),
+            (
+                401,
+                r#"{"error":"invalid_client","error_description":"bad secret hunter2"}"#,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_request","error_uri":"https://as/hunter2"}"#,
+            ),
+            (200, r#"{"access_token":"x","token_type":"hunter2"}"#),
+            (
+                401,
+                r#"{"error":"invalid_client","error_description":"bad secret hunter\u0032"}"#,
+            ),
+            (500, r#"{"message":"you sent hunter\u0032"}"#),
+            (502, "echo: client_secret=hunte%72%32"),
+        ];
+        for (status, body) in cases {
+            let err = parse_token_response(
+                StatusCode::from_u16(status).unwrap(),
+                body.as_bytes(),
+                MAX,
+                &s,
+            )
+            .unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(
+                !text.contains("hunter2")
+                    && !text.contains("hunter\\u0032")
+                    && !text.contains("%72%32"),
+                "{body}: {text}"
+            );
+        }
+        // Innocent text passes through untouched.
+        let err = parse_token_response(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":"invalid_scope","error_description":"100% wrong \/ scope"}"#,
+            MAX,
+            &s,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("100% wrong / scope"), "{err}");
+        assert_eq!(decode_escapes(r"a\u00e9b%41%zz%4\u12"), "aébA%zz%4\\u12");
     }
 
     #[test]
