@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit, property,
-# integration and doc tests, and a short smoke run of every fuzz target.
+# scenario, CLI and doc tests, the no-I/O check of the core, and a short
+# smoke run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Property tests: at least 5 000 cases per property (override with PROPTEST_CASES).
 export PROPTEST_CASES="${PROPTEST_CASES:-5000}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (workspace, PROPTEST_CASES=$PROPTEST_CASES)"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee "$log"
 echo "== the core depends on no I/O crate"
-if cargo tree -p token-keeper -e normal --prefix none | grep -E '^(ureq|surf|async-std|tokio|mio|hyper|socket2) '; then
+if cargo tree -p token-keeper -e normal --prefix none | grep -E '^(ureq|surf|async-std|async-io|tokio|mio|hyper|socket2|smol) '; then
     echo "error: the sans-IO core must not depend on I/O crates" >&2
     exit 1
 fi
-if [ -x scripts/fuzz-smoke.sh ]; then
-    echo "== fuzz smoke"
-    scripts/fuzz-smoke.sh
-fi
-echo "== all checks passed"
+echo "== fuzz smoke (FUZZ_SECONDS=${FUZZ_SECONDS:-20} per target)"
+bash scripts/fuzz-smoke.sh
+# One closing line with the totals of every cargo test run above.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
