@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use token_keeper::discovery::ServerMetadata;
 use token_keeper::{
-    AccessToken, ClientConfig, ClientHandle, Event, Instant, KeyId, Now, Snapshot, TokenManager,
-    TokenRequest, TokenType,
+    AccessToken, ClientConfig, ClientHandle, ConfigError, Event, Instant, KeyId, Now, Snapshot,
+    TokenManager, TokenRequest, TokenType,
 };
 
 use crate::error::Error;
@@ -58,10 +58,30 @@ struct Counters {
     failures: AtomicU64,
 }
 
+/// Most named clients one adapter holds.
+pub const MAX_CLIENTS: usize = 256;
+
+/// One named client in the lock-free name table.
+struct NameEntry {
+    name: Box<str>,
+    handle: ClientHandle,
+    key: KeyId,
+}
+
+/// FNV-1a: short client names hash in a few nanoseconds.
+fn name_hash(name: &str) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as usize
+}
+
 /// What an adapter keeps next to its core: read lock-free on the hit path,
 /// written only while the core's lock is held.
 pub struct Registry {
-    names: ArcSwap<HashMap<String, (ClientHandle, KeyId)>>,
+    /// Open addressing over set-once cells: a lookup reads, never writes.
+    names: Box<[OnceLock<NameEntry>]>,
     snapshots: Box<[ArcSwapOption<Snapshot>]>,
     discovered: Mutex<HashMap<String, ServerMetadata>>,
     counters: Counters,
@@ -69,8 +89,12 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut names: Vec<String> = self.names.load().keys().cloned().collect();
-        names.sort();
+        let mut names: Vec<&str> = self
+            .names
+            .iter()
+            .filter_map(|cell| Some(&*cell.get()?.name))
+            .collect();
+        names.sort_unstable();
         f.debug_struct("Registry")
             .field("clients", &names)
             .finish_non_exhaustive()
@@ -82,7 +106,7 @@ impl Registry {
     /// [`ManagerConfig::max_keys`](token_keeper::ManagerConfig::max_keys)).
     pub fn new(max_keys: usize) -> Registry {
         Registry {
-            names: ArcSwap::from_pointee(HashMap::new()),
+            names: (0..MAX_CLIENTS * 2).map(|_| OnceLock::new()).collect(),
             snapshots: (0..max_keys).map(|_| ArcSwapOption::empty()).collect(),
             discovered: Mutex::new(HashMap::new()),
             counters: Counters::default(),
@@ -90,27 +114,59 @@ impl Registry {
     }
 
     /// Registers a named client in the core and makes its name resolvable.
+    /// Call with the core's lock held (registrations must not race).
     pub fn add_client(
         &self,
         core: &mut TokenManager,
         name: &str,
         config: ClientConfig,
     ) -> Result<(), Error> {
+        let mask = self.names.len() - 1;
+        let mut index = name_hash(name) & mask;
+        let mut used = 0;
+        while let Some(entry) = self.names[index].get() {
+            if &*entry.name == name {
+                return Err(Error::Config(ConfigError::new(
+                    "a client with this name is already registered",
+                )));
+            }
+            used += 1;
+            index = (index + 1) & mask;
+        }
+        if used >= MAX_CLIENTS
+            || self.names.iter().filter(|c| c.get().is_some()).count() >= MAX_CLIENTS
+        {
+            return Err(Error::Config(ConfigError::new(
+                "too many named clients (at most 256)",
+            )));
+        }
         let handle = core.add_client(name, config)?;
         let key = core.default_key(handle);
-        let mut names = HashMap::clone(&self.names.load());
-        names.insert(name.to_owned(), (handle, key));
-        self.names.store(std::sync::Arc::new(names));
+        let entry = NameEntry {
+            name: name.into(),
+            handle,
+            key,
+        };
+        if self.names[index].set(entry).is_err() {
+            return Err(Error::Config(ConfigError::new(
+                "clients were registered concurrently",
+            )));
+        }
         Ok(())
     }
 
     /// The handle and default key of a named client.
+    #[inline]
     pub fn lookup(&self, name: &str) -> Result<(ClientHandle, KeyId), Error> {
-        self.names
-            .load()
-            .get(name)
-            .copied()
-            .ok_or_else(|| Error::UnknownClient(name.to_owned()))
+        let mask = self.names.len() - 1;
+        let mut index = name_hash(name) & mask;
+        while let Some(entry) = self.names[index].get() {
+            if &*entry.name == name {
+                return Ok((entry.handle, entry.key));
+            }
+            index = (index + 1) & mask;
+        }
+        Err(Error::UnknownClient(name.to_owned()))
     }
 
     /// The lock-free hit path: one guard load of the key's snapshot and one
@@ -136,10 +192,7 @@ impl Registry {
         now: Instant,
         f: impl FnOnce(&Snapshot) -> R,
     ) -> Result<Option<R>, Error> {
-        let names = self.names.load();
-        let Some(&(_, key)) = names.get(name) else {
-            return Err(Error::UnknownClient(name.to_owned()));
-        };
+        let (_, key) = self.lookup(name)?;
         Ok(self.with_fresh(key, now, f))
     }
 
@@ -295,5 +348,41 @@ mod tests {
                 .expose_secret(),
             "t"
         );
+    }
+
+    #[test]
+    fn the_name_table_holds_many_clients_and_refuses_duplicates() {
+        let registry = Registry::new(1024);
+        let mut core = TokenManager::new(ManagerConfig::default(), 1);
+        let config = || {
+            ClientConfig::new(
+                "https://as.example/t",
+                "c",
+                ClientAuth::Basic(ClientSecret::new("s")),
+            )
+            .unwrap()
+        };
+        for i in 0..MAX_CLIENTS {
+            registry
+                .add_client(&mut core, &format!("client-{i}"), config())
+                .unwrap();
+        }
+        for i in 0..MAX_CLIENTS {
+            let (handle, key) = registry.lookup(&format!("client-{i}")).unwrap();
+            assert_eq!(core.default_key(handle), key);
+        }
+        assert!(matches!(
+            registry.add_client(&mut core, "client-7", config()),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            registry.add_client(&mut core, "one-too-many", config()),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            registry.lookup("client-x"),
+            Err(Error::UnknownClient(_))
+        ));
+        assert!(format!("{registry:?}").contains("client-255"));
     }
 }

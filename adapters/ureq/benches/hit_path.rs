@@ -5,8 +5,10 @@
 //!
 //! - `client/with_header`: reads the header in place (guard load, no copy, no refcount).
 //! - `client/header`: returns an owned `HeaderValue` (a clone: one shared refcount increment).
-//! - `client/with_header_2_threads`: two threads at once; the time per call
-//!   should halve if reads scale (they write no shared memory).
+//! - `client/clock_read`: the `CLOCK_BOOTTIME` read alone.
+//! - `client/with_header_at`: the hit path without its clock read.
+//! - `client/*_1_thread` / `*_2_threads`: the same calls split over one or two
+//!   threads started together; the time per call halves if reads scale.
 
 use std::hint::black_box;
 use std::sync::Barrier;
@@ -32,14 +34,19 @@ fn client() -> (LocalAuthServer, TokenClient) {
 }
 
 /// Runs `iters` calls split over `threads` threads started together; the wall time.
-fn parallel(tokens: &TokenClient, threads: u64, iters: u64) -> Duration {
+fn parallel(tokens: &TokenClient, threads: u64, iters: u64, with_clock: bool) -> Duration {
+    let now = tokens.clock().monotonic();
     let barrier = Barrier::new(threads as usize + 1);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
                 barrier.wait();
                 for _ in 0..iters / threads {
-                    black_box(tokens.with_header("m2m", |h| h.len()).unwrap());
+                    if with_clock {
+                        black_box(tokens.with_header("m2m", |h| h.len()).unwrap());
+                    } else {
+                        black_box(tokens.with_header_at("m2m", now, |h| h.len()).unwrap());
+                    }
                 }
                 barrier.wait();
             });
@@ -60,12 +67,23 @@ fn bench(c: &mut Criterion) {
     group.bench_function("header", |b| {
         b.iter(|| black_box(tokens.header("m2m").unwrap()))
     });
-    group.bench_function("with_header_1_thread_spawned", |b| {
-        b.iter_custom(|iters| parallel(&tokens, 1, iters))
+    group.bench_function("clock_read", |b| {
+        b.iter(|| black_box(tokens.clock().monotonic()))
     });
-    group.bench_function("with_header_2_threads", |b| {
-        b.iter_custom(|iters| parallel(&tokens, 2, iters))
+    let now = tokens.clock().monotonic();
+    group.bench_function("with_header_at", |b| {
+        b.iter(|| black_box(tokens.with_header_at("m2m", now, |h| h.len()).unwrap()))
     });
+    for (name, threads, clock) in [
+        ("with_header_1_thread", 1, true),
+        ("with_header_2_threads", 2, true),
+        ("with_header_at_1_thread", 1, false),
+        ("with_header_at_2_threads", 2, false),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| parallel(&tokens, threads, iters, clock))
+        });
+    }
     group.finish();
 }
 

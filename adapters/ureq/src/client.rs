@@ -248,8 +248,20 @@ impl TokenClient {
         name: &str,
         f: impl FnOnce(&HeaderValue) -> R,
     ) -> Result<R, Error> {
+        self.with_header_at(name, self.shared.clock.monotonic(), f)
+    }
+
+    /// [`TokenClient::with_header`] at a time the caller read from
+    /// [`TokenClient::clock`] (for example once for a batch of requests):
+    /// the hit path without its clock read. Falls back to the core, which
+    /// reads the clock itself, when the snapshot is not Fresh at `now`.
+    pub fn with_header_at<R>(
+        &self,
+        name: &str,
+        now: token_keeper::Instant,
+        f: impl FnOnce(&HeaderValue) -> R,
+    ) -> Result<R, Error> {
         let mut f = Some(f);
-        let now = self.shared.clock.monotonic();
         let fast = self
             .shared
             .registry
