@@ -14,6 +14,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo doc (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test (workspace, PROPTEST_CASES=$PROPTEST_CASES)"
 cargo test --workspace --locked 2>&1 | tee "$log"
 echo "== the core depends on no I/O crate"

@@ -8,8 +8,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use http::Uri;
 use zeroize::Zeroizing;
+
+use crate::jose::Signer;
 
 use crate::error::ConfigError;
 use crate::key::{validate_param_name, validate_resource, Scope};
@@ -37,7 +41,7 @@ impl fmt::Debug for ClientSecret {
 }
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ClientAuth {
     /// `client_secret_basic`: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`,
@@ -51,6 +55,49 @@ pub enum ClientAuth {
     /// No client authentication: only `client_id` in the body. For servers
     /// that authenticate the client by other means (mutual TLS, a network boundary).
     None,
+    /// `private_key_jwt` (RFC 7523 §2.2): a signed client assertion, fresh
+    /// for every attempt (retries included).
+    PrivateKeyJwt(PrivateKeyJwt),
+}
+
+/// The `aud` of a `private_key_jwt` client assertion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AssertionAudience {
+    /// The token endpoint URL (the default; RFC 7523 §3).
+    TokenEndpoint,
+    /// The issuer identifier (some servers, and OpenID Connect, accept or require it).
+    Issuer(String),
+}
+
+/// Settings of `private_key_jwt` client authentication.
+#[derive(Clone, Debug)]
+pub struct PrivateKeyJwt {
+    pub(crate) signer: Arc<dyn Signer>,
+    pub(crate) audience: AssertionAudience,
+    pub(crate) lifetime: Duration,
+}
+
+impl PrivateKeyJwt {
+    /// Assertions signed by `signer`, for the token endpoint, valid 60 s.
+    pub fn new(signer: Arc<dyn Signer>) -> PrivateKeyJwt {
+        PrivateKeyJwt {
+            signer,
+            audience: AssertionAudience::TokenEndpoint,
+            lifetime: Duration::from_secs(60),
+        }
+    }
+
+    /// Sets the `aud` claim.
+    pub fn audience(mut self, audience: AssertionAudience) -> PrivateKeyJwt {
+        self.audience = audience;
+        self
+    }
+
+    /// Sets how long each assertion is valid (`exp - iat`; default 60 s).
+    pub fn lifetime(mut self, lifetime: Duration) -> PrivateKeyJwt {
+        self.lifetime = lifetime;
+        self
+    }
 }
 
 impl ClientAuth {
@@ -58,7 +105,7 @@ impl ClientAuth {
     pub(crate) fn secret(&self) -> Option<&ClientSecret> {
         match self {
             ClientAuth::Basic(s) | ClientAuth::BasicRaw(s) | ClientAuth::Post(s) => Some(s),
-            ClientAuth::None => None,
+            ClientAuth::None | ClientAuth::PrivateKeyJwt(_) => None,
         }
     }
 }
@@ -167,6 +214,7 @@ pub struct ClientConfig {
     pub(crate) params: Vec<(String, String)>,
     pub(crate) refresh: RefreshPolicy,
     pub(crate) backoff: BackoffPolicy,
+    pub(crate) dpop: Option<Arc<dyn Signer>>,
 }
 
 impl ClientConfig {
@@ -195,7 +243,21 @@ impl ClientConfig {
             params: Vec::new(),
             refresh: RefreshPolicy::default(),
             backoff: BackoffPolicy::default(),
+            dpop: None,
         })
+    }
+
+    /// Binds tokens to this key with DPoP (RFC 9449): every token request
+    /// and every API request carries a proof signed by it, tokens come back
+    /// as `token_type: DPoP` and are attached as `Authorization: DPoP …`.
+    pub fn dpop(mut self, signer: Arc<dyn Signer>) -> ClientConfig {
+        self.dpop = Some(signer);
+        self
+    }
+
+    /// The DPoP key, if tokens are bound to one.
+    pub fn dpop_signer(&self) -> Option<&Arc<dyn Signer>> {
+        self.dpop.as_ref()
     }
 
     /// The space-separated scopes to request (order and duplicates do not matter).
@@ -275,6 +337,8 @@ pub struct ManagerConfig {
     pub request_timeout: Duration,
     /// Most distinct cache keys (client + scope + resources + parameters) kept (default 10 000).
     pub max_keys: usize,
+    /// How long a `DPoP-Nonce` from a server is used before it is forgotten (default 1 h).
+    pub dpop_nonce_lifetime: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -283,6 +347,7 @@ impl Default for ManagerConfig {
             max_response_body: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             max_keys: 10_000,
+            dpop_nonce_lifetime: Duration::from_secs(3600),
         }
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::jose::SignError;
+
 /// A configuration value was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -48,6 +50,8 @@ pub enum TokenError {
     InvalidResponse(InvalidResponse),
     /// The request never got an answer: connection refused, reset, timed out.
     Transport(TransportError),
+    /// A client assertion or DPoP proof could not be signed (a KMS or HSM signer failed).
+    Signing(SignError),
 }
 
 impl TokenError {
@@ -71,7 +75,7 @@ impl TokenError {
         match self {
             TokenError::OAuth(e) => Some(e.status),
             TokenError::InvalidResponse(e) => Some(e.status),
-            TokenError::Transport(_) => None,
+            TokenError::Transport(_) | TokenError::Signing(_) => None,
         }
     }
 }
@@ -82,6 +86,7 @@ impl fmt::Display for TokenError {
             TokenError::OAuth(e) => e.fmt(f),
             TokenError::InvalidResponse(e) => e.fmt(f),
             TokenError::Transport(e) => e.fmt(f),
+            TokenError::Signing(e) => e.fmt(f),
         }
     }
 }
@@ -92,6 +97,7 @@ impl std::error::Error for TokenError {
             TokenError::OAuth(e) => Some(e),
             TokenError::InvalidResponse(e) => Some(e),
             TokenError::Transport(e) => Some(e),
+            TokenError::Signing(e) => Some(e),
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum RequestReason {
     RefreshAhead,
     /// [`TokenManager::force_refresh`](crate::TokenManager::force_refresh) was called.
     Forced,
+    /// The token endpoint asked for a DPoP nonce (`use_dpop_nonce`): the one
+    /// retry, with a fresh proof and a fresh client assertion.
+    DPoPNonce,
 }
 
 /// Why a cached token was dropped before its time.
@@ -91,6 +94,12 @@ pub enum Event {
     },
     /// A cached token reached the end of its usable life and was dropped.
     TokenExpired {
+        /// The key.
+        key: KeyId,
+    },
+    /// The client asked for a DPoP-bound token but the server issued a Bearer
+    /// token (RFC 9449 §7.1 allows it): it is used as a Bearer token.
+    TokenNotBound {
         /// The key.
         key: KeyId,
     },

@@ -126,6 +126,8 @@ pub(crate) struct KeyDescriptor {
     pub(crate) resources: Vec<String>,
     pub(crate) audience: Option<String>,
     pub(crate) params: Vec<(String, String)>,
+    /// The RFC 7638 thumbprint of the DPoP key tokens are bound to.
+    pub(crate) dpop_jkt: Option<String>,
 }
 
 impl KeyDescriptor {
@@ -161,6 +163,7 @@ impl KeyDescriptor {
             resources,
             audience,
             params: merged,
+            dpop_jkt: None,
         }
     }
 }

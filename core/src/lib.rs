@@ -137,8 +137,10 @@
 pub mod challenge;
 pub mod config;
 pub mod discovery;
+pub mod dpop;
 pub mod error;
 pub mod event;
+pub mod jose;
 pub mod key;
 mod lifecycle;
 mod manager;
@@ -149,7 +151,8 @@ pub mod snapshot;
 pub mod time;
 
 pub use config::{
-    BackoffPolicy, ClientAuth, ClientConfig, ClientSecret, ManagerConfig, RefreshPolicy,
+    AssertionAudience, BackoffPolicy, ClientAuth, ClientConfig, ClientSecret, ManagerConfig,
+    PrivateKeyJwt, RefreshPolicy,
 };
 pub use error::{
     ConfigError, InvalidResponse, OAuthError, ResponseProblem, TokenError, TransportError,

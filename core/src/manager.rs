@@ -4,17 +4,19 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use crate::challenge::parse_www_authenticate;
 use crate::config::{ClientAuth, ClientConfig, ManagerConfig};
+use crate::dpop::{self, NonceStore};
 use crate::error::{
     ConfigError, InvalidResponse, ResponseProblem, TokenError, TransportError, UnknownRequest,
 };
 use crate::event::{Event, InvalidationReason, RequestReason};
+use crate::jose::SignError;
 use crate::key::{KeyDescriptor, KeyId, KeyOverrides};
 use crate::lifecycle::{backoff_delay, schedule, Jitter, Schedule};
-use crate::request::{basic_credentials, build_token_request, RequestId, TokenRequest};
+use crate::request::{basic_credentials, build_token_request, Attempt, RequestId, TokenRequest};
 use crate::response::{parse_token_response, AccessToken, TokenResponse, TokenType};
 use crate::retry_after::retry_after_from_headers;
 use crate::snapshot::Snapshot;
@@ -61,6 +63,7 @@ pub struct Attach<'a> {
     header: &'a HeaderValue,
     generation: u64,
     state: TokenState,
+    proof: Option<Result<HeaderValue, SignError>>,
 }
 
 impl<'a> Attach<'a> {
@@ -77,6 +80,23 @@ impl<'a> Attach<'a> {
     /// Fresh or Stale.
     pub fn state(&self) -> TokenState {
         self.state
+    }
+
+    /// The `DPoP` header to send with the request, for a DPoP-bound token
+    /// asked for with [`TokenManager::authorize_request`]; `Ok(None)` for a
+    /// Bearer token. An error means the proof could not be signed: do not send
+    /// the request (a DPoP-bound token is never downgraded to Bearer).
+    pub fn dpop_proof(&self) -> Result<Option<&HeaderValue>, &SignError> {
+        match &self.proof {
+            None => Ok(None),
+            Some(Ok(proof)) => Ok(Some(proof)),
+            Some(Err(error)) => Err(error),
+        }
+    }
+
+    /// Whether the token is DPoP-bound (and so needs a proof on every request).
+    pub fn is_dpop(&self) -> bool {
+        self.header.as_bytes().starts_with(b"DPoP ")
     }
 }
 
@@ -117,6 +137,8 @@ pub struct ResourceResponse<'a> {
     pub headers: &'a HeaderMap,
     /// The `Authorization` header the request carried, if the adapter attached one.
     pub sent_authorization: Option<&'a HeaderValue>,
+    /// The request's URI: its origin's `DPoP-Nonce` is remembered from the response.
+    pub uri: Option<&'a Uri>,
     /// 0 for the first attempt, 1 for the retry.
     pub attempt: u32,
 }
@@ -204,6 +226,8 @@ struct Flight {
     id: RequestId,
     requested_at: Instant,
     deadline: Instant,
+    /// Whether this flight already retried after `use_dpop_nonce` (at most once).
+    nonce_retried: bool,
 }
 
 #[derive(Debug)]
@@ -238,6 +262,7 @@ pub struct TokenManager {
     next_generation: u64,
     jitter: Jitter,
     latest: Instant,
+    nonces: NonceStore,
 }
 
 impl TokenManager {
@@ -257,6 +282,7 @@ impl TokenManager {
             next_generation: 0,
             jitter: Jitter::new(seed),
             latest: Instant::ZERO,
+            nonces: NonceStore::default(),
         }
     }
 
@@ -279,15 +305,7 @@ impl TokenManager {
         }
         let index =
             u32::try_from(self.clients.len()).map_err(|_| ConfigError::new("too many clients"))?;
-        let descriptor = KeyDescriptor::new(
-            index,
-            &config.scope,
-            &config.resources,
-            config.audience.as_ref(),
-            &config.params,
-            &KeyOverrides::new(),
-        );
-        let default_key = self.intern(descriptor)?;
+        let default_key = self.intern(descriptor(index, &config, &KeyOverrides::new()))?;
         let sensitive = sensitive_strings(&config);
         self.clients.push(Client {
             name,
@@ -323,15 +341,7 @@ impl TokenManager {
         client: ClientHandle,
         overrides: &KeyOverrides,
     ) -> Result<KeyId, ConfigError> {
-        let config = &self.clients[client.0 as usize].config;
-        let descriptor = KeyDescriptor::new(
-            client.0,
-            &config.scope,
-            &config.resources,
-            config.audience.as_ref(),
-            &config.params,
-            overrides,
-        );
+        let descriptor = descriptor(client.0, &self.clients[client.0 as usize].config, overrides);
         self.intern(descriptor)
     }
 
@@ -372,9 +382,33 @@ impl TokenManager {
 
     /// Decides what an outgoing API call for `key` should do at `now`.
     ///
-    /// This is the hit path: with a Fresh token cached it only compares
-    /// instants and returns a reference, with no allocation.
+    /// This is the hit path: with a Fresh Bearer token cached it only compares
+    /// instants and returns a reference, with no allocation. For a DPoP-bound
+    /// token use [`TokenManager::authorize_request`], which also signs the proof.
     pub fn authorize(&mut self, key: KeyId, now: Now) -> Authorization<'_> {
+        self.decide(key, None, now)
+    }
+
+    /// [`TokenManager::authorize`] for a request about to be sent with
+    /// `method` to `uri`: when the token is DPoP-bound, the [`Attach`] also
+    /// carries a fresh proof for that request (with `ath` and the origin's
+    /// latest nonce).
+    pub fn authorize_request(
+        &mut self,
+        key: KeyId,
+        method: &Method,
+        uri: &Uri,
+        now: Now,
+    ) -> Authorization<'_> {
+        self.decide(key, Some((method, uri)), now)
+    }
+
+    fn decide(
+        &mut self,
+        key: KeyId,
+        request: Option<(&Method, &Uri)>,
+        now: Now,
+    ) -> Authorization<'_> {
         let t = self.advance(now);
         let slot = &self.slots[key.index()];
         let usable = slot
@@ -389,8 +423,12 @@ impl TokenManager {
                 && slot.flight.is_none()
                 && slot.backoff.as_ref().is_none_or(|b| t >= b.until);
             if refresh_due {
-                self.start_request(key, RequestReason::RefreshAhead, t);
+                self.start_request(key, RequestReason::RefreshAhead, now);
             }
+            let proof = match request {
+                Some((method, uri)) => self.resource_proof(key, method, uri, now),
+                None => None,
+            };
             let slot = &self.slots[key.index()];
             let token = slot.token.as_ref().expect("checked above");
             let state = if t < token.schedule.refresh_at {
@@ -402,6 +440,7 @@ impl TokenManager {
                 header: &token.header,
                 generation: token.generation,
                 state,
+                proof,
             });
         }
         let expired = slot.token.is_some();
@@ -412,22 +451,59 @@ impl TokenManager {
         if let Some(flight) = &slot.flight {
             return Authorization::Wait(flight.id);
         }
-        if slot.backoff.as_ref().is_some_and(|b| t < b.until) {
-            let backoff = self.slots[key.index()]
-                .backoff
-                .as_ref()
-                .expect("checked above");
-            return Authorization::Unavailable {
-                error: &backoff.error,
-                retry_at: backoff.until,
+        if slot.backoff.as_ref().is_none_or(|b| t >= b.until) {
+            let reason = if expired {
+                RequestReason::Expired
+            } else {
+                RequestReason::Missing
             };
+            if let Some(id) = self.start_request(key, reason, now) {
+                return Authorization::Fetch(id);
+            }
         }
-        let reason = if expired {
-            RequestReason::Expired
-        } else {
-            RequestReason::Missing
+        // Backing off (or the request could not even be signed, which backs off too).
+        let backoff = self.slots[key.index()]
+            .backoff
+            .as_ref()
+            .expect("a failure always backs off");
+        Authorization::Unavailable {
+            error: &backoff.error,
+            retry_at: backoff.until,
+        }
+    }
+
+    /// A DPoP proof for an API request with the cached DPoP-bound token of
+    /// `key`; `None` when the token is a Bearer token.
+    fn resource_proof(
+        &mut self,
+        key: KeyId,
+        method: &Method,
+        uri: &Uri,
+        now: Now,
+    ) -> Option<Result<HeaderValue, SignError>> {
+        let slot = &self.slots[key.index()];
+        let token = slot.token.as_ref()?;
+        if token.token_type != TokenType::DPoP {
+            return None;
+        }
+        let jti = next_jti(&mut self.jitter);
+        let Some(signer) = self.clients[slot.descriptor.client as usize]
+            .config
+            .dpop
+            .as_ref()
+        else {
+            return Some(Err(SignError("a DPoP-bound token but no DPoP key".into())));
         };
-        Authorization::Fetch(self.start_request(key, reason, t))
+        let nonce = dpop::origin_of(uri).and_then(|origin| self.nonces.get(&origin, self.latest));
+        Some(dpop::proof(
+            signer.as_ref(),
+            method,
+            uri,
+            now.wall(),
+            &jti,
+            nonce,
+            Some(token.access_token.expose_secret()),
+        ))
     }
 
     /// Starts a token request for `key` now, even if a Fresh token is cached,
@@ -443,7 +519,15 @@ impl TokenManager {
                 retry_at: backoff.until,
             };
         }
-        ForcedRefresh::Started(self.start_request(key, RequestReason::Forced, t))
+        match self.start_request(key, RequestReason::Forced, now) {
+            Some(id) => ForcedRefresh::Started(id),
+            None => ForcedRefresh::BackingOff {
+                retry_at: self.slots[key.index()]
+                    .backoff
+                    .as_ref()
+                    .map_or(t, |b| b.until),
+            },
+        }
     }
 
     /// Drops the cached token for `key`; the next call fetches a new one.
@@ -511,6 +595,15 @@ impl TokenManager {
         let t = self.advance(now);
         let (key, flight) = self.finish_flight(id)?;
         let client = &self.clients[self.slots[key.index()].descriptor.client as usize];
+        let has_dpop = client.config.dpop.is_some();
+        // Any answer from the token endpoint may carry its next nonce.
+        let nonce_stored = has_dpop
+            && self.nonces.update_from(
+                &client.config.token_endpoint,
+                response.headers(),
+                t,
+                self.config.dpop_nonce_lifetime,
+            );
         let sensitive: Vec<&str> = client.sensitive.iter().map(String::as_str).collect();
         let parsed = parse_token_response(
             response.status(),
@@ -518,6 +611,21 @@ impl TokenManager {
             self.config.max_response_body,
             &sensitive,
         );
+        // RFC 9449 §8: the server wants a nonce; retry once with a fresh proof
+        // (and a fresh client assertion), never more.
+        let wants_nonce =
+            matches!(&parsed, Err(TokenError::OAuth(e)) if e.code() == "use_dpop_nonce");
+        if wants_nonce && nonce_stored && !flight.nonce_retried {
+            if self
+                .start_request(key, RequestReason::DPoPNonce, now)
+                .is_some()
+            {
+                if let Some(retry) = self.slots[key.index()].flight.as_mut() {
+                    retry.nonce_retried = true;
+                }
+            }
+            return Ok(());
+        }
         let outcome =
             parsed.and_then(|token| self.accept_token(key, &flight, token, response.status(), t));
         if let Err(error) = outcome {
@@ -552,22 +660,35 @@ impl TokenManager {
         response: &ResourceResponse<'_>,
         now: Now,
     ) -> ResourceOutcome {
-        self.advance(now);
+        let t = self.advance(now);
+        // A DPoP-Nonce on any response replaces that origin's nonce.
+        let nonce_stored = response.uri.is_some_and(|uri| {
+            self.nonces
+                .update_from(uri, response.headers, t, self.config.dpop_nonce_lifetime)
+        });
         if response.status != StatusCode::UNAUTHORIZED {
             return ResourceOutcome::Deliver;
         }
         let Some(sent) = response.sent_authorization else {
             return ResourceOutcome::Deliver;
         };
+        let challenges = parse_www_authenticate(response.headers).unwrap_or_default();
+        // DPoP `use_dpop_nonce`: the token is fine; retry once with the new nonce.
+        let wants_nonce = challenges
+            .iter()
+            .any(|c| c.is_scheme("DPoP") && c.param("error") == Some("use_dpop_nonce"));
+        if wants_nonce {
+            return if nonce_stored && response.attempt == 0 {
+                ResourceOutcome::Retry
+            } else {
+                ResourceOutcome::Deliver
+            };
+        }
         // A Bearer `insufficient_scope` is not cured by a new token of the same scope.
-        let insufficient_scope = parse_www_authenticate(response.headers)
-            .map(|challenges| {
-                challenges
-                    .iter()
-                    .any(|c| c.param("error") == Some("insufficient_scope"))
-            })
-            .unwrap_or(false);
-        if insufficient_scope {
+        if challenges
+            .iter()
+            .any(|c| c.param("error") == Some("insufficient_scope"))
+        {
             return ResourceOutcome::Deliver;
         }
         let slot = &mut self.slots[key.index()];
@@ -663,28 +784,52 @@ impl TokenManager {
                 && slot.flight.is_none()
                 && slot.backoff.is_none();
             if proactive && due {
-                self.start_request(key, RequestReason::RefreshAhead, t);
+                self.start_request(key, RequestReason::RefreshAhead, now);
             }
         }
     }
 
-    fn start_request(&mut self, key: KeyId, reason: RequestReason, t: Instant) -> RequestId {
+    /// Queues a token request for `key`, or, when it cannot even be signed,
+    /// fails at once (which backs off) and returns `None`.
+    fn start_request(&mut self, key: KeyId, reason: RequestReason, now: Now) -> Option<RequestId> {
+        let t = self.latest;
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        let slot = &mut self.slots[key.index()];
+        let assertion_jti = next_jti(&mut self.jitter);
+        let proof_jti = next_jti(&mut self.jitter);
+        let slot = &self.slots[key.index()];
         let client = &self.clients[slot.descriptor.client as usize];
-        let request = build_token_request(&client.config, &slot.descriptor);
-        slot.flight = Some(Flight {
+        let nonce = match &client.config.dpop {
+            Some(_) => dpop::origin_of(&client.config.token_endpoint)
+                .and_then(|origin| self.nonces.get(&origin, t))
+                .map(str::to_owned),
+            None => None,
+        };
+        let attempt = Attempt {
+            wall: now.wall(),
+            assertion_jti,
+            proof_jti,
+            nonce: nonce.as_deref(),
+        };
+        let request = match build_token_request(&client.config, &slot.descriptor, &attempt) {
+            Ok(request) => request,
+            Err(error) => {
+                self.fail(key, id, TokenError::Signing(error), None, t);
+                return None;
+            }
+        };
+        self.slots[key.index()].flight = Some(Flight {
             id,
             requested_at: t,
             deadline: t.saturating_add(self.config.request_timeout),
+            nonce_retried: false,
         });
         self.in_flight.insert(id, key);
         self.requests.push_back(TokenRequest { id, key, request });
         self.events
             .push_back(Event::RequestStarted { key, id, reason });
         self.mark_changed(key);
-        id
+        Some(id)
     }
 
     fn finish_flight(&mut self, id: RequestId) -> Result<(KeyId, Flight), UnknownRequest> {
@@ -713,11 +858,21 @@ impl TokenManager {
                 excerpt: None,
             })
         };
-        if response.token_type != TokenType::Bearer {
-            // DPoP-bound tokens need a key to sign proofs with; none is configured.
-            return Err(invalid(ResponseProblem::UnsupportedTokenType(
-                response.token_type.scheme().to_owned(),
-            )));
+        let has_dpop = self.clients[self.slots[key.index()].descriptor.client as usize]
+            .config
+            .dpop
+            .is_some();
+        match (response.token_type, has_dpop) {
+            (TokenType::Bearer, false) | (TokenType::DPoP, true) => {}
+            // RFC 9449 §7.1 allows a server to issue a Bearer token anyway: use it
+            // as such, and say so.
+            (TokenType::Bearer, true) => self.events.push_back(Event::TokenNotBound { key }),
+            (TokenType::DPoP, false) => {
+                // A DPoP-bound token needs a key to sign proofs with; none is configured.
+                return Err(invalid(ResponseProblem::UnsupportedTokenType(
+                    "DPoP".to_owned(),
+                )));
+            }
         }
         let slot = &self.slots[key.index()];
         let policy = &self.clients[slot.descriptor.client as usize].config.refresh;
@@ -803,6 +958,10 @@ impl TokenManager {
             // the refresh point (unless a refresh is already running), the end
             // of a backoff, and never past the end of the usable life.
             let mut fresh_until = token.schedule.attach_until;
+            if token.token_type == TokenType::DPoP {
+                // Every request with a DPoP-bound token needs a fresh proof from the core.
+                fresh_until = Instant::ZERO;
+            }
             match (&slot.flight, &slot.backoff) {
                 (Some(_), _) => {}
                 (None, Some(backoff)) => fresh_until = fresh_until.min(backoff.until),
@@ -830,6 +989,32 @@ impl TokenManager {
             self.published.push_back(key);
         }
     }
+}
+
+/// A unique JWT id: 128 bits from the manager's random source, base64url.
+fn next_jti(jitter: &mut Jitter) -> String {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&jitter.next_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&jitter.next_u64().to_le_bytes());
+    crate::jose::base64url(&bytes)
+}
+
+/// The cache key of `config`'s request changed by `overrides`: everything that
+/// changes the token, including the thumbprint of the DPoP key it is bound to.
+fn descriptor(client: u32, config: &ClientConfig, overrides: &KeyOverrides) -> KeyDescriptor {
+    let mut descriptor = KeyDescriptor::new(
+        client,
+        &config.scope,
+        &config.resources,
+        config.audience.as_ref(),
+        &config.params,
+        overrides,
+    );
+    descriptor.dpop_jkt = config
+        .dpop
+        .as_ref()
+        .map(|s| s.public_jwk().thumbprint().to_owned());
+    descriptor
 }
 
 /// `Authorization: <scheme> <token>`, marked sensitive. The token was checked

@@ -13,7 +13,13 @@ use base64::Engine as _;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method};
 
-use crate::config::{ClientAuth, ClientConfig};
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use crate::config::{AssertionAudience, ClientAuth, ClientConfig, PrivateKeyJwt};
+use crate::dpop::{self, unix_seconds};
+use crate::jose::{sign_jwt, SignError};
 use crate::key::{KeyDescriptor, KeyId};
 
 /// Identifies one token request while it is in flight.
@@ -99,11 +105,46 @@ pub fn basic_credentials(client_id: &str, secret: &str, form_encode: bool) -> He
     value
 }
 
+/// What differs between two attempts of the same token request: the time
+/// and the unique ids of the signed JWTs (a retry never reuses them), and the
+/// server's latest DPoP nonce.
+#[derive(Debug)]
+pub(crate) struct Attempt<'a> {
+    pub(crate) wall: SystemTime,
+    pub(crate) assertion_jti: String,
+    pub(crate) proof_jti: String,
+    pub(crate) nonce: Option<&'a str>,
+}
+
+/// The `client_assertion` of `private_key_jwt` (RFC 7523 §3).
+fn client_assertion(
+    client: &ClientConfig,
+    settings: &PrivateKeyJwt,
+    attempt: &Attempt<'_>,
+) -> Result<String, SignError> {
+    let iat = unix_seconds(attempt.wall);
+    let aud = match &settings.audience {
+        AssertionAudience::TokenEndpoint => client.token_endpoint.to_string(),
+        AssertionAudience::Issuer(issuer) => issuer.clone(),
+    };
+    let header = json!({ "alg": settings.signer.algorithm().name(), "typ": "JWT" });
+    let claims = json!({
+        "iss": client.client_id,
+        "sub": client.client_id,
+        "aud": aud,
+        "iat": iat,
+        "exp": iat.saturating_add(settings.lifetime.as_secs().max(1)),
+        "jti": attempt.assertion_jti,
+    });
+    sign_jwt(settings.signer.as_ref(), &header, &claims)
+}
+
 /// Builds the token request for `key` of `client`.
 pub(crate) fn build_token_request(
     client: &ClientConfig,
     key: &KeyDescriptor,
-) -> http::Request<Vec<u8>> {
+    attempt: &Attempt<'_>,
+) -> Result<http::Request<Vec<u8>>, SignError> {
     let scope = key.scope.to_request_string();
     let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
     if !scope.is_empty() {
@@ -119,6 +160,7 @@ pub(crate) fn build_token_request(
         form.push((name, value));
     }
     let mut authorization = None;
+    let assertion;
     match &client.auth {
         ClientAuth::Basic(secret) => {
             authorization = Some(basic_credentials(
@@ -139,6 +181,12 @@ pub(crate) fn build_token_request(
             form.push(("client_secret", secret.expose_secret()));
         }
         ClientAuth::None => form.push(("client_id", &client.client_id)),
+        ClientAuth::PrivateKeyJwt(settings) => {
+            assertion = client_assertion(client, settings, attempt)?;
+            form.push(("client_id", &client.client_id));
+            form.push(("client_assertion_type", JWT_BEARER_ASSERTION));
+            form.push(("client_assertion", &assertion));
+        }
     }
     let body = serde_urlencoded::to_string(&form)
         .expect("pairs of strings always serialize")
@@ -155,16 +203,40 @@ pub(crate) fn build_token_request(
     if let Some(authorization) = authorization {
         builder = builder.header(AUTHORIZATION, authorization);
     }
-    builder
+    if let Some(signer) = &client.dpop {
+        let proof = dpop::proof(
+            signer.as_ref(),
+            &Method::POST,
+            &client.token_endpoint,
+            attempt.wall,
+            &attempt.proof_jti,
+            attempt.nonce,
+            None,
+        )?;
+        builder = builder.header(dpop::DPOP, proof);
+    }
+    Ok(builder
         .body(body)
-        .expect("method, validated URI and static headers always build")
+        .expect("method, validated URI and checked headers always build"))
 }
+
+/// The `client_assertion_type` of RFC 7523 §2.2.
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::ClientSecret;
     use crate::key::{KeyOverrides, Scope};
+
+    fn attempt() -> Attempt<'static> {
+        Attempt {
+            wall: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+            assertion_jti: "a-1".into(),
+            proof_jti: "p-1".into(),
+            nonce: None,
+        }
+    }
 
     fn decode_basic(value: &HeaderValue) -> String {
         let text = value.to_str().unwrap();
@@ -227,7 +299,7 @@ mod tests {
     #[test]
     fn basic_request_shape() {
         let config = client(ClientAuth::Basic(ClientSecret::new("s e:c")));
-        let request = build_token_request(&config, &descriptor(&config));
+        let request = build_token_request(&config, &descriptor(&config), &attempt()).unwrap();
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri(), "https://as.example/connect/token");
         assert_eq!(request.headers()[ACCEPT], "application/json");
@@ -261,7 +333,7 @@ mod tests {
     #[test]
     fn post_request_carries_credentials_in_body() {
         let config = client(ClientAuth::Post(ClientSecret::new("p&ss=w rd")));
-        let request = build_token_request(&config, &descriptor(&config));
+        let request = build_token_request(&config, &descriptor(&config), &attempt()).unwrap();
         assert!(request.headers().get(AUTHORIZATION).is_none());
         let fields = form(&request);
         assert!(fields.contains(&("client_id".into(), "m2m".into())));
@@ -272,7 +344,7 @@ mod tests {
     fn public_client_sends_only_its_id() {
         let config = ClientConfig::new("https://as.example/t", "pub", ClientAuth::None).unwrap();
         let key = KeyDescriptor::new(0, &Scope::default(), &[], None, &[], &KeyOverrides::new());
-        let request = build_token_request(&config, &key);
+        let request = build_token_request(&config, &key, &attempt()).unwrap();
         assert_eq!(
             form(&request),
             vec![
@@ -288,13 +360,13 @@ mod tests {
         let request = TokenRequest {
             id: RequestId(7),
             key: KeyId(0),
-            request: build_token_request(&config, &descriptor(&config)),
+            request: build_token_request(&config, &descriptor(&config), &attempt()).unwrap(),
         };
         let debug = format!("{request:?}");
         assert!(!debug.contains("topsecret"), "{debug}");
         assert!(debug.starts_with("TokenRequest"), "{debug}");
         let basic = client(ClientAuth::Basic(ClientSecret::new("topsecret")));
-        let request = build_token_request(&basic, &descriptor(&basic));
+        let request = build_token_request(&basic, &descriptor(&basic), &attempt()).unwrap();
         let debug = format!("{:?}", request.headers());
         assert!(!debug.contains(&BASE64.encode("m2m:topsecret")), "{debug}");
     }

@@ -1138,6 +1138,7 @@ impl Harness {
             status: StatusCode::from_u16(status).expect("valid status"),
             headers: &headers,
             sent_authorization: sent_value.as_ref(),
+            uri: None,
             attempt,
         };
         let outcome = self

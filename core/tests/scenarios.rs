@@ -577,6 +577,7 @@ fn resource_401(
             status: StatusCode::UNAUTHORIZED,
             headers: &headers,
             sent_authorization: sent.as_ref(),
+            uri: None,
             attempt,
         },
         at(10.0),
@@ -651,6 +652,7 @@ fn responses_that_a_new_token_cannot_fix_are_delivered() {
             status,
             headers: &headers,
             sent_authorization: Some(&sent),
+            uri: None,
             attempt: 0,
         };
         assert_eq!(

@@ -865,6 +865,7 @@ impl Harness {
                 status,
                 headers: &headers,
                 sent_authorization: sent.as_ref(),
+                uri: None,
                 attempt,
             },
             now,

@@ -156,6 +156,7 @@ impl Adapter for UreqAdapter {
             http::StatusCode::UNAUTHORIZED,
             &http::HeaderMap::new(),
             &sent,
+            &"http://127.0.0.1/api".parse().unwrap(),
             0,
         );
         outcome == token_keeper::ResourceOutcome::Retry

@@ -20,6 +20,7 @@ impl From<lexopt::Error> for Usage {
 pub enum AuthMethod {
     Basic,
     Post,
+    PrivateKeyJwt,
 }
 
 /// Which adapter drives the core.
@@ -42,6 +43,14 @@ pub struct ClientFlags {
     pub client_secret: Option<String>,
     pub client_secret_env: Option<String>,
     pub auth: Option<AuthMethod>,
+    /// The private_key_jwt key file (JWK or PKCS#8 PEM).
+    pub private_key: Option<std::path::PathBuf>,
+    /// The JWS algorithm for the private_key_jwt key.
+    pub alg: Option<String>,
+    /// DPoP with an ephemeral ES256 key.
+    pub dpop: bool,
+    /// DPoP with this key file (JWK or PKCS#8 PEM).
+    pub dpop_key: Option<std::path::PathBuf>,
     pub scope: Option<String>,
     pub resources: Vec<String>,
     pub audience: Option<String>,
@@ -95,6 +104,10 @@ CLIENT FLAGS:
     --audience A
     --param k=v              extra form parameter (repeatable)
     --adapter ureq|surf      blocking ureq (default) or async surf; same output and exit codes
+    --auth private-key-jwt --private-key FILE [--alg ES256|EdDSA|RS256|PS256]
+                             RFC 7523 client assertion signed with FILE (JWK or PKCS#8 PEM)
+    --dpop                   bind tokens with DPoP (RFC 9449), ephemeral ES256 key
+    --dpop-key FILE          bind tokens with DPoP, key from FILE (JWK or PKCS#8 PEM)
 
 EXIT CODES:
     0 success   2 usage   3 the authorization server refused (OAuth error)
@@ -170,14 +183,19 @@ fn client_flag(
             client.auth = Some(match value(parser, &flag)?.as_str() {
                 "basic" => AuthMethod::Basic,
                 "post" => AuthMethod::Post,
+                "private-key-jwt" => AuthMethod::PrivateKeyJwt,
                 other => {
                     return Err(Usage(format!(
-                        "--auth: {other:?} is not one of basic, post"
+                        "--auth: {other:?} is not one of basic, post, private-key-jwt"
                     )))
                 }
             })
         }
         "scope" => client.scope = Some(value(parser, &flag)?),
+        "private-key" => client.private_key = Some(value(parser, &flag)?.into()),
+        "alg" => client.alg = Some(value(parser, &flag)?),
+        "dpop" => client.dpop = true,
+        "dpop-key" => client.dpop_key = Some(value(parser, &flag)?.into()),
         "adapter" => {
             client.adapter = match value(parser, &flag)?.as_str() {
                 "ureq" => AdapterKind::Ureq,
@@ -322,10 +340,35 @@ fn validate_client(client: &ClientFlags) -> Result<(), Usage> {
             "give --client-secret or --client-secret-env, not both".into(),
         ));
     }
-    if client.client_secret.is_none() && client.client_secret_env.is_none() {
-        return Err(Usage(
-            "give --client-secret-env VAR (or --client-secret)".into(),
-        ));
+    let has_secret = client.client_secret.is_some() || client.client_secret_env.is_some();
+    if client.auth == Some(AuthMethod::PrivateKeyJwt) {
+        if client.private_key.is_none() {
+            return Err(Usage(
+                "--auth private-key-jwt needs --private-key FILE".into(),
+            ));
+        }
+        if has_secret {
+            return Err(Usage(
+                "--auth private-key-jwt takes no client secret".into(),
+            ));
+        }
+    } else {
+        if client.private_key.is_some() {
+            return Err(Usage(
+                "--private-key goes with --auth private-key-jwt".into(),
+            ));
+        }
+        if !has_secret {
+            return Err(Usage(
+                "give --client-secret-env VAR (or --client-secret)".into(),
+            ));
+        }
+    }
+    if client.alg.is_some() && client.private_key.is_none() {
+        return Err(Usage("--alg goes with --private-key".into()));
+    }
+    if client.dpop && client.dpop_key.is_some() {
+        return Err(Usage("give --dpop or --dpop-key FILE, not both".into()));
     }
     Ok(())
 }
@@ -349,6 +392,30 @@ mod tests {
         assert_eq!(client.adapter, AdapterKind::Surf);
         assert_eq!(client.resources, vec!["https://r/", "urn:x"]);
         assert_eq!(client.params, vec![("k".to_owned(), "v=w".to_owned())]);
+    }
+
+    #[test]
+    fn key_flags() {
+        let cmd = parse_str("token --token-url u --client-id c --auth private-key-jwt --private-key k.pem --alg PS256 --dpop-key d.jwk").unwrap();
+        let Command::Token { client, .. } = cmd else {
+            panic!()
+        };
+        assert_eq!(client.auth, Some(AuthMethod::PrivateKeyJwt));
+        assert_eq!(
+            client.private_key.as_deref(),
+            Some(std::path::Path::new("k.pem"))
+        );
+        assert_eq!(client.alg.as_deref(), Some("PS256"));
+        assert_eq!(
+            client.dpop_key.as_deref(),
+            Some(std::path::Path::new("d.jwk"))
+        );
+        let Command::Token { client, .. } =
+            parse_str("token --token-url u --client-id c --client-secret s --dpop").unwrap()
+        else {
+            panic!()
+        };
+        assert!(client.dpop);
     }
 
     #[test]
@@ -385,6 +452,11 @@ mod tests {
             "frobnicate",
             "token --bogus",
             "token --token-url u --client-id c --client-secret s --adapter hyper",
+            "token --token-url u --client-id c --auth private-key-jwt",
+            "token --token-url u --client-id c --auth private-key-jwt --private-key k.pem --client-secret s",
+            "token --token-url u --client-id c --client-secret s --private-key k.pem",
+            "token --token-url u --client-id c --client-secret s --alg RS256",
+            "token --token-url u --client-id c --client-secret s --dpop --dpop-key k.jwk",
         ] {
             assert!(parse_str(line).is_err(), "{line}");
         }

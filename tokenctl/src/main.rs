@@ -10,7 +10,11 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
+use std::sync::Arc;
+
+use token_keeper::jose::{Algorithm, Signer};
+use token_keeper::{ClientAuth, ClientConfig, ClientSecret, PrivateKeyJwt};
+use token_keeper_common::keys::PrivateKey;
 use token_keeper_surf::AsyncTokenClient;
 use token_keeper_ureq::{Error, TokenClient, TokenInfo};
 
@@ -51,6 +55,7 @@ pub fn token_exit_code(error: &Error) -> u8 {
             _ => 1,
         },
         Error::Config(_) => 2,
+        Error::Signing(_) => 1,
         _ => 1,
     }
 }
@@ -173,19 +178,50 @@ impl Managed {
 
 /// Builds the managed client from the command line's client flags.
 pub fn build_client(flags: &ClientFlags) -> Result<Managed, Failure> {
-    let secret = match (&flags.client_secret, &flags.client_secret_env) {
-        (Some(secret), _) => secret.clone(),
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
-            Failure::Usage(format!(
-                "environment variable {var} is not set (or not UTF-8)"
-            ))
-        })?,
-        (None, None) => return Err(Failure::Usage("no client secret given".into())),
-    };
-    let secret = ClientSecret::new(secret);
     let auth = match flags.auth.unwrap_or(AuthMethod::Basic) {
-        AuthMethod::Basic => ClientAuth::Basic(secret),
-        AuthMethod::Post => ClientAuth::Post(secret),
+        AuthMethod::PrivateKeyJwt => {
+            let path = flags
+                .private_key
+                .as_deref()
+                .ok_or_else(|| Failure::Usage("--private-key is required".into()))?;
+            let alg = match flags.alg.as_deref() {
+                Some(name) => Some(Algorithm::from_name(name).ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "--alg: {name:?} is not one of ES256, EdDSA, RS256, PS256"
+                    ))
+                })?),
+                None => None,
+            };
+            let key =
+                PrivateKey::from_file(path, alg).map_err(|e| Failure::Usage(e.to_string()))?;
+            ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(Arc::new(key)))
+        }
+        method => {
+            let secret = match (&flags.client_secret, &flags.client_secret_env) {
+                (Some(secret), _) => secret.clone(),
+                (None, Some(var)) => std::env::var(var).map_err(|_| {
+                    Failure::Usage(format!(
+                        "environment variable {var} is not set (or not UTF-8)"
+                    ))
+                })?,
+                (None, None) => return Err(Failure::Usage("no client secret given".into())),
+            };
+            let secret = ClientSecret::new(secret);
+            if method == AuthMethod::Post {
+                ClientAuth::Post(secret)
+            } else {
+                ClientAuth::Basic(secret)
+            }
+        }
+    };
+    let dpop: Option<Arc<dyn Signer>> = match (&flags.dpop_key, flags.dpop) {
+        (Some(path), _) => Some(Arc::new(
+            PrivateKey::from_file(path, None).map_err(|e| Failure::Usage(e.to_string()))?,
+        )),
+        (None, true) => Some(Arc::new(
+            PrivateKey::generate(Algorithm::ES256).map_err(|e| Failure::Other(e.to_string()))?,
+        )),
+        (None, false) => None,
     };
     let tokens = Managed::new(flags.adapter);
     let token_url = match (&flags.token_url, &flags.issuer) {
@@ -196,6 +232,9 @@ pub fn build_client(flags: &ClientFlags) -> Result<Managed, Failure> {
     let client_id = flags.client_id.clone().unwrap_or_default();
     let mut config = ClientConfig::new(&token_url, client_id, auth)
         .map_err(|e| Failure::Usage(e.to_string()))?;
+    if let Some(signer) = dpop {
+        config = config.dpop(signer);
+    }
     if let Some(scope) = &flags.scope {
         config = config.scope(scope);
     }

@@ -5,7 +5,7 @@
 //! `CLOCK_BOOTTIME` on Linux and Android (a monotonic clock that counts time
 //! spent suspended); elsewhere it falls back to `std::time::Instant`, which on
 //! some platforms stops during sleep. Tests use the core's
-//! [`ManualClock`](token_keeper::time::ManualClock) instead.
+//! [`ManualClock`] instead.
 
 use std::time::SystemTime;
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use token_keeper::discovery::DiscoveryError;
+use token_keeper::jose::SignError;
 use token_keeper::{ConfigError, InvalidResponse, OAuthError, TokenError, TransportError};
 
 /// Why a token (or a header) could not be had. Messages say what to do and
@@ -31,6 +32,8 @@ pub enum Error {
     Config(ConfigError),
     /// No client is registered under this name.
     UnknownClient(String),
+    /// A client assertion or DPoP proof could not be signed.
+    Signing(SignError),
 }
 
 impl Error {
@@ -47,6 +50,7 @@ impl Error {
             TokenError::OAuth(e) => Error::OAuth(e.clone()),
             TokenError::InvalidResponse(e) => Error::InvalidResponse(e.clone()),
             TokenError::Transport(e) => Error::Transport(e.clone()),
+            TokenError::Signing(e) => Error::Signing(e.clone()),
             other => Error::Unavailable {
                 cause: other.clone(),
                 retry_in: Duration::ZERO,
@@ -69,6 +73,7 @@ impl fmt::Display for Error {
             Error::Discovery(e) => e.fmt(f),
             Error::Config(e) => e.fmt(f),
             Error::UnknownClient(name) => write!(f, "no client named {name:?} is registered"),
+            Error::Signing(e) => e.fmt(f),
         }
     }
 }
@@ -83,6 +88,7 @@ impl std::error::Error for Error {
             Error::Discovery(e) => Some(e),
             Error::Config(e) => Some(e),
             Error::UnknownClient(_) => None,
+            Error::Signing(e) => Some(e),
         }
     }
 }

@@ -10,15 +10,18 @@
 //! - [`Registry`]: named clients, the per-key snapshot cells read lock-free on
 //!   the hit path, discovery results, and counters, plus
 //!   [`Registry::drain`], which empties the core's outputs after every input;
-//! - [`step`]: one round of "ask the core for a header", turned into what the
+//! - [`step()`]: one round of "ask the core for a header", turned into what the
 //!   adapter must do next (done, send this request, or wait for that one);
-//! - [`Routes`]: which origins get which client's tokens.
+//! - [`Routes`]: which origins get which client's tokens;
+//! - [`keys::PrivateKey`]: the default [`Signer`](token_keeper::jose::Signer)
+//!   for DPoP proofs and `private_key_jwt`, on `ring`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod clock;
 pub mod error;
+pub mod keys;
 pub mod registry;
 pub mod routes;
 pub mod step;
@@ -27,4 +30,4 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use registry::{random_seed, ClientStats, Registry, TokenInfo};
 pub use routes::{may_carry_body, Routes};
-pub use step::{start_forced_refresh, step, Step};
+pub use step::{start_forced_refresh, step, Authorized, Step};

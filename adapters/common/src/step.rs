@@ -5,9 +5,10 @@
 //! or wait for someone else's request to end) and go round again. Only the
 //! sending and the waiting differ between blocking and async adapters.
 
-use http::HeaderValue;
+use http::{HeaderValue, Method, Uri};
 use token_keeper::{
-    Authorization, ForcedRefresh, KeyId, Now, RequestId, TokenError, TokenManager, TokenRequest,
+    Attach, Authorization, ForcedRefresh, KeyId, Now, RequestId, TokenError, TokenManager,
+    TokenRequest,
 };
 
 use crate::error::Error;
@@ -43,10 +44,11 @@ pub enum Step<T> {
 /// call: if so, a failure is reported as the error itself (the caller saw it
 /// happen); if not, as [`Error::Unavailable`] (the key was already backing off).
 /// `f` computes the result from the header and is called at most once.
-pub fn step<T, F: FnOnce(&HeaderValue) -> T>(
+pub fn step<T, F: FnOnce(&Attach<'_>) -> T>(
     core: &mut TokenManager,
     registry: &Registry,
     key: KeyId,
+    request: Option<(&Method, &Uri)>,
     now: Now,
     waited: bool,
     f: &mut Option<F>,
@@ -56,9 +58,13 @@ pub fn step<T, F: FnOnce(&HeaderValue) -> T>(
         Send(RequestId),
         Wait(RequestId),
     }
-    let decision = match core.authorize(key, now) {
+    let authorization = match request {
+        Some((method, uri)) => core.authorize_request(key, method, uri, now),
+        None => core.authorize(key, now),
+    };
+    let decision = match authorization {
         Authorization::Attach(attach) => {
-            Decision::Done(Ok((f.take().expect("called once"))(attach.header())))
+            Decision::Done(Ok((f.take().expect("called once"))(&attach)))
         }
         Authorization::Unavailable { error, retry_at } => Decision::Done(Err(if waited {
             Error::from_token_error(error)
@@ -92,6 +98,31 @@ pub fn step<T, F: FnOnce(&HeaderValue) -> T>(
             id,
             others: requests,
         },
+    }
+}
+
+/// What to put on an API request: `Authorization`, and `DPoP` for a
+/// DPoP-bound token.
+#[derive(Clone, Debug)]
+pub struct Authorized {
+    /// The `Authorization` header value.
+    pub authorization: HeaderValue,
+    /// The `DPoP` proof header value, for a DPoP-bound token.
+    pub dpop: Option<HeaderValue>,
+}
+
+impl Authorized {
+    /// The headers of an [`Attach`]; fails if its DPoP proof could not be signed
+    /// (the request must then not be sent: a DPoP token is never sent as Bearer).
+    pub fn from_attach(attach: &Attach<'_>) -> Result<Authorized, Error> {
+        let dpop = attach
+            .dpop_proof()
+            .map_err(|e| Error::Signing(e.clone()))?
+            .cloned();
+        Ok(Authorized {
+            authorization: attach.header().clone(),
+            dpop,
+        })
     }
 }
 
@@ -148,9 +179,10 @@ mod tests {
             &mut core,
             &registry,
             key,
+            None,
             now,
             false,
-            &mut Some(|h: &HeaderValue| h.clone()),
+            &mut Some(|a: &Attach<'_>| a.header().clone()),
         ) else {
             panic!()
         };
@@ -159,9 +191,10 @@ mod tests {
             &mut core,
             &registry,
             key,
+            None,
             now,
             false,
-            &mut Some(|h: &HeaderValue| h.clone()),
+            &mut Some(|a: &Attach<'_>| a.header().clone()),
         ) else {
             panic!()
         };
@@ -173,9 +206,10 @@ mod tests {
             &mut core,
             &registry,
             key,
+            None,
             now,
             true,
-            &mut Some(|h: &HeaderValue| h.clone()),
+            &mut Some(|a: &Attach<'_>| a.header().clone()),
         ) else {
             panic!()
         };
@@ -184,9 +218,10 @@ mod tests {
             &mut core,
             &registry,
             key,
+            None,
             now,
             false,
-            &mut Some(|h: &HeaderValue| h.clone()),
+            &mut Some(|a: &Attach<'_>| a.header().clone()),
         ) else {
             panic!()
         };

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use event_listener::Event;
 use futures_lite::FutureExt;
-use http::HeaderValue;
+use http::{HeaderValue, Method, Uri};
 use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
 use token_keeper::{
-    ClientConfig, KeyId, KeyOverrides, ManagerConfig, RequestId, ResourceOutcome, ResourceResponse,
-    TokenManager, TokenRequest, TransportError,
+    Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, RequestId, ResourceOutcome,
+    ResourceResponse, TokenManager, TokenRequest, TransportError,
 };
 use token_keeper_common::{
-    random_seed, start_forced_refresh, step, ClientStats, Clock, Error, Registry, Step,
+    random_seed, start_forced_refresh, step, Authorized, ClientStats, Clock, Error, Registry, Step,
     SystemClock, TokenInfo,
 };
 
@@ -247,7 +247,9 @@ impl AsyncTokenClient {
         {
             return Ok(header);
         }
-        self.shared.acquire(key, |header| header.clone(), via).await
+        self.shared
+            .acquire(key, None, |a| a.header().clone(), via)
+            .await
     }
 
     /// Calls `f` with the named client's header without copying or
@@ -268,14 +270,18 @@ impl AsyncTokenClient {
         }
         let (_, key) = self.shared.registry.lookup(name)?;
         let f = f.take().expect("not called on the fast path");
-        self.shared.acquire(key, f, &self.shared.http).await
+        self.shared
+            .acquire(key, None, |a| f(a.header()), &self.shared.http)
+            .await
     }
 
     /// The named client's token with its remaining lifetime and scope, fetching one if needed.
     pub async fn token(&self, name: &str) -> Result<TokenInfo, Error> {
         let (_, key) = self.shared.registry.lookup(name)?;
         loop {
-            self.shared.acquire(key, |_| (), &self.shared.http).await?;
+            self.shared
+                .acquire(key, None, |_| (), &self.shared.http)
+                .await?;
             let core = self.shared.lock_core();
             if let Some(info) = TokenInfo::of(&core, key, self.shared.clock.now()) {
                 return Ok(info);
@@ -299,7 +305,9 @@ impl AsyncTokenClient {
         self.shared.dispatch(requests);
         let id = started?;
         self.shared.wait_for(key, id).await;
-        self.shared.acquire(key, |_| (), &self.shared.http).await
+        self.shared
+            .acquire(key, None, |_| (), &self.shared.http)
+            .await
     }
 
     /// Drops the named client's cached token; the next call fetches a new one.
@@ -314,6 +322,29 @@ impl AsyncTokenClient {
         Ok(())
     }
 
+    /// The headers for a request about to be sent with `method` to `uri`:
+    /// `Authorization`, and for a DPoP-bound token a fresh `DPoP` proof for
+    /// exactly this request. Any token request this needs goes through `via`.
+    pub async fn authorize_request(
+        &self,
+        key: KeyId,
+        method: &Method,
+        uri: &Uri,
+        via: &surf::Client,
+    ) -> Result<Authorized, Error> {
+        let now = self.shared.clock.monotonic();
+        let fast = self.shared.registry.with_fresh(key, now, |s| Authorized {
+            authorization: s.header().clone(),
+            dpop: None,
+        });
+        if let Some(authorized) = fast {
+            return Ok(authorized);
+        }
+        self.shared
+            .acquire(key, Some((method, uri)), Authorized::from_attach, via)
+            .await?
+    }
+
     /// Reports a protected resource's response to a request that carried
     /// `sent` for `key`, and says whether to retry it.
     pub fn handle_resource_response(
@@ -322,6 +353,7 @@ impl AsyncTokenClient {
         status: http::StatusCode,
         headers: &http::HeaderMap,
         sent: &HeaderValue,
+        uri: &Uri,
         attempt: u32,
     ) -> ResourceOutcome {
         let (outcome, requests) = {
@@ -330,6 +362,7 @@ impl AsyncTokenClient {
                 status,
                 headers,
                 sent_authorization: Some(sent),
+                uri: Some(uri),
                 attempt,
             };
             let outcome = core.handle_resource_response(key, &response, self.shared.clock.now());
@@ -361,7 +394,8 @@ impl Shared {
     async fn acquire<R>(
         self: &Arc<Self>,
         key: KeyId,
-        f: impl FnOnce(&HeaderValue) -> R,
+        request: Option<(&Method, &Uri)>,
+        f: impl FnOnce(&Attach<'_>) -> R,
         via: &surf::Client,
     ) -> Result<R, Error> {
         let mut waited = false;
@@ -373,6 +407,7 @@ impl Shared {
                     &mut core,
                     &self.registry,
                     key,
+                    request,
                     self.clock.now(),
                     waited,
                     &mut f,

@@ -21,11 +21,11 @@
 use std::sync::Arc;
 
 use futures_lite::AsyncReadExt;
-use http::StatusCode;
+use http::{Method, StatusCode, Uri};
 use surf::middleware::{Middleware, Next};
 use surf::{Client, Request, Response};
 use token_keeper::ResourceOutcome;
-use token_keeper_common::{Error, Routes};
+use token_keeper_common::{Authorized, Error, Routes};
 
 use crate::client::AsyncTokenClient;
 use crate::transport::{to_http_headers, TokenEndpointRequest};
@@ -73,13 +73,26 @@ impl TokenMiddleware {
     }
 }
 
-fn header_value_text(header: &http::HeaderValue) -> surf::Result<String> {
-    // The core only builds headers from visible-ASCII tokens, so this holds.
-    header.to_str().map(str::to_owned).map_err(|_| {
-        surf_error(Error::Config(token_keeper::ConfigError::new(
-            "token is not text",
-        )))
-    })
+/// Puts `Authorization` (and `DPoP`, for a bound token) on a request.
+fn set_headers(request: &mut Request, auth: &Authorized) -> surf::Result<()> {
+    // The core builds these from visible ASCII only, so `to_str` holds.
+    let text = |value: &http::HeaderValue| {
+        value.to_str().map(str::to_owned).map_err(|_| {
+            surf_error(Error::Config(token_keeper::ConfigError::new(
+                "header is not text",
+            )))
+        })
+    };
+    request.insert_header("Authorization", text(&auth.authorization)?.as_str());
+    match &auth.dpop {
+        Some(proof) => {
+            request.insert_header("DPoP", text(proof)?.as_str());
+        }
+        None => {
+            request.remove_header("DPoP");
+        }
+    }
+    Ok(())
 }
 
 fn surf_error(error: Error) -> surf::Error {
@@ -106,12 +119,24 @@ impl Middleware for TokenMiddleware {
         else {
             return next.run(request, client).await;
         };
-        let header = self
+        let invalid = |what: &str| {
+            surf::Error::from_str(
+                surf::StatusCode::InternalServerError,
+                format!("request {what} unusable"),
+            )
+        };
+        let uri: Uri = url.as_str().parse().map_err(|_| invalid("URL"))?;
+        let method: Method = request
+            .method()
+            .to_string()
+            .parse()
+            .map_err(|_| invalid("method"))?;
+        let auth = self
             .client
-            .header_via(key, &client)
+            .authorize_request(key, &method, &uri, &client)
             .await
             .map_err(surf_error)?;
-        request.insert_header("Authorization", header_value_text(&header)?);
+        set_headers(&mut request, &auth)?;
 
         // Buffer the body (up to the limit) so the request can be replayed.
         let mut replay: Option<Request> = None;
@@ -149,36 +174,45 @@ impl Middleware for TokenMiddleware {
         }
 
         let response = next.run(request, client.clone()).await?;
-        if response.status() != surf::StatusCode::Unauthorized {
+        let dpop = auth.dpop.is_some();
+        // Bearer: only a 401 matters. DPoP: every response may carry the origin's next nonce.
+        if response.status() != surf::StatusCode::Unauthorized && !dpop {
             return Ok(response);
         }
+        let status =
+            StatusCode::from_u16(u16::from(response.status())).map_err(|_| invalid("status"))?;
         let headers = to_http_headers(&response);
         let outcome = self.client.handle_resource_response(
             key,
-            StatusCode::UNAUTHORIZED,
+            status,
             &headers,
-            &header,
+            &auth.authorization,
+            &uri,
             0,
         );
         let (ResourceOutcome::Retry, Some(mut retry)) = (outcome, replay) else {
             return Ok(response);
         };
         drop(response);
-        // `Next` is `Copy`: run the rest of the chain once more, with a new token.
-        let header = self
+        // `Next` is `Copy`: run the rest of the chain once more, with a new
+        // token (after an invalidation) or a new proof (after a nonce).
+        let auth = self
             .client
-            .header_via(key, &client)
+            .authorize_request(key, &method, &uri, &client)
             .await
             .map_err(surf_error)?;
-        retry.insert_header("Authorization", header_value_text(&header)?);
+        set_headers(&mut retry, &auth)?;
         let response = next.run(retry, client).await?;
-        if response.status() == surf::StatusCode::Unauthorized {
+        if response.status() == surf::StatusCode::Unauthorized || dpop {
+            let status = StatusCode::from_u16(u16::from(response.status()))
+                .map_err(|_| invalid("status"))?;
             let headers = to_http_headers(&response);
             self.client.handle_resource_response(
                 key,
-                StatusCode::UNAUTHORIZED,
+                status,
                 &headers,
-                &header,
+                &auth.authorization,
+                &uri,
                 1,
             );
         }

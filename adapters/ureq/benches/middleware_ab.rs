@@ -31,7 +31,7 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let pairs = args.first().copied().unwrap_or(12).max(10);
+    let pairs = args.first().copied().unwrap_or(30).max(10);
     let requests = args.get(1).copied().unwrap_or(3000);
 
     let server = LocalAuthServer::start(ServerConfig::default()).unwrap();

@@ -5,14 +5,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderValue, Method, Uri};
 use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
 use token_keeper::{
-    ClientConfig, KeyId, KeyOverrides, ManagerConfig, ResourceOutcome, ResourceResponse,
+    Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ResourceOutcome, ResourceResponse,
     TokenManager, TokenRequest,
 };
 use token_keeper_common::{
-    random_seed, start_forced_refresh, step, ClientStats, Registry, Step, TokenInfo,
+    random_seed, start_forced_refresh, step, Authorized, ClientStats, Registry, Step, TokenInfo,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -237,7 +237,7 @@ impl TokenClient {
         {
             return Ok(header);
         }
-        self.shared.acquire(key, |header| header.clone())
+        self.shared.acquire(key, None, |a| a.header().clone())
     }
 
     /// Calls `f` with the named client's header without copying or
@@ -270,8 +270,8 @@ impl TokenClient {
             return Ok(result);
         }
         let (_, key) = self.shared.registry.lookup(name)?;
-        self.shared
-            .acquire(key, f.take().expect("not called on the fast path"))
+        let f = f.take().expect("not called on the fast path");
+        self.shared.acquire(key, None, |a| f(a.header()))
     }
 
     /// The named client's token with its remaining lifetime and scope,
@@ -279,7 +279,7 @@ impl TokenClient {
     pub fn token(&self, name: &str) -> Result<TokenInfo, Error> {
         let (_, key) = self.shared.registry.lookup(name)?;
         loop {
-            self.shared.acquire(key, |_| ())?;
+            self.shared.acquire(key, None, |_| ())?;
             let core = self.shared.lock_core();
             // The token may expire between the two steps; then ask again.
             if let Some(info) = TokenInfo::of(&core, key, self.shared.clock.now()) {
@@ -307,7 +307,7 @@ impl TokenClient {
             core = self.shared.wait_for_flight(core);
         }
         drop(core);
-        self.shared.acquire(key, |_| ()).map(|_| ())
+        self.shared.acquire(key, None, |_| ()).map(|_| ())
     }
 
     /// Drops the named client's cached token; the next call fetches a new one.
@@ -321,6 +321,38 @@ impl TokenClient {
         Ok(())
     }
 
+    /// The headers for a request about to be sent with `method` to `uri`:
+    /// `Authorization`, and for a DPoP-bound token a fresh `DPoP` proof for
+    /// exactly this request. A cached Fresh Bearer token is read lock-free.
+    pub fn authorize_request(
+        &self,
+        key: KeyId,
+        method: &Method,
+        uri: &Uri,
+    ) -> Result<Authorized, Error> {
+        let now = self.shared.clock.monotonic();
+        let fast = self.shared.registry.with_fresh(key, now, |s| Authorized {
+            authorization: s.header().clone(),
+            dpop: None,
+        });
+        if let Some(authorized) = fast {
+            return Ok(authorized);
+        }
+        self.shared
+            .acquire(key, Some((method, uri)), Authorized::from_attach)?
+    }
+
+    /// Whether the named client binds its tokens with DPoP.
+    pub fn uses_dpop(&self, name: &str) -> Result<bool, Error> {
+        let (handle, _) = self.shared.registry.lookup(name)?;
+        Ok(self
+            .shared
+            .lock_core()
+            .client_config(handle)
+            .dpop_signer()
+            .is_some())
+    }
+
     /// Reports a protected resource's response to a request that carried
     /// `sent` for `key`, and says whether to retry it (see
     /// [`TokenManager::handle_resource_response`]).
@@ -330,6 +362,7 @@ impl TokenClient {
         status: http::StatusCode,
         headers: &http::HeaderMap,
         sent: &HeaderValue,
+        uri: &Uri,
         attempt: u32,
     ) -> ResourceOutcome {
         let mut core = self.shared.lock_core();
@@ -337,6 +370,7 @@ impl TokenClient {
             status,
             headers,
             sent_authorization: Some(sent),
+            uri: Some(uri),
             attempt,
         };
         let outcome = core.handle_resource_response(key, &response, self.shared.clock.now());
@@ -369,7 +403,8 @@ impl Shared {
     fn acquire<R>(
         self: &Arc<Self>,
         key: KeyId,
-        f: impl FnOnce(&HeaderValue) -> R,
+        request: Option<(&Method, &Uri)>,
+        f: impl FnOnce(&Attach<'_>) -> R,
     ) -> Result<R, Error> {
         let mut waited = false;
         let mut f = Some(f);
@@ -379,6 +414,7 @@ impl Shared {
                 &mut core,
                 &self.registry,
                 key,
+                request,
                 self.clock.now(),
                 waited,
                 &mut f,

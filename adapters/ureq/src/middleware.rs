@@ -18,15 +18,21 @@
 //! with `ConfigBuilder::middleware` attaches tokens and invalidates on 401, but
 //! hands the 401 back instead of retrying.
 //!
+//! For DPoP-bound tokens each request also gets a fresh `DPoP` proof for its
+//! method and URL, every response's `DPoP-Nonce` is remembered for its origin,
+//! and a `401` with `WWW-Authenticate: DPoP error="use_dpop_nonce"` is retried
+//! once with a proof carrying the new nonce.
+//!
 //! The agent's own redirect policy applies; ureq's default drops
-//! `Authorization` when a redirect leaves the origin.
+//! `Authorization` when a redirect leaves the origin, but would carry `DPoP`
+//! along, so agents built for DPoP clients follow no redirects.
 
 use std::io::{Cursor, Read};
 use std::sync::Arc;
 
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::header::{HeaderName, AUTHORIZATION, CONTENT_LENGTH};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use token_keeper::{KeyId, ResourceOutcome};
+use token_keeper::ResourceOutcome;
 use ureq::config::ConfigBuilder;
 use ureq::middleware::{Middleware, MiddlewareNext};
 use ureq::typestate::AgentScope;
@@ -36,6 +42,9 @@ use token_keeper_common::{may_carry_body, Routes};
 
 use crate::client::TokenClient;
 use crate::error::Error;
+
+/// The `DPoP` request header.
+const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// Marks the replayed request, so the second pass knows it is the retry.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +68,8 @@ pub struct TokenMiddleware {
     routes: Arc<Routes>,
     max_replay_body: usize,
     retry_agent: Option<ureq::Agent>,
+    /// Whether a routed client binds its tokens with DPoP (then no redirects).
+    dpop: bool,
 }
 
 impl std::fmt::Debug for TokenMiddleware {
@@ -79,6 +90,7 @@ impl TokenMiddleware {
             routes: Arc::new(Routes::new()),
             max_replay_body: 64 * 1024,
             retry_agent: None,
+            dpop: false,
         }
     }
 
@@ -86,6 +98,7 @@ impl TokenMiddleware {
     /// (`https://host[:port]`, or `http://` on a loopback host).
     pub fn route(mut self, origin: &str, client_name: &str) -> Result<TokenMiddleware, Error> {
         let key = self.client.key(client_name)?;
+        self.dpop |= self.client.uses_dpop(client_name)?;
         Arc::make_mut(&mut self.routes).add(origin, key)?;
         Ok(self)
     }
@@ -99,35 +112,28 @@ impl TokenMiddleware {
 
     /// Builds an agent with this middleware, and a second agent from the same
     /// configuration for the one retry after a 401. `make_config` is called twice.
+    ///
+    /// When a routed client uses DPoP, the agents follow no redirects: ureq
+    /// would carry the `DPoP` header to whatever host a redirect names.
     pub fn build_agent(self, make_config: impl Fn() -> ConfigBuilder<AgentScope>) -> ureq::Agent {
+        let config = || {
+            let config = make_config();
+            if self.dpop {
+                config.max_redirects(0)
+            } else {
+                config
+            }
+        };
         let for_retries = TokenMiddleware {
             retry_agent: None,
             ..self.clone()
         };
-        let retry_agent = make_config().middleware(for_retries).build().new_agent();
+        let retry_agent = config().middleware(for_retries).build().new_agent();
         let first = TokenMiddleware {
             retry_agent: Some(retry_agent),
-            ..self
+            ..self.clone()
         };
-        make_config().middleware(first).build().new_agent()
-    }
-
-    /// Reports a 401 to the core; says whether the core allows a retry.
-    fn on_unauthorized(
-        &self,
-        key: KeyId,
-        headers: &HeaderMap,
-        sent: &http::HeaderValue,
-        attempt: u32,
-    ) -> bool {
-        let outcome = self.client.handle_resource_response(
-            key,
-            StatusCode::UNAUTHORIZED,
-            headers,
-            sent,
-            attempt,
-        );
-        outcome == ResourceOutcome::Retry
+        config().middleware(first).build().new_agent()
     }
 }
 
@@ -153,12 +159,18 @@ impl Middleware for TokenMiddleware {
             return next.handle(request);
         }
         let attempt = u32::from(request.extensions().get::<Retried>().is_some());
-        let header = self
+        let auth = self
             .client
-            .header_for(key)
+            .authorize_request(key, request.method(), request.uri())
             .map_err(|e| ureq::Error::Other(Box::new(e)))?;
         let (mut parts, body) = request.into_parts();
-        parts.headers.insert(AUTHORIZATION, header.clone());
+        parts
+            .headers
+            .insert(AUTHORIZATION, auth.authorization.clone());
+        if let Some(proof) = &auth.dpop {
+            parts.headers.insert(DPOP, proof.clone());
+        }
+        let uri = parts.uri.clone();
 
         let retry_agent = self.retry_agent.as_ref().filter(|_| attempt == 0);
         let declared = parts
@@ -205,18 +217,29 @@ impl Middleware for TokenMiddleware {
             }
         };
 
-        // With http_status_as_error(true), a 401 arrives as an error without headers.
-        let unauthorized_headers = match &result {
-            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
-                Some(response.headers().clone())
+        // Bearer: only a 401 matters. DPoP: every response may carry the
+        // origin's next nonce. With http_status_as_error(true), a 401 arrives
+        // as an error without headers.
+        let dpop = auth.dpop.is_some();
+        let report = match &result {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED || dpop => {
+                Some((response.status(), response.headers().clone()))
             }
-            Err(ureq::Error::StatusCode(401)) => Some(HeaderMap::new()),
+            Err(ureq::Error::StatusCode(401)) => Some((StatusCode::UNAUTHORIZED, HeaderMap::new())),
             _ => None,
         };
-        let Some(headers) = unauthorized_headers else {
+        let Some((status, headers)) = report else {
             return result;
         };
-        let retry = self.on_unauthorized(key, &headers, &header, attempt);
+        let outcome = self.client.handle_resource_response(
+            key,
+            status,
+            &headers,
+            &auth.authorization,
+            &uri,
+            attempt,
+        );
+        let retry = status == StatusCode::UNAUTHORIZED && outcome == ResourceOutcome::Retry;
         match (retry, retry_agent, replay) {
             (true, Some(agent), Some(replay)) => {
                 drop(result);
@@ -225,8 +248,10 @@ impl Middleware for TokenMiddleware {
                     .uri(replay.uri)
                     .version(replay.version)
                     .extension(Retried);
+                // The second pass attaches a new token (or a proof with the new nonce).
                 let mut headers = replay.headers;
                 headers.remove(AUTHORIZATION);
+                headers.remove(DPOP);
                 if let Some(h) = builder.headers_mut() {
                     *h = headers;
                 }

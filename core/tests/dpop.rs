@@ -1,0 +1,442 @@
+//! DPoP (RFC 9449) and private_key_jwt (RFC 7523) in the core, driven by hand.
+//!
+//! A fake signer stands in for a key here ("signature" = SHA-256 of the
+//! signing input), so these tests check what the core builds and decides:
+//! claims, nonces, retries, origins. Real signatures are verified by an
+//! independent JOSE implementation in the adapters' and the testkit's tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine as _;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use serde_json::{json, Map, Value};
+use token_keeper::jose::{sha256_base64url, Algorithm, PublicJwk, SignError, Signer};
+use token_keeper::request::JWT_BEARER_ASSERTION;
+use token_keeper::{
+    AssertionAudience, Authorization, ClientAuth, ClientConfig, ClientSecret, Event, KeyId,
+    ManagerConfig, Now, PrivateKeyJwt, RequestReason, ResourceOutcome, ResourceResponse,
+    TokenError, TokenManager, TokenRequest,
+};
+
+#[derive(Debug)]
+struct FakeSigner {
+    jwk: PublicJwk,
+    fail: bool,
+}
+
+impl FakeSigner {
+    fn new(x: &str) -> Arc<FakeSigner> {
+        let members =
+            json!({"kty": "EC", "crv": "P-256", "x": x, "y": "y-coordinate", "d": "PRIVATE-D"});
+        Arc::new(FakeSigner {
+            jwk: PublicJwk::new(members.as_object().unwrap()).unwrap(),
+            fail: false,
+        })
+    }
+}
+
+impl Signer for FakeSigner {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::ES256
+    }
+    fn public_jwk(&self) -> &PublicJwk {
+        &self.jwk
+    }
+    fn sign(&self, input: &[u8]) -> Result<Vec<u8>, SignError> {
+        if self.fail {
+            return Err(SignError("the KMS is unreachable".into()));
+        }
+        Ok(sha256_base64url(input).into_bytes())
+    }
+}
+
+/// Decodes a compact JWS made by the fake signer, checking its "signature".
+fn decode(jwt: &str) -> (Map<String, Value>, Map<String, Value>) {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "{jwt}");
+    let signing_input = format!("{}.{}", parts[0], parts[1]);
+    assert_eq!(
+        B64URL.decode(parts[2]).unwrap(),
+        sha256_base64url(signing_input.as_bytes()).into_bytes()
+    );
+    let part = |p: &str| -> Map<String, Value> {
+        serde_json::from_slice(&B64URL.decode(p).unwrap()).unwrap()
+    };
+    (part(parts[0]), part(parts[1]))
+}
+
+const TOKEN_URL: &str = "https://as.example/token?tenant=1";
+
+fn dpop_manager(auth: ClientAuth) -> (TokenManager, KeyId, Arc<FakeSigner>) {
+    let signer = FakeSigner::new("dpop-key");
+    let mut m = TokenManager::new(ManagerConfig::default(), 9);
+    let config = ClientConfig::new(TOKEN_URL, "m2m", auth)
+        .unwrap()
+        .scope("api")
+        .dpop(signer.clone());
+    let client = m.add_client("m2m", config).unwrap();
+    let key = m.default_key(client);
+    (m, key, signer)
+}
+
+fn secret() -> ClientAuth {
+    ClientAuth::Basic(ClientSecret::new("s"))
+}
+
+fn at(secs: u64) -> Now {
+    Now::from_secs(secs)
+}
+
+fn fetch(m: &mut TokenManager, key: KeyId, now: Now) -> TokenRequest {
+    assert!(matches!(m.authorize(key, now), Authorization::Fetch(_)));
+    m.poll_request().expect("a request")
+}
+
+fn proof_of(request: &http::Request<Vec<u8>>) -> (Map<String, Value>, Map<String, Value>) {
+    decode(request.headers()["dpop"].to_str().unwrap())
+}
+
+fn respond(
+    m: &mut TokenManager,
+    request: &TokenRequest,
+    status: u16,
+    body: &str,
+    nonce: Option<&str>,
+    now: Now,
+) {
+    let mut builder = http::Response::builder().status(status);
+    if let Some(n) = nonce {
+        builder = builder.header("DPoP-Nonce", n);
+    }
+    m.handle_response(request.id(), builder.body(body.to_owned()).unwrap(), now)
+        .unwrap();
+}
+
+const USE_NONCE: &str = r#"{"error":"use_dpop_nonce","error_description":"Authorization server requires nonce in DPoP proof"}"#;
+const DPOP_TOKEN: &str = r#"{"access_token":"dpop-tok","token_type":"DPoP","expires_in":3600}"#;
+
+#[test]
+fn token_requests_carry_a_proof_for_the_token_endpoint() {
+    let (mut m, key, signer) = dpop_manager(secret());
+    let request = fetch(&mut m, key, at(100));
+    let (header, claims) = proof_of(request.request());
+    assert_eq!(header["typ"], "dpop+jwt");
+    assert_eq!(header["alg"], "ES256");
+    let jwk = header["jwk"].as_object().unwrap();
+    assert_eq!(jwk, signer.public_jwk().members());
+    assert!(!jwk.contains_key("d"), "never the private key");
+    assert_eq!(claims["htm"], "POST");
+    assert_eq!(
+        claims["htu"], "https://as.example/token",
+        "no query, no fragment"
+    );
+    assert_eq!(
+        claims["iat"],
+        json!(Now::from_secs(100)
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs())
+    );
+    assert!(claims["jti"].as_str().unwrap().len() >= 22);
+    assert!(!claims.contains_key("nonce") && !claims.contains_key("ath"));
+}
+
+#[test]
+fn use_dpop_nonce_at_the_token_endpoint_retries_once_with_fresh_proof_and_assertion() {
+    let key_signer = FakeSigner::new("client-key");
+    let auth = ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(key_signer));
+    let (mut m, key, _) = dpop_manager(auth);
+    let first = fetch(&mut m, key, at(0));
+    let (_, first_proof) = proof_of(first.request());
+    let first_assertion = assertion_claims(first.request());
+    respond(&mut m, &first, 400, USE_NONCE, Some("nonce-A"), at(1));
+    let retry = m.poll_request().expect("one retry");
+    assert_ne!(retry.id(), first.id());
+    let (_, retry_proof) = proof_of(retry.request());
+    assert_eq!(retry_proof["nonce"], "nonce-A");
+    assert_ne!(retry_proof["jti"], first_proof["jti"], "fresh proof");
+    assert_ne!(
+        assertion_claims(retry.request())["jti"],
+        first_assertion["jti"],
+        "fresh assertion"
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::RequestStarted {
+            reason: RequestReason::DPoPNonce,
+            ..
+        }
+    )));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::BackoffEntered { .. })));
+    // Waiters are told to wait for the retry, not released with an error.
+    assert!(matches!(m.authorize(key, at(1)), Authorization::Wait(id) if id == retry.id()));
+    // A second use_dpop_nonce is a failure: no third request.
+    respond(&mut m, &retry, 400, USE_NONCE, Some("nonce-B"), at(2));
+    assert!(m.poll_request().is_none());
+    match m.authorize(key, at(2)) {
+        Authorization::Unavailable { error, .. } => {
+            assert!(matches!(error, TokenError::OAuth(e) if e.code() == "use_dpop_nonce"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // After the backoff the next request carries the latest nonce.
+    let next = fetch(&mut m, key, at(60));
+    assert_eq!(proof_of(next.request()).1["nonce"], "nonce-B");
+}
+
+#[test]
+fn use_dpop_nonce_without_a_nonce_is_not_retried() {
+    let (mut m, key, _) = dpop_manager(secret());
+    let first = fetch(&mut m, key, at(0));
+    respond(&mut m, &first, 400, USE_NONCE, None, at(0));
+    assert!(m.poll_request().is_none());
+    assert!(matches!(
+        m.authorize(key, at(0)),
+        Authorization::Unavailable { .. }
+    ));
+}
+
+#[test]
+fn dpop_tokens_are_attached_with_a_proof_bound_to_the_request() {
+    let (mut m, key, _) = dpop_manager(secret());
+    let request = fetch(&mut m, key, at(0));
+    respond(&mut m, &request, 200, DPOP_TOKEN, Some("as-nonce"), at(0));
+    let uri: Uri = "https://api.example/orders/7?expand=1#frag"
+        .parse()
+        .unwrap();
+    let Authorization::Attach(attach) = m.authorize_request(key, &Method::DELETE, &uri, at(1))
+    else {
+        panic!()
+    };
+    assert_eq!(attach.header(), "DPoP dpop-tok");
+    assert!(attach.is_dpop());
+    let proof = attach
+        .dpop_proof()
+        .unwrap()
+        .expect("a proof")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (_, claims) = decode(&proof);
+    assert_eq!(claims["htm"], "DELETE");
+    assert_eq!(claims["htu"], "https://api.example/orders/7");
+    assert_eq!(claims["ath"], sha256_base64url(b"dpop-tok"));
+    assert!(
+        !claims.contains_key("nonce"),
+        "the token endpoint's nonce never goes to another origin"
+    );
+    // Each request gets its own proof.
+    let Authorization::Attach(again) = m.authorize_request(key, &Method::DELETE, &uri, at(1))
+    else {
+        panic!()
+    };
+    let (_, again) = decode(again.dpop_proof().unwrap().unwrap().to_str().unwrap());
+    assert_ne!(again["jti"], claims["jti"]);
+    // And lock-free readers are sent to the core for every request.
+    let snapshot = m.snapshot(key).unwrap();
+    assert!(!snapshot.is_fresh(at(1).monotonic()));
+}
+
+fn resource(
+    m: &mut TokenManager,
+    key: KeyId,
+    uri: &Uri,
+    status: u16,
+    headers: &HeaderMap,
+    attempt: u32,
+) -> ResourceOutcome {
+    let sent = HeaderValue::from_static("DPoP dpop-tok");
+    let response = ResourceResponse {
+        status: StatusCode::from_u16(status).unwrap(),
+        headers,
+        sent_authorization: Some(&sent),
+        uri: Some(uri),
+        attempt,
+    };
+    m.handle_resource_response(key, &response, at(2))
+}
+
+fn api_nonce_in_next_proof(m: &mut TokenManager, key: KeyId, uri: &Uri) -> Option<String> {
+    let Authorization::Attach(attach) = m.authorize_request(key, &Method::GET, uri, at(3)) else {
+        panic!()
+    };
+    let (_, claims) = decode(attach.dpop_proof().unwrap().unwrap().to_str().unwrap());
+    claims.get("nonce").map(|n| n.as_str().unwrap().to_owned())
+}
+
+#[test]
+fn resource_nonces_are_per_origin_and_retried_once() {
+    let (mut m, key, _) = dpop_manager(secret());
+    let request = fetch(&mut m, key, at(0));
+    respond(&mut m, &request, 200, DPOP_TOKEN, None, at(0));
+    let api: Uri = "https://api.example/orders".parse().unwrap();
+    let other: Uri = "https://other.example/x".parse().unwrap();
+    let mut challenge = HeaderMap::new();
+    challenge.insert("www-authenticate", HeaderValue::from_static(r#"DPoP error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof""#));
+    challenge.insert("dpop-nonce", HeaderValue::from_static("api-nonce-1"));
+    assert_eq!(
+        resource(&mut m, key, &api, 401, &challenge, 0),
+        ResourceOutcome::Retry
+    );
+    assert_eq!(
+        m.token(key, at(2))
+            .map(|t| t.access_token().expose_secret().to_owned()),
+        Some("dpop-tok".to_owned()),
+        "the token stays"
+    );
+    assert_eq!(
+        api_nonce_in_next_proof(&mut m, key, &api).as_deref(),
+        Some("api-nonce-1")
+    );
+    assert_eq!(
+        api_nonce_in_next_proof(&mut m, key, &other),
+        None,
+        "never to another origin"
+    );
+    // The retry's own use_dpop_nonce is handed back.
+    assert_eq!(
+        resource(&mut m, key, &api, 401, &challenge, 1),
+        ResourceOutcome::Deliver
+    );
+    // A nonce on a success replaces the stored one.
+    let mut ok = HeaderMap::new();
+    ok.insert("dpop-nonce", HeaderValue::from_static("api-nonce-2"));
+    assert_eq!(
+        resource(&mut m, key, &api, 200, &ok, 0),
+        ResourceOutcome::Deliver
+    );
+    assert_eq!(
+        api_nonce_in_next_proof(&mut m, key, &api).as_deref(),
+        Some("api-nonce-2")
+    );
+    // use_dpop_nonce without a nonce header: nothing to retry with.
+    let mut bare = HeaderMap::new();
+    bare.insert(
+        "www-authenticate",
+        HeaderValue::from_static(r#"DPoP error="use_dpop_nonce""#),
+    );
+    assert_eq!(
+        resource(&mut m, key, &other, 401, &bare, 0),
+        ResourceOutcome::Deliver
+    );
+}
+
+#[test]
+fn a_bearer_answer_to_a_dpop_client_is_used_as_bearer_and_reported() {
+    let (mut m, key, _) = dpop_manager(secret());
+    let request = fetch(&mut m, key, at(0));
+    respond(
+        &mut m,
+        &request,
+        200,
+        r#"{"access_token":"plain","token_type":"Bearer","expires_in":60}"#,
+        None,
+        at(0),
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert!(events.contains(&Event::TokenNotBound { key }));
+    let uri: Uri = "https://api.example/".parse().unwrap();
+    let Authorization::Attach(attach) = m.authorize_request(key, &Method::GET, &uri, at(1)) else {
+        panic!()
+    };
+    assert_eq!(attach.header(), "Bearer plain");
+    assert!(attach.dpop_proof().unwrap().is_none());
+}
+
+fn assertion_claims(request: &http::Request<Vec<u8>>) -> Map<String, Value> {
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(request.body()).unwrap();
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(
+        field("client_assertion_type").as_deref(),
+        Some(JWT_BEARER_ASSERTION)
+    );
+    assert_eq!(field("client_id").as_deref(), Some("m2m"));
+    assert!(field("client_secret").is_none());
+    decode(&field("client_assertion").unwrap()).1
+}
+
+#[test]
+fn private_key_jwt_assertions() {
+    let signer = FakeSigner::new("client-key");
+    let mut m = TokenManager::new(ManagerConfig::default(), 5);
+    let plain = ClientConfig::new(
+        TOKEN_URL,
+        "m2m",
+        ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(signer.clone())),
+    )
+    .unwrap();
+    let to_issuer = ClientConfig::new(
+        TOKEN_URL,
+        "m2m",
+        ClientAuth::PrivateKeyJwt(
+            PrivateKeyJwt::new(signer)
+                .audience(AssertionAudience::Issuer("https://as.example".into()))
+                .lifetime(Duration::from_secs(30)),
+        ),
+    )
+    .unwrap();
+    let a = m.add_client("a", plain).unwrap();
+    let b = m.add_client("b", to_issuer).unwrap();
+    let (ka, kb) = (m.default_key(a), m.default_key(b));
+    let first = fetch(&mut m, ka, at(10));
+    let claims = assertion_claims(first.request());
+    assert_eq!(claims["iss"], "m2m");
+    assert_eq!(claims["sub"], "m2m");
+    assert_eq!(claims["aud"], TOKEN_URL);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        60
+    );
+    assert!(first.request().headers().get("authorization").is_none());
+    let other = assertion_claims(fetch(&mut m, kb, at(10)).request());
+    assert_eq!(other["aud"], "https://as.example");
+    assert_eq!(
+        other["exp"].as_u64().unwrap() - other["iat"].as_u64().unwrap(),
+        30
+    );
+    // A retry (after a failure and its backoff) gets a fresh jti.
+    respond(&mut m, &first, 500, "", None, at(10));
+    let again = fetch(&mut m, ka, at(100));
+    assert_ne!(assertion_claims(again.request())["jti"], claims["jti"]);
+}
+
+#[test]
+fn a_signer_that_fails_backs_off_without_sending_anything() {
+    let broken = Arc::new(FakeSigner {
+        fail: true,
+        ..Arc::try_unwrap(FakeSigner::new("k")).unwrap()
+    });
+    let mut m = TokenManager::new(ManagerConfig::default(), 5);
+    let client = m
+        .add_client(
+            "m2m",
+            ClientConfig::new(
+                TOKEN_URL,
+                "m2m",
+                ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(broken)),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let key = m.default_key(client);
+    match m.authorize(key, at(0)) {
+        Authorization::Unavailable { error, .. } => {
+            assert!(matches!(error, TokenError::Signing(_)));
+            assert!(error.to_string().contains("KMS"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(m.poll_request().is_none());
+}
+
+#[test]
+fn debug_output_never_shows_the_private_key() {
+    let (m, _, signer) = dpop_manager(secret());
+    assert!(!format!("{m:?} {signer:?}").contains("PRIVATE-D"));
+}
