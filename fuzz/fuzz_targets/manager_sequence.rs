@@ -306,6 +306,7 @@ impl Harness {
                 max_response_body: MAX_BODY,
                 request_timeout: REQUEST_TIMEOUT,
                 max_keys: 16,
+                ..ManagerConfig::default()
             },
             0x5eed,
         );
