@@ -858,6 +858,9 @@ impl Harness {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(www));
         }
         let insufficient_scope = matches!(challenge, Challenge::InsufficientScope);
+        // A DPoP `use_dpop_nonce` asks for a nonce, not a new token: with no
+        // `DPoP-Nonce` to retry with (none is sent here), nothing changes.
+        let wants_nonce = matches!(challenge, Challenge::DPoPNonce);
         let attempt = u32::from(retry);
         let now = self.now();
         let outcome = self.manager.handle_resource_response(
@@ -871,15 +874,18 @@ impl Harness {
             },
             now,
         );
-        let should_retry =
-            status == StatusCode::UNAUTHORIZED && sent.is_some() && !insufficient_scope && !retry;
+        let should_retry = status == StatusCode::UNAUTHORIZED
+            && sent.is_some()
+            && !insufficient_scope
+            && !wants_nonce
+            && !retry;
         let expected = if should_retry {
             ResourceOutcome::Retry
         } else {
             ResourceOutcome::Deliver
         };
         assert_eq!(outcome, expected, "wrong outcome for a resource response");
-        if status == StatusCode::UNAUTHORIZED && !insufficient_scope {
+        if status == StatusCode::UNAUTHORIZED && !insufficient_scope && !wants_nonce {
             if let Some(sent) = sent {
                 let bytes = sent.as_bytes().to_vec();
                 let was_cached = self.cached[k].as_ref() == Some(&bytes);
