@@ -440,3 +440,146 @@ fn debug_output_never_shows_the_private_key() {
     let (m, _, signer) = dpop_manager(secret());
     assert!(!format!("{m:?} {signer:?}").contains("PRIVATE-D"));
 }
+
+mod properties {
+    //! Random exchanges with several origins: every proof carries the latest
+    //! nonce of its own origin (never another's), and nonce retries are bounded.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// The token endpoint answers the request in flight.
+        TokenAnswer {
+            use_nonce: bool,
+            nonce: Option<u8>,
+            success: bool,
+        },
+        /// An API call to origin `origin`, answered with `status` and maybe a nonce.
+        Api {
+            origin: usize,
+            status: u16,
+            nonce: Option<u8>,
+            challenge: bool,
+        },
+        /// Time passes.
+        Wait { secs: u16 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (any::<bool>(), proptest::option::of(0u8..4), any::<bool>()).prop_map(
+                |(use_nonce, nonce, success)| Step::TokenAnswer {
+                    use_nonce,
+                    nonce,
+                    success
+                }
+            ),
+            (
+                0usize..3,
+                prop_oneof![Just(200u16), Just(401), Just(500)],
+                proptest::option::of(0u8..4),
+                any::<bool>()
+            )
+                .prop_map(|(origin, status, nonce, challenge)| Step::Api {
+                    origin,
+                    status,
+                    nonce,
+                    challenge
+                }),
+            (1u16..4000).prop_map(|secs| Step::Wait { secs }),
+        ]
+    }
+
+    const ORIGINS: [&str; 3] = [
+        "https://api-a.example",
+        "https://api-b.example:8443",
+        "https://as.example",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn nonces_stay_with_their_origin_and_retries_are_bounded(steps in proptest::collection::vec(step(), 1..40)) {
+            let (mut m, key, _) = dpop_manager(secret());
+            let mut t = 0u64;
+            // The latest nonce each origin handed out and when, as the server side sees it;
+            // the core forgets a nonce after ManagerConfig::dpop_nonce_lifetime (1 h).
+            let mut handed_out: HashMap<String, (String, u64)> = HashMap::new();
+            let live = |handed_out: &HashMap<String, (String, u64)>, origin: &str, t: u64| -> Option<String> {
+                handed_out.get(origin).filter(|(_, at)| t < at + 3600).map(|(n, _)| n.clone())
+            };
+            let mut in_flight: Option<(TokenRequest, u32)> = None;
+            let mut attempts_per_flight = 0u32;
+            let token_origin = "https://as.example".to_owned();
+            for (i, step) in steps.into_iter().enumerate() {
+                let now = at(t);
+                if in_flight.is_none() {
+                    if let Authorization::Fetch(_) = m.authorize(key, now) {
+                        let request = m.poll_request().unwrap();
+                        let (_, proof) = proof_of(request.request());
+                        let expected = live(&handed_out, &token_origin, t);
+                        prop_assert_eq!(proof.get("nonce").and_then(Value::as_str), expected.as_deref());
+                        in_flight = Some((request, 0));
+                        attempts_per_flight = 1;
+                    }
+                }
+                match step {
+                    Step::TokenAnswer { use_nonce, nonce, success } => {
+                        let Some((request, _)) = in_flight.take() else { continue };
+                        let nonce = nonce.map(|n| format!("as-{i}-{n}"));
+                        if let Some(n) = &nonce {
+                            handed_out.insert(token_origin.clone(), (n.clone(), t));
+                        }
+                        let body = if use_nonce { USE_NONCE } else if success { DPOP_TOKEN } else { "{}" };
+                        let status = if use_nonce { 400 } else if success { 200 } else { 500 };
+                        respond(&mut m, &request, status, body, nonce.as_deref(), now);
+                        if let Some(retry) = m.poll_request() {
+                            // Only a use_dpop_nonce with a nonce is retried, and only once per flight.
+                            prop_assert!(use_nonce && nonce.is_some());
+                            attempts_per_flight += 1;
+                            prop_assert!(attempts_per_flight <= 2, "more than one nonce retry");
+                            let (_, proof) = proof_of(retry.request());
+                            prop_assert_eq!(proof.get("nonce").and_then(Value::as_str), nonce.as_deref());
+                            in_flight = Some((retry, 1));
+                        }
+                    }
+                    Step::Api { origin, status, nonce, challenge } => {
+                        let uri: Uri = format!("{}/resource", ORIGINS[origin]).parse().unwrap();
+                        let Authorization::Attach(attach) = m.authorize_request(key, &Method::GET, &uri, now) else { continue };
+                        let sent = attach.header().clone();
+                        if let Ok(Some(proof)) = attach.dpop_proof() {
+                            let (_, claims) = decode(proof.to_str().unwrap());
+                            let expected = live(&handed_out, ORIGINS[origin], t);
+                            prop_assert_eq!(claims.get("nonce").and_then(Value::as_str), expected.as_deref());
+                            prop_assert_eq!(claims["htu"].as_str().unwrap(), format!("{}/resource", ORIGINS[origin]));
+                        }
+                        let mut headers = HeaderMap::new();
+                        let nonce = nonce.map(|n| format!("api-{i}-{n}"));
+                        if let Some(n) = &nonce {
+                            headers.insert("dpop-nonce", HeaderValue::from_str(n).unwrap());
+                            handed_out.insert(ORIGINS[origin].to_owned(), (n.clone(), t));
+                        }
+                        if challenge && status == 401 {
+                            headers.insert("www-authenticate", HeaderValue::from_static(r#"DPoP error="use_dpop_nonce""#));
+                        }
+                        let response = ResourceResponse {
+                            status: StatusCode::from_u16(status).unwrap(),
+                            headers: &headers,
+                            sent_authorization: Some(&sent),
+                            uri: Some(&uri),
+                            attempt: 1,
+                        };
+                        // The retry of a retry is never allowed.
+                        prop_assert_eq!(m.handle_resource_response(key, &response, now), ResourceOutcome::Deliver);
+                    }
+                    Step::Wait { secs } => t += u64::from(secs),
+                }
+                while m.poll_event().is_some() {}
+            }
+        }
+    }
+}
