@@ -2,15 +2,18 @@
 //!
 //! [`LocalAuthServer`] listens on `127.0.0.1` on an ephemeral port and serves
 //! an OpenID discovery document (`GET /.well-known/openid-configuration`), a
-//! token endpoint (`POST /token`, client credentials grant, `client_secret_basic`
-//! and `client_secret_post`) and a protected API (`GET|POST /api/...`) that
-//! accepts only the tokens it issued, until they expire or are revoked. It
-//! counts requests and can be told to misbehave: error statuses with
-//! `Retry-After`, delays, malformed bodies, dropped connections, a 401 from
-//! the API. One implementation serves the integration tests, the benchmarks
-//! and `tokenctl demo`.
+//! token endpoint (`POST /token`, client credentials grant, `client_secret_basic`,
+//! `client_secret_post` and `private_key_jwt`, DPoP-bound tokens with optional
+//! nonces) and a protected API (`GET|POST /api/...`) that accepts only the
+//! tokens it issued, until they expire or are revoked, checking DPoP proofs
+//! (`ath`, key binding, its own nonces). It counts and records requests (DPoP
+//! proofs and client assertions included, so tests verify their signatures
+//! with an independent JOSE library) and can be told to misbehave: error
+//! statuses with `Retry-After`, delays, malformed bodies, dropped connections,
+//! a 401 from the API. One implementation serves the integration tests, the
+//! benchmarks and `tokenctl demo`.
 //!
-//! Only `std` is used: the server is a thread per connection with HTTP/1.1
+//! Only `std` (and the core, for thumbprints and hashes) is used: the server is a thread per connection with HTTP/1.1
 //! keep-alive, bounded header and body sizes, and read timeouts, and it stops
 //! (joining its threads' listener) when dropped.
 
@@ -20,7 +23,10 @@
 pub mod scenarios;
 pub mod server;
 
-pub use server::{ApiFault, Gate, LocalAuthServer, RecordedRequest, ServerConfig, TokenFault};
+pub use server::{
+    ApiFault, Endpoint, Gate, JwsVerifier, LocalAuthServer, RecordedCall, RecordedRequest,
+    ServerConfig, TokenFault,
+};
 
 /// The README's examples, compiled as doctests here, where every crate they use is a dependency.
 #[cfg(doctest)]

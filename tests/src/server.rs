@@ -1,34 +1,125 @@
 //! The local authorization server and protected API.
+//!
+//! Besides client secrets, the server speaks `private_key_jwt` (RFC 7523)
+//! and DPoP (RFC 9449). Every part of that is off until configured:
+//!
+//! - **private_key_jwt**: clients listed in [`ServerConfig::jwt_clients`]
+//!   authenticate with a `client_assertion`. The server checks its shape:
+//!   three base64url parts, an asymmetric `alg` that fits the registered key,
+//!   `iss` = `sub` = the client id, `aud` naming the token endpoint (or the
+//!   issuer), `exp` not passed and `iat` not in the future (both within
+//!   [`ServerConfig::clock_skew`] of the server clock), and a `jti` never seen
+//!   before: a replayed assertion is `400 invalid_client`.
+//! - **DPoP**: a token request with a `DPoP` proof gets a `token_type: "DPoP"`
+//!   token bound to the proof key's RFC 7638 thumbprint (`cnf.jkt`). The API
+//!   then accepts that token only as `Authorization: DPoP <token>` with a proof
+//!   by the same key whose `htm`/`htu` match the request and whose `ath` is the
+//!   token's hash; presented as `Bearer` it is refused. Proofs must have `typ:
+//!   dpop+jwt`, a public `jwk` only, a fresh `jti` and a recent `iat`.
+//!   [`ServerConfig::dpop_nonce_required_at_token_endpoint`] and
+//!   [`ServerConfig::dpop_nonce_required_at_api`] make the server demand its
+//!   current nonce (`use_dpop_nonce` with a `DPoP-Nonce` header) and send it on
+//!   successes; [`LocalAuthServer::rotate_dpop_nonce`] makes the current one
+//!   stale. A server is one origin and has one nonce, shared by its token
+//!   endpoint and its API; [`LocalAuthServer::start_resource_server`] starts a
+//!   second origin that accepts the first one's tokens.
+//!
+//! The testkit has no JOSE library (the `tokenctl` binary embeds it), so the
+//! server checks signatures only through a [`JwsVerifier`] a test supplies.
+//! Every token and API request is recorded ([`LocalAuthServer::calls`]) with
+//! its method, URL, `Authorization`, `DPoP` proof and client assertion, so
+//! tests can verify the signatures with an independent implementation.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use token_keeper::jose::{sha256_base64url, PublicJwk};
+use token_keeper::request::JWT_BEARER_ASSERTION;
+use token_keeper::time::{Clock, ManualClock};
 
 /// How the server is set up.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Registered clients: id and secret. Both basic and post authentication are accepted.
     pub clients: Vec<(String, String)>,
+    /// Clients that authenticate with `private_key_jwt` (RFC 7523): id and public key.
+    pub jwt_clients: Vec<(String, PublicJwk)>,
     /// `expires_in` of issued tokens, in seconds.
     pub ttl_secs: u64,
     /// Scope echoed back in token responses (`None`: no `scope` field).
     pub scope: Option<String>,
     /// How long a connection may sit idle before the server closes it.
     pub idle_timeout: Duration,
+    /// Checks the signatures of client assertions and DPoP proofs. `None`:
+    /// only their shape is checked (verify the recorded ones afterwards).
+    pub jws_verifier: Option<JwsVerifier>,
+    /// A DPoP proof to the token endpoint must carry the current nonce, or the
+    /// answer is `400 {"error":"use_dpop_nonce"}` with a `DPoP-Nonce` header.
+    pub dpop_nonce_required_at_token_endpoint: bool,
+    /// A DPoP proof to the API must carry the current nonce, or the answer is
+    /// `401` with `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a `DPoP-Nonce` header.
+    pub dpop_nonce_required_at_api: bool,
+    /// Every success that requires a nonce carries a new one, which replaces
+    /// the current one at once (RFC 9449 §8.2). Otherwise successes repeat the current nonce.
+    pub dpop_nonce_rotates_on_success: bool,
+    /// The clock `iat` and `exp` are checked against (`None`: the system clock).
+    /// Give it the adapter's [`ManualClock`] so that JWTs dated by that clock are current.
+    pub clock: Option<ManualClock>,
+    /// How far `iat`/`exp` may be off the server clock (default 60 s).
+    pub clock_skew: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             clients: vec![("m2m".to_owned(), "s3cret".to_owned())],
+            jwt_clients: Vec::new(),
             ttl_secs: 3600,
             scope: None,
             idle_timeout: Duration::from_secs(10),
+            jws_verifier: None,
+            dpop_nonce_required_at_token_endpoint: false,
+            dpop_nonce_required_at_api: false,
+            dpop_nonce_rotates_on_success: false,
+            clock: None,
+            clock_skew: Duration::from_secs(60),
         }
+    }
+}
+
+/// The signature check behind [`JwsVerifier`].
+type VerifyFn = dyn Fn(&str, &str) -> Result<(), String> + Send + Sync;
+
+/// Checks the signature of a compact JWS against a public key, for the
+/// server to refuse forged assertions and proofs. Supplied by tests, with a
+/// JOSE library the testkit does not depend on.
+#[derive(Clone)]
+pub struct JwsVerifier(Arc<VerifyFn>);
+
+impl JwsVerifier {
+    /// `verify(jws, jwk)`: `jwk` is the public key as a JSON object (the
+    /// members RFC 7638 hashes: `kty` and `crv`/`x`/`y` or `n`/`e`). Answer
+    /// `Ok(())` if the signature verifies, otherwise why not.
+    pub fn new(
+        verify: impl Fn(&str, &str) -> Result<(), String> + Send + Sync + 'static,
+    ) -> JwsVerifier {
+        JwsVerifier(Arc::new(verify))
+    }
+
+    fn verify(&self, jws: &str, jwk: &str) -> Result<(), String> {
+        (self.0)(jws, jwk)
+    }
+}
+
+impl fmt::Debug for JwsVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwsVerifier(..)")
     }
 }
 
@@ -114,32 +205,203 @@ impl RecordedRequest {
     }
 }
 
+/// Which endpoint a recorded request was sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /token`.
+    Token,
+    /// The protected API (`/api...`).
+    Api,
+}
+
+/// A token or API request as the server received it, and how it answered.
+#[derive(Clone, Debug)]
+pub struct RecordedCall {
+    /// Where it went.
+    pub endpoint: Endpoint,
+    /// The request method.
+    pub method: String,
+    /// The absolute URL requested, query included (`http://127.0.0.1:PORT/path?query`).
+    pub url: String,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+    /// The length of the request body.
+    pub body_len: usize,
+    /// The `DPoP` header: the raw proof.
+    pub dpop: Option<String>,
+    /// The `client_id` form field (token requests).
+    pub client_id: Option<String>,
+    /// The `client_assertion_type` form field (token requests).
+    pub client_assertion_type: Option<String>,
+    /// The `client_assertion` form field: the raw JWT (token requests).
+    pub client_assertion: Option<String>,
+    /// The status answered (0: the connection was closed without an answer).
+    pub status: u16,
+    /// The error code answered (the OAuth `error`, or the `WWW-Authenticate` `error`).
+    pub error: Option<String>,
+    /// Why the request was refused, in words.
+    pub reason: Option<String>,
+    /// The `DPoP-Nonce` header of the answer.
+    pub nonce_sent: Option<String>,
+    /// The `token_type` issued (token requests that succeeded).
+    pub token_type: Option<String>,
+    /// The access token issued (token requests that succeeded).
+    pub access_token: Option<String>,
+    /// The JWK thumbprint the issued token is bound to (`cnf.jkt`), for DPoP.
+    pub jkt: Option<String>,
+}
+
+impl RecordedCall {
+    fn new(endpoint: Endpoint, request: &Request, state: &State) -> RecordedCall {
+        RecordedCall {
+            endpoint,
+            method: request.method.clone(),
+            url: format!("http://{}{}", request.host(state), request.path),
+            authorization: request.header("authorization").map(str::to_owned),
+            body_len: request.body.len(),
+            dpop: request.header("dpop").map(str::to_owned),
+            client_id: None,
+            client_assertion_type: None,
+            client_assertion: None,
+            status: 0,
+            error: None,
+            reason: None,
+            nonce_sent: None,
+            token_type: None,
+            access_token: None,
+            jkt: None,
+        }
+    }
+
+    /// The `nonce` claim of the DPoP proof, if the proof decodes and has one.
+    pub fn proof_nonce(&self) -> Option<String> {
+        let proof = Jwt::decode(self.dpop.as_deref()?).ok()?;
+        proof.claims.str_member("nonce").map(str::to_owned)
+    }
+}
+
 struct Issued {
     expires: Instant,
     revoked: bool,
+    /// The DPoP key thumbprint the token is bound to.
+    jkt: Option<String>,
+}
+
+/// The server's DPoP nonce (one per server, that is per origin).
+#[derive(Default)]
+struct Nonces {
+    prefix: String,
+    counter: u64,
+    current: Option<String>,
+    issued: Vec<String>,
+}
+
+impl Nonces {
+    /// A new nonce, which becomes the only one accepted.
+    fn rotate(&mut self) -> String {
+        self.counter += 1;
+        let nonce = format!("{}-{}", self.prefix, self.counter);
+        self.current = Some(nonce.clone());
+        self.issued.push(nonce.clone());
+        nonce
+    }
+
+    /// The current nonce (made on first use).
+    fn current(&mut self) -> String {
+        match &self.current {
+            Some(nonce) => nonce.clone(),
+            None => self.rotate(),
+        }
+    }
+
+    fn accepts(&self, nonce: Option<&str>) -> bool {
+        nonce.is_some() && nonce == self.current.as_deref()
+    }
+
+    /// The nonce to send with a success.
+    fn for_success(&mut self, rotate: bool) -> String {
+        if rotate {
+            self.rotate()
+        } else {
+            self.current()
+        }
+    }
 }
 
 #[derive(Default)]
 struct Shared {
     token_faults: VecDeque<TokenFault>,
     api_faults: VecDeque<ApiFault>,
-    tokens: HashMap<String, Issued>,
     last_token_request: Option<RecordedRequest>,
     last_api_authorization: Option<Option<String>>,
+    calls: VecDeque<RecordedCall>,
+    calls_dropped: u64,
+    nonces: Nonces,
+    /// `jti`s of assertions and proofs seen, each until it could no longer be accepted anyway.
+    seen_jtis: HashMap<String, i64>,
 }
+
+impl Shared {
+    /// Remembers a `jti` until `until`; false if it was seen before.
+    fn first_use(&mut self, jti: String, until: i64, now: i64) -> bool {
+        if self.seen_jtis.len() >= MAX_SEEN_JTIS {
+            self.seen_jtis.retain(|_, until| *until >= now);
+        }
+        if self.seen_jtis.contains_key(&jti) {
+            return false;
+        }
+        self.seen_jtis.insert(jti, until);
+        true
+    }
+}
+
+/// Issued tokens, shared with resource servers started for this server.
+type Tokens = Arc<Mutex<HashMap<String, Issued>>>;
 
 struct State {
     addr: SocketAddr,
     config: Mutex<ServerConfig>,
     shared: Mutex<Shared>,
+    tokens: Tokens,
     token_requests: AtomicU64,
-    token_request_seen: Condvar,
+    /// Notified when a token request arrives and when any call is answered.
+    progress: Condvar,
     tokens_issued: AtomicU64,
     api_requests: AtomicU64,
     api_rejected: AtomicU64,
     stopping: AtomicBool,
     connections: Mutex<HashMap<u64, TcpStream>>,
     next_connection: AtomicU64,
+}
+
+impl State {
+    /// The server clock, in seconds since the Unix epoch.
+    fn now_secs(&self, config: &ServerConfig) -> i64 {
+        let wall = config
+            .clock
+            .as_ref()
+            .map_or_else(SystemTime::now, |clock| clock.wall());
+        wall.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+
+    fn record(&self, mut call: RecordedCall, response: Option<&Response>) {
+        if let Some(response) = response {
+            call.status = response.status;
+            call.nonce_sent = response
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("dpop-nonce"))
+                .map(|(_, value)| value.clone());
+        }
+        let mut shared = self.shared.lock().unwrap();
+        if shared.calls.len() >= MAX_RECORDED_CALLS {
+            shared.calls.pop_front();
+            shared.calls_dropped += 1;
+        }
+        shared.calls.push_back(call);
+        self.progress.notify_all();
+    }
 }
 
 /// A running local authorization server; stops when dropped.
@@ -152,18 +414,51 @@ pub struct LocalAuthServer {
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_CONNECTIONS: usize = 2048;
+/// Recorded calls kept (the oldest go first; see [`LocalAuthServer::calls_dropped`]).
+const MAX_RECORDED_CALLS: usize = 10_000;
+/// `jti`s remembered before the expired ones are forgotten.
+const MAX_SEEN_JTIS: usize = 4096;
+/// The JWS algorithms accepted for assertions and proofs: asymmetric only.
+const ASYMMETRIC_ALGS: [&str; 10] = [
+    "ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+];
+/// Announced in DPoP challenges (`algs`, RFC 9449 §7.1).
+const DPOP_ALGS: &str = "ES256 EdDSA RS256 PS256";
 
 impl LocalAuthServer {
     /// Starts a server on `127.0.0.1` with an ephemeral port.
     pub fn start(config: ServerConfig) -> io::Result<LocalAuthServer> {
+        LocalAuthServer::start_with_tokens(config, Tokens::default())
+    }
+
+    /// Starts a second server, at an origin of its own, whose API also
+    /// accepts the tokens `issuer` issues (and `issuer`'s API the ones it
+    /// issues): an authorization server and a resource server at two origins,
+    /// each with its own DPoP nonce.
+    pub fn start_resource_server(
+        config: ServerConfig,
+        issuer: &LocalAuthServer,
+    ) -> io::Result<LocalAuthServer> {
+        LocalAuthServer::start_with_tokens(config, Arc::clone(&issuer.state.tokens))
+    }
+
+    fn start_with_tokens(config: ServerConfig, tokens: Tokens) -> io::Result<LocalAuthServer> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
+        let shared = Shared {
+            nonces: Nonces {
+                prefix: format!("nonce-{}", addr.port()),
+                ..Nonces::default()
+            },
+            ..Shared::default()
+        };
         let state = Arc::new(State {
             addr,
             config: Mutex::new(config),
-            shared: Mutex::new(Shared::default()),
+            shared: Mutex::new(shared),
+            tokens,
             token_requests: AtomicU64::new(0),
-            token_request_seen: Condvar::new(),
+            progress: Condvar::new(),
             tokens_issued: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
             api_rejected: AtomicU64::new(0),
@@ -212,9 +507,23 @@ impl LocalAuthServer {
         let shared = self.state.shared.lock().unwrap();
         let (_shared, result) = self
             .state
-            .token_request_seen
+            .progress
             .wait_timeout_while(shared, timeout, |_| {
                 self.state.token_requests.load(Ordering::SeqCst) < n
+            })
+            .unwrap();
+        !result.timed_out()
+    }
+
+    /// Waits (at most `timeout`) until at least `n` token and API requests
+    /// have been answered (see [`calls`](Self::calls)).
+    pub fn wait_for_calls(&self, n: usize, timeout: Duration) -> bool {
+        let shared = self.state.shared.lock().unwrap();
+        let (_shared, result) = self
+            .state
+            .progress
+            .wait_timeout_while(shared, timeout, |shared| {
+                shared.calls.len() + (shared.calls_dropped as usize) < n
             })
             .unwrap();
         !result.timed_out()
@@ -262,21 +571,14 @@ impl LocalAuthServer {
 
     /// Revokes every token issued so far: the API answers 401 to them.
     pub fn revoke_all(&self) {
-        for issued in self.state.shared.lock().unwrap().tokens.values_mut() {
+        for issued in self.state.tokens.lock().unwrap().values_mut() {
             issued.revoked = true;
         }
     }
 
     /// Every access token issued so far (to check that none leaks into logs).
     pub fn issued_tokens(&self) -> Vec<String> {
-        self.state
-            .shared
-            .lock()
-            .unwrap()
-            .tokens
-            .keys()
-            .cloned()
-            .collect()
+        self.state.tokens.lock().unwrap().keys().cloned().collect()
     }
 
     /// The `Authorization` header of the most recent API request: `None` if
@@ -293,6 +595,65 @@ impl LocalAuthServer {
     /// The most recent token request.
     pub fn last_token_request(&self) -> Option<RecordedRequest> {
         self.state.shared.lock().unwrap().last_token_request.clone()
+    }
+
+    /// Every token and API request so far, in the order they were answered
+    /// (the most recent 10 000; see [`calls_dropped`](Self::calls_dropped)).
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.state
+            .shared
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The recorded requests to one endpoint.
+    pub fn calls_to(&self, endpoint: Endpoint) -> Vec<RecordedCall> {
+        let mut calls = self.calls();
+        calls.retain(|call| call.endpoint == endpoint);
+        calls
+    }
+
+    /// The recorded requests that carried a `DPoP` proof (token endpoint and API).
+    pub fn dpop_proofs(&self) -> Vec<RecordedCall> {
+        let mut calls = self.calls();
+        calls.retain(|call| call.dpop.is_some());
+        calls
+    }
+
+    /// The recorded token requests that carried a `client_assertion`.
+    pub fn client_assertions(&self) -> Vec<RecordedCall> {
+        let mut calls = self.calls();
+        calls.retain(|call| call.client_assertion.is_some());
+        calls
+    }
+
+    /// The `Authorization` header of every recorded API request.
+    pub fn api_authorizations(&self) -> Vec<Option<String>> {
+        self.calls_to(Endpoint::Api)
+            .into_iter()
+            .map(|call| call.authorization)
+            .collect()
+    }
+
+    /// Calls no longer recorded because more than 10 000 arrived.
+    pub fn calls_dropped(&self) -> u64 {
+        self.state.shared.lock().unwrap().calls_dropped
+    }
+
+    /// Every DPoP nonce this server has handed out, oldest first. Each
+    /// server's nonces start with `nonce-PORT-`, so they never collide.
+    pub fn dpop_nonces_issued(&self) -> Vec<String> {
+        self.state.shared.lock().unwrap().nonces.issued.clone()
+    }
+
+    /// Replaces the DPoP nonce: the next proof with the old one is answered
+    /// `use_dpop_nonce` with the new one, which this returns.
+    pub fn rotate_dpop_nonce(&self) -> String {
+        self.state.shared.lock().unwrap().nonces.rotate()
     }
 }
 
@@ -352,6 +713,31 @@ impl Request {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// `host[:port]` as the client addressed the server.
+    fn host(&self, state: &State) -> String {
+        self.header("host")
+            .map_or_else(|| state.addr.to_string(), str::to_owned)
+    }
+
+    /// The `htu` a DPoP proof for this request must carry: no query, no fragment.
+    fn htu(&self, state: &State) -> String {
+        let path = self.path.split(['?', '#']).next().unwrap_or_default();
+        format!("http://{}{path}", self.host(state))
+    }
+
+    /// The one `DPoP` header, if any (RFC 9449 §4.3: more than one is an error).
+    fn dpop_proof(&self) -> Result<Option<&str>, String> {
+        let mut proofs = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("dpop"))
+            .map(|(_, v)| v.as_str());
+        match (proofs.next(), proofs.next()) {
+            (Some(_), Some(_)) => Err("more than one DPoP header".into()),
+            (proof, _) => Ok(proof),
+        }
+    }
 }
 
 struct Response {
@@ -397,7 +783,7 @@ fn serve_connection(stream: &TcpStream, state: &State) -> io::Result<()> {
                 Response::json(
                     200,
                     format!(
-                        r#"{{"issuer":"{base}","token_endpoint":"{base}/token","token_endpoint_auth_methods_supported":["client_secret_basic","client_secret_post"],"grant_types_supported":["client_credentials"]}}"#
+                        r#"{{"issuer":"{base}","token_endpoint":"{base}/token","token_endpoint_auth_methods_supported":["client_secret_basic","client_secret_post","private_key_jwt"],"token_endpoint_auth_signing_alg_values_supported":["ES256","EdDSA","RS256","PS256"],"dpop_signing_alg_values_supported":["ES256","EdDSA","RS256","PS256"],"grant_types_supported":["client_credentials"]}}"#
                     ),
                 )
             }
@@ -558,7 +944,7 @@ fn token_endpoint(request: &Request, state: &State) -> Option<Response> {
     let mut fault = {
         let mut shared = state.shared.lock().unwrap();
         shared.last_token_request = Some(recorded);
-        state.token_request_seen.notify_all();
+        state.progress.notify_all();
         shared.token_faults.pop_front()
     };
     if let Some(TokenFault::Hold(gate)) = &fault {
@@ -566,7 +952,12 @@ fn token_endpoint(request: &Request, state: &State) -> Option<Response> {
         gate.wait();
         fault = state.shared.lock().unwrap().token_faults.pop_front();
     }
-    match fault {
+    let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let mut call = RecordedCall::new(Endpoint::Token, request, state);
+    call.client_id = field("client_id");
+    call.client_assertion_type = field("client_assertion_type");
+    call.client_assertion = field("client_assertion");
+    let response = match fault {
         Some(TokenFault::Status {
             status,
             body,
@@ -576,95 +967,807 @@ fn token_endpoint(request: &Request, state: &State) -> Option<Response> {
             if let Some(value) = retry_after {
                 response.headers.push(("Retry-After", value));
             }
-            return Some(response);
+            Some(response)
         }
-        Some(TokenFault::Body(body)) => return Some(Response::json(200, body)),
-        Some(TokenFault::Delay(delay)) => std::thread::sleep(delay),
-        Some(TokenFault::Close) => return None,
-        Some(TokenFault::Hold(gate)) => gate.wait(),
-        None => {}
-    }
+        Some(TokenFault::Body(body)) => Some(Response::json(200, body)),
+        Some(TokenFault::Delay(delay)) => {
+            std::thread::sleep(delay);
+            Some(issue(request, &form, state, &mut call))
+        }
+        Some(TokenFault::Close) => None,
+        Some(TokenFault::Hold(gate)) => {
+            gate.wait();
+            Some(issue(request, &form, state, &mut call))
+        }
+        None => Some(issue(request, &form, state, &mut call)),
+    };
+    state.record(call, response.as_ref());
+    response
+}
+
+/// Authenticates the client, checks any DPoP proof, and issues a token.
+fn issue(
+    request: &Request,
+    form: &[(String, String)],
+    state: &State,
+    call: &mut RecordedCall,
+) -> Response {
     let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     if field("grant_type").as_deref() != Some("client_credentials") {
-        return Some(oauth_error(400, "unsupported_grant_type"));
+        call.error = Some("unsupported_grant_type".into());
+        return oauth_error(400, "unsupported_grant_type");
     }
     let config = state.config.lock().unwrap().clone();
-    let credentials = match request.header("authorization") {
-        Some(basic) => decode_basic(basic),
-        None => field("client_id").zip(field("client_secret")),
-    };
-    let known = credentials.is_some_and(|(id, secret)| {
-        config
-            .clients
-            .iter()
-            .any(|(cid, csecret)| *cid == id && *csecret == secret)
-    });
-    if !known {
-        let mut response = oauth_error(401, "invalid_client");
-        response
-            .headers
-            .push(("WWW-Authenticate", r#"Basic realm="token""#.into()));
-        return Some(response);
+    let now = state.now_secs(&config);
+    if field("client_assertion_type").is_some() || field("client_assertion").is_some() {
+        if let Err(reason) = check_client_assertion(request, form, state, &config, now) {
+            return refuse(call, 400, "invalid_client", reason);
+        }
+    } else {
+        let credentials = match request.header("authorization") {
+            Some(basic) => decode_basic(basic),
+            None => field("client_id").zip(field("client_secret")),
+        };
+        let known = credentials.is_some_and(|(id, secret)| {
+            config
+                .clients
+                .iter()
+                .any(|(cid, csecret)| *cid == id && *csecret == secret)
+        });
+        if !known {
+            call.error = Some("invalid_client".into());
+            let mut response = oauth_error(401, "invalid_client");
+            response
+                .headers
+                .push(("WWW-Authenticate", r#"Basic realm="token""#.into()));
+            return response;
+        }
     }
+
+    let mut jkt = None;
+    let mut nonce_header = None;
+    let proof = match request.dpop_proof() {
+        Ok(proof) => proof,
+        Err(reason) => return refuse(call, 400, "invalid_dpop_proof", reason),
+    };
+    if let Some(proof) = proof {
+        let checked = match check_proof(
+            proof,
+            &request.method,
+            &request.htu(state),
+            state,
+            &config,
+            now,
+        ) {
+            Ok(checked) => checked,
+            Err(reason) => return refuse(call, 400, "invalid_dpop_proof", reason),
+        };
+        if checked.ath.is_some() {
+            let reason = "a proof for the token endpoint has an ath claim".to_owned();
+            return refuse(call, 400, "invalid_dpop_proof", reason);
+        }
+        if config.dpop_nonce_required_at_token_endpoint {
+            let mut shared = state.shared.lock().unwrap();
+            if !shared.nonces.accepts(checked.nonce.as_deref()) {
+                let nonce = shared.nonces.current();
+                drop(shared);
+                let reason = match checked.nonce {
+                    None => "Authorization server requires nonce in DPoP proof",
+                    Some(_) => "the DPoP proof's nonce is not the current one",
+                };
+                let mut response = refuse(call, 400, "use_dpop_nonce", reason.into());
+                response.headers.push(("DPoP-Nonce", nonce));
+                return response;
+            }
+            nonce_header = Some(
+                shared
+                    .nonces
+                    .for_success(config.dpop_nonce_rotates_on_success),
+            );
+        }
+        jkt = Some(checked.jkt);
+    }
+
     let serial = state.tokens_issued.fetch_add(1, Ordering::SeqCst);
     let token = format!("lt-{serial}-{:016x}", random_u64());
-    state.shared.lock().unwrap().tokens.insert(
+    state.tokens.lock().unwrap().insert(
         token.clone(),
         Issued {
             expires: Instant::now() + Duration::from_secs(config.ttl_secs),
             revoked: false,
+            jkt: jkt.clone(),
         },
     );
+    let token_type = if jkt.is_some() { "DPoP" } else { "Bearer" };
+    call.token_type = Some(token_type.into());
+    call.access_token = Some(token.clone());
+    call.jkt = jkt;
     let scope = config
         .scope
         .map(|s| format!(r#","scope":"{s}""#))
         .unwrap_or_default();
-    Some(Response::json(
+    let mut response = Response::json(
         200,
         format!(
-            r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{}{scope}}}"#,
+            r#"{{"access_token":"{token}","token_type":"{token_type}","expires_in":{}{scope}}}"#,
             config.ttl_secs
         ),
-    ))
+    );
+    if let Some(nonce) = nonce_header {
+        response.headers.push(("DPoP-Nonce", nonce));
+    }
+    response
+}
+
+/// Checks a `private_key_jwt` client assertion (RFC 7523 §3) and returns the client id.
+fn check_client_assertion(
+    request: &Request,
+    form: &[(String, String)],
+    state: &State,
+    config: &ServerConfig,
+    now: i64,
+) -> Result<String, String> {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if field("client_assertion_type") != Some(JWT_BEARER_ASSERTION) {
+        return Err(format!(
+            "client_assertion_type is not {JWT_BEARER_ASSERTION}"
+        ));
+    }
+    let assertion = field("client_assertion").ok_or("no client_assertion")?;
+    if request.header("authorization").is_some() || field("client_secret").is_some() {
+        return Err("more than one client authentication method (RFC 6749 §2.3)".into());
+    }
+    let jwt = Jwt::decode(assertion).map_err(|e| format!("client_assertion: {e}"))?;
+    let alg = jwt.algorithm()?;
+    let claims = &jwt.claims;
+    let iss = claims.str_member("iss").ok_or("no iss claim")?;
+    if claims.str_member("sub") != Some(iss) {
+        return Err("sub is not iss (both must be the client id)".into());
+    }
+    if field("client_id").is_some_and(|id| id != iss) {
+        return Err("client_id is not the assertion's iss".into());
+    }
+    let registered = config
+        .jwt_clients
+        .iter()
+        .find(|(id, _)| id == iss)
+        .map(|(_, jwk)| public_jwk_json(jwk))
+        .ok_or("no private_key_jwt client has this id")?;
+    let (_, jwk_text) = jwk_thumbprint(&registered)?;
+    check_key_fits(alg, &registered, &jwt.signature)?;
+    let host = request.host(state);
+    let audiences = [format!("http://{host}/token"), format!("http://{host}")];
+    let aud_ok = match claims.get("aud") {
+        Some(Json::String(aud)) => audiences.contains(aud),
+        Some(Json::Array(auds)) => auds
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| audiences.iter().any(|b| a == b))),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err("aud names neither the token endpoint nor the issuer".into());
+    }
+    let skew = i64::try_from(config.clock_skew.as_secs()).unwrap_or(i64::MAX);
+    let exp = claims.int_member("exp").ok_or("no integer exp claim")?;
+    if now > exp.saturating_add(skew) {
+        return Err("the assertion has expired".into());
+    }
+    for name in ["iat", "nbf"] {
+        match claims.get(name) {
+            None => {}
+            Some(_) => {
+                let at = claims
+                    .int_member(name)
+                    .ok_or(format!("{name} is not an integer"))?;
+                if at > now.saturating_add(skew) {
+                    return Err(format!("{name} is in the future"));
+                }
+            }
+        }
+    }
+    let jti = claims
+        .str_member("jti")
+        .filter(|j| !j.is_empty())
+        .ok_or("no jti claim")?;
+    if let Some(verifier) = &config.jws_verifier {
+        verifier
+            .verify(assertion, &jwk_text)
+            .map_err(|e| format!("the assertion's signature does not verify: {e}"))?;
+    }
+    let first = state.shared.lock().unwrap().first_use(
+        format!("assertion {iss} {jti}"),
+        exp.saturating_add(skew),
+        now,
+    );
+    if !first {
+        return Err("the assertion's jti was used before (replay)".into());
+    }
+    Ok(iss.to_owned())
+}
+
+/// What a DPoP proof says, once its shape, key and signature are checked.
+struct CheckedProof {
+    jkt: String,
+    nonce: Option<String>,
+    ath: Option<String>,
+}
+
+/// Checks a DPoP proof (RFC 9449 §4.3) for a request, except its nonce and
+/// `ath`, which the caller checks (they fail differently per endpoint).
+fn check_proof(
+    proof: &str,
+    method: &str,
+    htu: &str,
+    state: &State,
+    config: &ServerConfig,
+    now: i64,
+) -> Result<CheckedProof, String> {
+    let jwt = Jwt::decode(proof)?;
+    if jwt.header.str_member("typ") != Some("dpop+jwt") {
+        return Err("typ is not dpop+jwt".into());
+    }
+    let alg = jwt.algorithm()?;
+    let jwk = jwt.header.get("jwk").ok_or("no jwk header")?;
+    let (jkt, jwk_text) = jwk_thumbprint(jwk)?;
+    check_key_fits(alg, jwk, &jwt.signature)?;
+    let claims = &jwt.claims;
+    let jti = claims
+        .str_member("jti")
+        .filter(|j| !j.is_empty())
+        .ok_or("no jti claim")?;
+    if claims.str_member("htm") != Some(method) {
+        return Err(format!("htm is not {method}"));
+    }
+    if claims.str_member("htu") != Some(htu) {
+        return Err(format!("htu is not {htu}"));
+    }
+    let iat = claims.int_member("iat").ok_or("no integer iat claim")?;
+    let skew = i64::try_from(config.clock_skew.as_secs()).unwrap_or(i64::MAX);
+    if iat.abs_diff(now) > skew.unsigned_abs() {
+        return Err("iat is too far from the server clock".into());
+    }
+    if let Some(verifier) = &config.jws_verifier {
+        verifier
+            .verify(proof, &jwk_text)
+            .map_err(|e| format!("the proof's signature does not verify: {e}"))?;
+    }
+    let first = state.shared.lock().unwrap().first_use(
+        format!("proof {jkt} {jti}"),
+        iat.saturating_add(skew),
+        now,
+    );
+    if !first {
+        return Err("the proof's jti was used before (replay)".into());
+    }
+    Ok(CheckedProof {
+        jkt,
+        nonce: claims.str_member("nonce").map(str::to_owned),
+        ath: claims.str_member("ath").map(str::to_owned),
+    })
 }
 
 fn api(request: &Request, state: &State) -> Response {
     state.api_requests.fetch_add(1, Ordering::SeqCst);
-    let token = request
-        .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let mut shared = state.shared.lock().unwrap();
-    shared.last_api_authorization = Some(request.header("authorization").map(str::to_owned));
-    let forced = matches!(
-        shared.api_faults.pop_front(),
-        Some(ApiFault::UnauthorizedOnce)
-    );
-    let valid = match token.as_ref().and_then(|t| shared.tokens.get_mut(t)) {
-        Some(issued) if forced => {
-            issued.revoked = true;
-            false
-        }
-        Some(issued) => !issued.revoked && Instant::now() < issued.expires,
-        None => false,
-    };
-    drop(shared);
-    if !valid {
+    let mut call = RecordedCall::new(Endpoint::Api, request, state);
+    let response = api_answer(request, state, &mut call);
+    if response.status == 401 {
         state.api_rejected.fetch_add(1, Ordering::SeqCst);
-        return Response {
-            status: 401,
-            headers: vec![("WWW-Authenticate", r#"Bearer error="invalid_token""#.into())],
-            body: Vec::new(),
-        };
     }
-    Response::json(
-        200,
-        format!(r#"{{"ok":true,"bytes_received":{}}}"#, request.body.len()),
-    )
+    state.record(call, Some(&response));
+    response
+}
+
+fn api_answer(request: &Request, state: &State, call: &mut RecordedCall) -> Response {
+    let authorization = request.header("authorization");
+    let (scheme, token) = authorization
+        .and_then(|value| value.split_once(' '))
+        .map_or(("", ""), |(scheme, token)| (scheme, token.trim()));
+    let bearer = scheme.eq_ignore_ascii_case("bearer");
+    let dpop = scheme.eq_ignore_ascii_case("dpop");
+    let forced = {
+        let mut shared = state.shared.lock().unwrap();
+        shared.last_api_authorization = Some(authorization.map(str::to_owned));
+        matches!(
+            shared.api_faults.pop_front(),
+            Some(ApiFault::UnauthorizedOnce)
+        )
+    };
+    let binding = {
+        let mut tokens = state.tokens.lock().unwrap();
+        match tokens.get_mut(token).filter(|_| bearer || dpop) {
+            None => Err(("unknown token", false)),
+            Some(issued) if forced => {
+                issued.revoked = true;
+                Err(("revoked", issued.jkt.is_some()))
+            }
+            Some(issued) if issued.revoked => Err(("revoked", issued.jkt.is_some())),
+            Some(issued) if Instant::now() >= issued.expires => {
+                Err(("expired", issued.jkt.is_some()))
+            }
+            Some(issued) => Ok(issued.jkt.clone()),
+        }
+    };
+    let ok = || {
+        Response::json(
+            200,
+            format!(r#"{{"ok":true,"bytes_received":{}}}"#, request.body.len()),
+        )
+    };
+    let bound = match binding {
+        Err((reason, bound)) if bound || dpop => {
+            return challenge(call, "DPoP", "invalid_token", reason);
+        }
+        Err((reason, _)) => {
+            call.error = Some("invalid_token".into());
+            call.reason = Some(reason.into());
+            return Response {
+                status: 401,
+                headers: vec![("WWW-Authenticate", r#"Bearer error="invalid_token""#.into())],
+                body: Vec::new(),
+            };
+        }
+        Ok(None) if bearer => return ok(),
+        Ok(None) => {
+            let reason = "a token not bound to a DPoP key, presented with the DPoP scheme";
+            return challenge(call, "DPoP", "invalid_token", reason);
+        }
+        Ok(Some(_)) if bearer => {
+            let reason = "a DPoP-bound token presented as Bearer";
+            return challenge(call, "DPoP", "invalid_token", reason);
+        }
+        Ok(Some(jkt)) => jkt,
+    };
+    let config = state.config.lock().unwrap().clone();
+    let now = state.now_secs(&config);
+    let proof = match request.dpop_proof() {
+        Ok(Some(proof)) => proof,
+        Ok(None) => return challenge(call, "DPoP", "invalid_dpop_proof", "no DPoP proof"),
+        Err(reason) => return challenge(call, "DPoP", "invalid_dpop_proof", &reason),
+    };
+    let checked = match check_proof(
+        proof,
+        &request.method,
+        &request.htu(state),
+        state,
+        &config,
+        now,
+    ) {
+        Ok(checked) => checked,
+        Err(reason) => return challenge(call, "DPoP", "invalid_dpop_proof", &reason),
+    };
+    if checked.ath.as_deref() != Some(sha256_base64url(token.as_bytes()).as_str()) {
+        let reason = "ath is not the hash of the access token";
+        return challenge(call, "DPoP", "invalid_dpop_proof", reason);
+    }
+    if checked.jkt != bound {
+        let reason = "the proof's key is not the key the token is bound to";
+        return challenge(call, "DPoP", "invalid_dpop_proof", reason);
+    }
+    let mut nonce_header = None;
+    if config.dpop_nonce_required_at_api {
+        let mut shared = state.shared.lock().unwrap();
+        if !shared.nonces.accepts(checked.nonce.as_deref()) {
+            let nonce = shared.nonces.current();
+            drop(shared);
+            let reason = match checked.nonce {
+                None => "Resource server requires nonce in DPoP proof",
+                Some(_) => "the DPoP proof's nonce is not the current one",
+            };
+            let mut response = challenge(call, "DPoP", "use_dpop_nonce", reason);
+            response.headers.push(("DPoP-Nonce", nonce));
+            return response;
+        }
+        nonce_header = Some(
+            shared
+                .nonces
+                .for_success(config.dpop_nonce_rotates_on_success),
+        );
+    }
+    let mut response = ok();
+    if let Some(nonce) = nonce_header {
+        response.headers.push(("DPoP-Nonce", nonce));
+    }
+    response
+}
+
+/// A 401 with a `WWW-Authenticate` challenge (RFC 6750 §3, RFC 9449 §7.1).
+fn challenge(call: &mut RecordedCall, scheme: &str, error: &str, reason: &str) -> Response {
+    call.error = Some(error.to_owned());
+    call.reason = Some(reason.to_owned());
+    let description: String = reason
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect();
+    let mut value = format!(r#"{scheme} error="{error}", error_description="{description}""#);
+    if scheme == "DPoP" {
+        value.push_str(&format!(r#", algs="{DPOP_ALGS}""#));
+    }
+    Response {
+        status: 401,
+        headers: vec![("WWW-Authenticate", value)],
+        body: Vec::new(),
+    }
+}
+
+/// An OAuth error response with a description, recorded on the call.
+fn refuse(call: &mut RecordedCall, status: u16, code: &str, reason: String) -> Response {
+    let body = format!(
+        r#"{{"error":{},"error_description":{}}}"#,
+        json_string(code),
+        json_string(&reason)
+    );
+    call.error = Some(code.to_owned());
+    call.reason = Some(reason);
+    Response::json(status, body)
 }
 
 fn oauth_error(status: u16, code: &str) -> Response {
     Response::json(status, format!(r#"{{"error":"{code}"}}"#))
+}
+
+// ---- JWTs, without a JOSE library --------------------------------------------
+
+/// A compact JWS, decoded but not verified.
+struct Jwt {
+    header: Json,
+    claims: Json,
+    signature: Vec<u8>,
+}
+
+impl Jwt {
+    fn decode(text: &str) -> Result<Jwt, String> {
+        let parts: Vec<&str> = text.split('.').collect();
+        let [header, claims, signature] = parts[..] else {
+            return Err("not a compact JWS (three parts)".into());
+        };
+        let object = |part: &str, what: &str| -> Result<Json, String> {
+            let bytes = base64url_decode(part).ok_or(format!("{what} is not base64url"))?;
+            let text = String::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))?;
+            match parse_json(&text).map_err(|e| format!("{what} is not JSON: {e}"))? {
+                object @ Json::Object(_) => Ok(object),
+                _ => Err(format!("{what} is not a JSON object")),
+            }
+        };
+        let signature = base64url_decode(signature)
+            .filter(|s| !s.is_empty())
+            .ok_or("the signature is missing or not base64url")?;
+        Ok(Jwt {
+            header: object(header, "the header")?,
+            claims: object(claims, "the claims")?,
+            signature,
+        })
+    }
+
+    /// The `alg`, if asymmetric (never `none`, never HMAC).
+    fn algorithm(&self) -> Result<&str, String> {
+        let alg = self.header.str_member("alg").ok_or("no alg header")?;
+        if ASYMMETRIC_ALGS.contains(&alg) {
+            Ok(alg)
+        } else {
+            Err(format!("alg {alg:?} is not an asymmetric JWS algorithm"))
+        }
+    }
+}
+
+/// Whether `alg` fits the key's type and curve, and the signature its length
+/// (ECDSA in JOSE is the fixed-size `r || s`, never DER; RFC 7518 §3.4).
+fn check_key_fits(alg: &str, jwk: &Json, signature: &[u8]) -> Result<(), String> {
+    let kty = jwk.str_member("kty").unwrap_or_default();
+    let crv = jwk.str_member("crv").unwrap_or_default();
+    let (fits, length) = match alg {
+        "ES256" => (kty == "EC" && crv == "P-256", Some(64)),
+        "ES384" => (kty == "EC" && crv == "P-384", Some(96)),
+        "ES512" => (kty == "EC" && crv == "P-521", Some(132)),
+        "EdDSA" if crv == "Ed448" => (kty == "OKP", Some(114)),
+        "EdDSA" => (kty == "OKP" && crv == "Ed25519", Some(64)),
+        _ => (kty == "RSA", None),
+    };
+    if !fits {
+        return Err(format!("alg {alg} does not fit a {kty} {crv} key"));
+    }
+    if length.is_some_and(|n| n != signature.len()) {
+        return Err(format!(
+            "a {alg} signature of {} bytes (JOSE wants the fixed-size form)",
+            signature.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Private JWK members, which a public key must not have.
+const PRIVATE_JWK_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// The RFC 7638 thumbprint of a public JWK, and the canonical JSON it hashes
+/// (also a JWK holding just the public key).
+fn jwk_thumbprint(jwk: &Json) -> Result<(String, String), String> {
+    if !matches!(jwk, Json::Object(_)) {
+        return Err("jwk is not a JSON object".into());
+    }
+    if let Some(name) = PRIVATE_JWK_MEMBERS.iter().find(|n| jwk.get(n).is_some()) {
+        return Err(format!("jwk has the private member {name:?}"));
+    }
+    let required: &[&str] = match jwk.str_member("kty") {
+        Some("EC") => &["crv", "kty", "x", "y"],
+        Some("OKP") => &["crv", "kty", "x"],
+        Some("RSA") => &["e", "kty", "n"],
+        other => return Err(format!("unsupported jwk kty {other:?}")),
+    };
+    let mut canonical = String::from("{");
+    for (i, name) in required.iter().enumerate() {
+        let value = jwk
+            .str_member(name)
+            .ok_or(format!("jwk member {name} is missing or not a string"))?;
+        if i > 0 {
+            canonical.push(',');
+        }
+        canonical.push_str(&json_string(name));
+        canonical.push(':');
+        canonical.push_str(&json_string(value));
+    }
+    canonical.push('}');
+    Ok((sha256_base64url(canonical.as_bytes()), canonical))
+}
+
+/// A registered public key as JSON.
+fn public_jwk_json(jwk: &PublicJwk) -> Json {
+    Json::Object(
+        jwk.members()
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.clone(), Json::String(value.as_str()?.to_owned())))
+            })
+            .collect(),
+    )
+}
+
+/// A JSON value (the testkit has no JSON library of its own).
+#[derive(Clone, Debug, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Number(f64),
+    String(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn get(&self, name: &str) -> Option<&Json> {
+        match self {
+            Json::Object(members) => members.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::String(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    fn str_member(&self, name: &str) -> Option<&str> {
+        self.get(name)?.as_str()
+    }
+
+    /// An integer member (a JSON number without a fraction, within ±2^53).
+    fn int_member(&self, name: &str) -> Option<i64> {
+        match self.get(name)? {
+            Json::Number(n) if n.fract() == 0.0 && n.abs() <= 9_007_199_254_740_992.0 => {
+                Some(*n as i64)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Deepest nesting [`parse_json`] accepts.
+const MAX_JSON_DEPTH: usize = 32;
+
+/// Parses JSON (RFC 8259), refusing duplicate member names (RFC 7515 §4).
+fn parse_json(text: &str) -> Result<Json, String> {
+    let mut parser = JsonParser {
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
+    let value = parser.value(0)?;
+    parser.skip_whitespace();
+    if parser.pos != parser.bytes.len() {
+        return Err("text after the JSON value".into());
+    }
+    Ok(value)
+}
+
+struct JsonParser<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl JsonParser<'_> {
+    fn skip_whitespace(&mut self) {
+        while matches!(self.bytes.get(self.pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip_whitespace();
+        let found = self.bytes.get(self.pos) == Some(&byte);
+        if found {
+            self.pos += 1;
+        }
+        found
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json, String> {
+        if depth > MAX_JSON_DEPTH {
+            return Err("nested too deeply".into());
+        }
+        self.skip_whitespace();
+        match self.bytes.get(self.pos) {
+            Some(b'{') => {
+                self.pos += 1;
+                let mut members: Vec<(String, Json)> = Vec::new();
+                if self.eat(b'}') {
+                    return Ok(Json::Object(members));
+                }
+                loop {
+                    self.skip_whitespace();
+                    let name = self.string()?;
+                    if members.iter().any(|(n, _)| *n == name) {
+                        return Err(format!("duplicate member {name:?}"));
+                    }
+                    if !self.eat(b':') {
+                        return Err("expected ':'".into());
+                    }
+                    members.push((name, self.value(depth + 1)?));
+                    if self.eat(b'}') {
+                        return Ok(Json::Object(members));
+                    }
+                    if !self.eat(b',') {
+                        return Err("expected ',' or '}'".into());
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                let mut items = Vec::new();
+                if self.eat(b']') {
+                    return Ok(Json::Array(items));
+                }
+                loop {
+                    items.push(self.value(depth + 1)?);
+                    if self.eat(b']') {
+                        return Ok(Json::Array(items));
+                    }
+                    if !self.eat(b',') {
+                        return Err("expected ',' or ']'".into());
+                    }
+                }
+            }
+            Some(b'"') => self.string().map(Json::String),
+            Some(b't') => self.literal("true", Json::Bool(true)),
+            Some(b'f') => self.literal("false", Json::Bool(false)),
+            Some(b'n') => self.literal("null", Json::Null),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err("expected a JSON value".into()),
+        }
+    }
+
+    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
+        if self.bytes[self.pos..].starts_with(word.as_bytes()) {
+            self.pos += word.len();
+            Ok(value)
+        } else {
+            Err("expected a JSON value".into())
+        }
+    }
+
+    fn number(&mut self) -> Result<Json, String> {
+        let start = self.pos;
+        while matches!(
+            self.bytes.get(self.pos),
+            Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+        ) {
+            self.pos += 1;
+        }
+        let text = String::from_utf8_lossy(&self.bytes[start..self.pos]);
+        text.parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+            .map(Json::Number)
+            .ok_or_else(|| format!("bad number {text:?}"))
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        if self.bytes.get(self.pos) != Some(&b'"') {
+            return Err("expected a string".into());
+        }
+        self.pos += 1;
+        let mut out = Vec::new();
+        loop {
+            let byte = *self.bytes.get(self.pos).ok_or("unterminated string")?;
+            self.pos += 1;
+            match byte {
+                b'"' => return String::from_utf8(out).map_err(|_| "not UTF-8".into()),
+                b'\\' => {
+                    let escape = *self.bytes.get(self.pos).ok_or("unterminated escape")?;
+                    self.pos += 1;
+                    let c = match escape {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => self.unicode_escape()?,
+                        _ => return Err("bad escape".into()),
+                    };
+                    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+                0..=0x1f => return Err("control character in a string".into()),
+                _ => out.push(byte),
+            }
+        }
+    }
+
+    /// The character of a `\uXXXX` escape (the `\u` already read), joining surrogate pairs.
+    fn unicode_escape(&mut self) -> Result<char, String> {
+        let high = self.hex4()?;
+        let code = if (0xD800..0xDC00).contains(&high) {
+            if self.bytes.get(self.pos..self.pos + 2) != Some(b"\\u") {
+                return Err("unpaired surrogate".into());
+            }
+            self.pos += 2;
+            let low = self.hex4()?;
+            if !(0xDC00..0xE000).contains(&low) {
+                return Err("unpaired surrogate".into());
+            }
+            0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
+        } else {
+            high
+        };
+        char::from_u32(code).ok_or_else(|| "unpaired surrogate".into())
+    }
+
+    fn hex4(&mut self) -> Result<u32, String> {
+        let digits = self
+            .bytes
+            .get(self.pos..self.pos + 4)
+            .filter(|d| d.iter().all(u8::is_ascii_hexdigit))
+            .ok_or("bad \\u escape")?;
+        self.pos += 4;
+        Ok(digits
+            .iter()
+            .fold(0, |n, d| n * 16 + (*d as char).to_digit(16).unwrap_or(0)))
+    }
+}
+
+/// A JSON string literal, escaped as serde_json does (and RFC 7638 asks).
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn form_decode(body: &[u8]) -> Vec<(String, String)> {
@@ -711,13 +1814,30 @@ fn decode_basic(header: &str) -> Option<(String, String)> {
     Some((percent_decode(id), percent_decode(secret)))
 }
 
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const BASE64URL_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Standard base64 (padding tolerated).
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    decode_base64(text, BASE64_ALPHABET)
+}
+
+/// base64url as JOSE uses it (RFC 7515 §2): URL-safe alphabet, no padding.
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    if text.contains('=') || text.len() % 4 == 1 {
+        return None;
+    }
+    decode_base64(text, BASE64URL_ALPHABET)
+}
+
+fn decode_base64(text: &str, alphabet: &[u8; 64]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut buffer = 0u32;
     let mut bits = 0;
     for c in text.bytes().filter(|&c| c != b'=') {
-        let value = ALPHABET.iter().position(|&a| a == c)? as u32;
+        let value = alphabet.iter().position(|&a| a == c)? as u32;
         buffer = (buffer << 6) | value;
         bits += 6;
         if bits >= 8 {
@@ -762,5 +1882,135 @@ mod tests {
         );
         assert_eq!(decode_basic("Bearer x"), None);
         assert_eq!(decode_basic("Basic !!!"), None);
+    }
+
+    #[test]
+    fn base64url_decoding() {
+        assert_eq!(base64url_decode("").unwrap(), b"");
+        assert_eq!(base64url_decode("Zg").unwrap(), b"f");
+        assert_eq!(base64url_decode("Zm8").unwrap(), b"fo");
+        assert_eq!(base64url_decode("Zm9v").unwrap(), b"foo");
+        assert_eq!(base64url_decode("-_8").unwrap(), [0xfb, 0xff]);
+        for bad in ["Zg==", "+/8", "Z", "Zm9v!", "Zm 9v"] {
+            assert!(base64url_decode(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn json_parsing() {
+        let value = parse_json(
+            r#" {"a": "x\"y\\z\/\u00e9\ud83d\ude00\n", "n": -12, "f": 1.5e3, "t": true,
+                 "l": [null, false, {"k": []}], "e": {}} "#,
+        )
+        .unwrap();
+        assert_eq!(value.str_member("a"), Some("x\"y\\z/é😀\n"));
+        assert_eq!(value.int_member("n"), Some(-12));
+        assert_eq!(value.int_member("f"), Some(1500));
+        assert_eq!(value.get("t"), Some(&Json::Bool(true)));
+        assert_eq!(
+            value.get("l"),
+            Some(&Json::Array(vec![
+                Json::Null,
+                Json::Bool(false),
+                Json::Object(vec![("k".into(), Json::Array(vec![]))])
+            ]))
+        );
+        assert_eq!(parse_json("1.25").unwrap().int_member("x"), None);
+        for bad in [
+            "",
+            "{",
+            r#"{"a":1,}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{"a":1,"a":2}"#,
+            r#""\ud800""#,
+            r#""\x""#,
+            "\"a\nb\"",
+            "[1] x",
+            "tru",
+            "-",
+            &"[".repeat(100),
+        ] {
+            assert!(parse_json(bad).is_err(), "{bad:?}");
+        }
+        let text = "tab\t \"quote\" \\ \u{1}";
+        assert_eq!(
+            parse_json(&json_string(text)).unwrap(),
+            Json::String(text.into())
+        );
+        assert_eq!(json_string(text), r#""tab\t \"quote\" \\ \u0001""#);
+    }
+
+    #[test]
+    fn rfc_7638_thumbprint() {
+        // RFC 7638 §3.1, with members the thumbprint ignores.
+        let jwk = parse_json(
+            r#"{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}"#,
+        )
+        .unwrap();
+        let (thumbprint, canonical) = jwk_thumbprint(&jwk).unwrap();
+        assert_eq!(thumbprint, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert!(canonical.starts_with(r#"{"e":"AQAB","kty":"RSA","n":"0vx7"#));
+        for bad in [
+            r#"{"kty":"EC","crv":"P-256","x":"a","y":"b","d":"secret"}"#,
+            r#"{"kty":"EC","crv":"P-256","x":"a"}"#,
+            r#"{"kty":"oct","k":"a"}"#,
+            r#"{"kty":"OKP","crv":"Ed25519","x":1}"#,
+            r#"["kty"]"#,
+        ] {
+            assert!(jwk_thumbprint(&parse_json(bad).unwrap()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn jwt_decoding_and_algorithms() {
+        // {"alg":"ES256","typ":"dpop+jwt"} . {"jti":"j","iat":5} . 64 bytes
+        let jwt = Jwt::decode(&format!(
+            "eyJhbGciOiJFUzI1NiIsInR5cCI6ImRwb3Arand0In0.eyJqdGkiOiJqIiwiaWF0Ijo1fQ.{}",
+            "A".repeat(86)
+        ))
+        .unwrap();
+        assert_eq!(jwt.algorithm().unwrap(), "ES256");
+        assert_eq!(jwt.header.str_member("typ"), Some("dpop+jwt"));
+        assert_eq!(jwt.claims.int_member("iat"), Some(5));
+        assert_eq!(jwt.signature.len(), 64);
+        let ec = parse_json(r#"{"kty":"EC","crv":"P-256","x":"a","y":"b"}"#).unwrap();
+        let ed = parse_json(r#"{"kty":"OKP","crv":"Ed25519","x":"a"}"#).unwrap();
+        assert!(check_key_fits("ES256", &ec, &[0; 64]).is_ok());
+        assert!(check_key_fits("ES256", &ec, &[0; 70]).is_err(), "DER");
+        assert!(check_key_fits("EdDSA", &ec, &[0; 64]).is_err());
+        assert!(check_key_fits("EdDSA", &ed, &[0; 64]).is_ok());
+        assert!(check_key_fits("RS256", &ed, &[0; 256]).is_err());
+        // alg none, HMAC, two parts, bad base64url, not an object.
+        for bad in [
+            "eyJhbGciOiJub25lIn0.e30.AA",
+            "eyJhbGciOiJIUzI1NiJ9.e30.AA",
+            "eyJhbGciOiJFUzI1NiJ9.e30",
+            "eyJhbGciOiJFUzI1NiJ9.e30=.AA",
+            "eyJhbGciOiJFUzI1NiJ9.WzFd.AA",
+            "eyJhbGciOiJFUzI1NiJ9.e30.",
+        ] {
+            assert!(
+                Jwt::decode(bad)
+                    .and_then(|j| j.algorithm().map(drop))
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn nonces_rotate_and_only_the_current_one_is_accepted() {
+        let mut nonces = Nonces {
+            prefix: "nonce-1".into(),
+            ..Nonces::default()
+        };
+        assert!(!nonces.accepts(None));
+        assert!(!nonces.accepts(Some("nonce-1-1")));
+        assert_eq!(nonces.current(), "nonce-1-1");
+        assert!(nonces.accepts(Some("nonce-1-1")));
+        assert_eq!(nonces.for_success(false), "nonce-1-1");
+        assert_eq!(nonces.for_success(true), "nonce-1-2");
+        assert!(!nonces.accepts(Some("nonce-1-1")));
+        assert_eq!(nonces.issued, ["nonce-1-1", "nonce-1-2"]);
     }
 }

@@ -302,3 +302,107 @@ fn demo_runs_and_explains_itself() {
         assert!(text.contains(word), "{text}");
     }
 }
+
+#[test]
+fn key_flags_fail_cleanly() {
+    let s = server();
+    // A key file that does not exist, or is not a key: a usage error naming the path, no panic.
+    let out = tokenctl(&[
+        "token",
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--auth",
+        "private-key-jwt",
+        "--private-key",
+        "/nonexistent/key.pem",
+    ]);
+    assert_clean_error(&out, 2);
+    assert!(
+        stderr(&out).contains("/nonexistent/key.pem"),
+        "{}",
+        stderr(&out)
+    );
+    let out = tokenctl(&[
+        "token",
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret",
+        SECRET,
+        "--dpop-key",
+        "/etc/hostname",
+    ]);
+    assert_clean_error(&out, 2);
+    let out = tokenctl(&[
+        "token",
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--auth",
+        "private-key-jwt",
+        "--private-key",
+        "/etc/hostname",
+        "--alg",
+        "HS256",
+    ]);
+    assert_clean_error(&out, 2);
+}
+
+#[test]
+fn dpop_binds_tokens_and_calls_on_both_adapters() {
+    for adapter in ADAPTERS {
+        let s = server();
+        let out = tokenctl(&[
+            "token",
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "m2m",
+            "--client-secret",
+            SECRET,
+            "--dpop",
+            "--json",
+            "--adapter",
+            adapter,
+        ]);
+        assert!(out.status.success(), "{adapter}: {}", stderr(&out));
+        let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(value["token_type"], "DPoP", "{adapter}");
+        let recorded = s.last_token_request().unwrap();
+        assert!(
+            recorded
+                .header("dpop")
+                .is_some_and(|p| p.split('.').count() == 3),
+            "a DPoP proof was sent"
+        );
+        // And API calls carry DPoP tokens with proofs the server accepts.
+        let out = tokenctl(&[
+            "call",
+            &s.api_url(),
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "m2m",
+            "--client-secret",
+            SECRET,
+            "--dpop",
+            "--requests",
+            "5",
+            "--json",
+            "--adapter",
+            adapter,
+        ]);
+        assert!(
+            out.status.success(),
+            "{adapter}: {} {}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(value["succeeded"], 5, "{adapter}");
+    }
+}

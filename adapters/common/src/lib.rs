@@ -31,3 +31,20 @@ pub use error::Error;
 pub use registry::{random_seed, ClientStats, Registry, TokenInfo};
 pub use routes::{may_carry_body, Routes};
 pub use step::{start_forced_refresh, step, Authorized, Step};
+
+/// Spawns a named thread and returns once it runs, so that it is visible
+/// (by name, to tools and tests) as soon as its owner exists.
+pub fn spawn_running(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let (started, running) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = started.send(());
+            f();
+        })?;
+    let _ = running.recv();
+    Ok(handle)
+}

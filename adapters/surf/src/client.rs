@@ -151,10 +151,10 @@ impl AsyncTokenClient {
             stopping: AtomicBool::new(false),
         });
         let for_thread = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("token-keeper-timer".into())
-            .spawn(move || for_thread.run_timers())
-            .expect("spawning the token-keeper timer thread");
+        let thread = token_keeper_common::spawn_running("token-keeper-timer", move || {
+            for_thread.run_timers()
+        })
+        .expect("spawning the token-keeper timer thread");
         let for_jump = Arc::downgrade(&shared);
         let on_clock_jump: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(shared) = for_jump.upgrade() {

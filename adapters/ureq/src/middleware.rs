@@ -14,7 +14,10 @@
 //!
 //! ureq's `MiddlewareNext` can be used once, so the retry re-enters through a
 //! second agent built from the same configuration: build agents with
-//! [`TokenMiddleware::build_agent`] to get retries. A middleware added by hand
+//! [`TokenMiddleware::build_agent`] to get retries. `build_agent` also turns
+//! ureq's `http_status_as_error` off underneath (the middleware needs the
+//! headers of a 401) and turns 4xx/5xx into `Error::StatusCode` itself when
+//! your configuration asked for it. A middleware added by hand
 //! with `ConfigBuilder::middleware` attaches tokens and invalidates on 401, but
 //! hands the 401 back instead of retrying.
 //!
@@ -70,6 +73,10 @@ pub struct TokenMiddleware {
     retry_agent: Option<ureq::Agent>,
     /// Whether a routed client binds its tokens with DPoP (then no redirects).
     dpop: bool,
+    /// Whether to turn 4xx/5xx into `Error::StatusCode`, as the agent's own
+    /// setting asked: [`TokenMiddleware::build_agent`] turns ureq's off so that
+    /// this middleware sees the headers of a 401 (`WWW-Authenticate`, `DPoP-Nonce`).
+    status_as_error: bool,
 }
 
 impl std::fmt::Debug for TokenMiddleware {
@@ -91,6 +98,7 @@ impl TokenMiddleware {
             max_replay_body: 64 * 1024,
             retry_agent: None,
             dpop: false,
+            status_as_error: false,
         }
     }
 
@@ -116,8 +124,9 @@ impl TokenMiddleware {
     /// When a routed client uses DPoP, the agents follow no redirects: ureq
     /// would carry the `DPoP` header to whatever host a redirect names.
     pub fn build_agent(self, make_config: impl Fn() -> ConfigBuilder<AgentScope>) -> ureq::Agent {
+        let status_as_error = make_config().build().http_status_as_error();
         let config = || {
-            let config = make_config();
+            let config = make_config().http_status_as_error(false);
             if self.dpop {
                 config.max_redirects(0)
             } else {
@@ -126,11 +135,13 @@ impl TokenMiddleware {
         };
         let for_retries = TokenMiddleware {
             retry_agent: None,
+            status_as_error,
             ..self.clone()
         };
         let retry_agent = config().middleware(for_retries).build().new_agent();
         let first = TokenMiddleware {
             retry_agent: Some(retry_agent),
+            status_as_error,
             ..self.clone()
         };
         config().middleware(first).build().new_agent()
@@ -148,6 +159,22 @@ struct Replay {
 
 impl Middleware for TokenMiddleware {
     fn handle(
+        &self,
+        request: Request<SendBody>,
+        next: MiddlewareNext,
+    ) -> Result<Response<Body>, ureq::Error> {
+        let response = self.exchange(request, next)?;
+        let status = response.status();
+        if self.status_as_error && (status.is_client_error() || status.is_server_error()) {
+            return Err(ureq::Error::StatusCode(status.as_u16()));
+        }
+        Ok(response)
+    }
+}
+
+impl TokenMiddleware {
+    /// The request with tokens attached, and the one retry the core allows.
+    fn exchange(
         &self,
         request: Request<SendBody>,
         next: MiddlewareNext,
