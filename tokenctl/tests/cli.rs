@@ -406,3 +406,78 @@ fn dpop_binds_tokens_and_calls_on_both_adapters() {
         assert_eq!(value["succeeded"], 5, "{adapter}");
     }
 }
+
+#[test]
+fn private_key_jwt_from_a_pem_file_on_both_adapters() {
+    use token_keeper::jose::Signer;
+    let dir = std::env::temp_dir().join(format!("tokenctl-pkj-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("client.pem");
+    let made = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let key = token_keeper_common::keys::PrivateKey::from_file(&pem, None).unwrap();
+    let s = LocalAuthServer::start(ServerConfig {
+        jwt_clients: vec![("pkj".into(), key.public_jwk().clone())],
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    for adapter in ADAPTERS {
+        let out = tokenctl(&[
+            "token",
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "pkj",
+            "--auth",
+            "private-key-jwt",
+            "--private-key",
+            pem.to_str().unwrap(),
+            "--json",
+            "--adapter",
+            adapter,
+        ]);
+        assert!(out.status.success(), "{adapter}: {}", stderr(&out));
+        let recorded = s.last_token_request().unwrap();
+        assert_eq!(
+            recorded.field("client_assertion_type"),
+            Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        );
+        assert!(recorded.field("client_secret").is_none());
+    }
+    // The wrong key is refused by the server: exit code 3, one line, no key material.
+    let other = dir.join("other.pem");
+    let made = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ED25519", "-out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let out = tokenctl(&[
+        "token",
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "pkj",
+        "--auth",
+        "private-key-jwt",
+        "--private-key",
+        other.to_str().unwrap(),
+    ]);
+    assert_clean_error(&out, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
