@@ -252,14 +252,15 @@ fn mentions(text: &str, sensitive: &[&str]) -> bool {
     if found(text) {
         return true;
     }
-    if !(text.contains('\\') || text.contains('%') || text.contains('+')) {
+    if !(text.contains('\\') || text.contains('%') || text.contains('+') || text.contains('&')) {
         return false;
     }
     let decoded = decode_escapes(text);
     found(&decoded) || found(&decoded.replace('+', " "))
 }
 
-/// Decodes JSON `\uXXXX` (and the short JSON escapes) and URL `%XX` escapes,
+/// Decodes JSON `\uXXXX` (and the short JSON escapes), URL `%XX` escapes and
+/// HTML character references (`&#47;`, `&#x2F;`, `&amp;` …),
 /// leaving anything malformed as it is.
 fn decode_escapes(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -290,6 +291,15 @@ fn decode_escapes(text: &str) -> String {
                     None => out.push(b'\\'),
                 }
             }
+            b'&' => match html_reference(&bytes[i..]) {
+                Some((c, used)) => {
+                    let mut buf = [0; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    i += used;
+                    continue;
+                }
+                None => out.push(b'&'),
+            },
             b'\\' if i + 1 < bytes.len() && matches!(bytes[i + 1], b'/' | b'\\' | b'"') => {
                 out.push(bytes[i + 1]);
                 i += 2;
@@ -300,6 +310,33 @@ fn decode_escapes(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An HTML character reference at the start of `bytes`: the character and the bytes it spans.
+fn html_reference(bytes: &[u8]) -> Option<(char, usize)> {
+    let end = bytes.iter().take(12).position(|&b| b == b';')?;
+    let name = std::str::from_utf8(&bytes[1..end]).ok()?;
+    let c = match name {
+        "amp" => '&',
+        "lt" => '<',
+        "gt" => '>',
+        "quot" => '"',
+        "apos" => '\'',
+        "sol" => '/',
+        "colon" => ':',
+        "equals" => '=',
+        "plus" => '+',
+        "percnt" => '%',
+        _ => {
+            let number = name.strip_prefix('#')?;
+            let code = match number.strip_prefix(['x', 'X']) {
+                Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                None => number.parse().ok()?,
+            };
+            char::from_u32(code)?
+        }
+    };
+    Some((c, end + 1))
 }
 
 fn saturate_float(x: f64) -> i64 {
@@ -699,7 +736,7 @@ mod tests {
     #[test]
     fn echoed_secrets_are_withheld_from_every_field() {
         let s = ["hunter2"];
-        let cases: [(u16, &str); 7] = [
+        let cases: [(u16, &str); 8] = [
             (400, r#"{"error":"hunter2"}"#),
             (
                 401,
@@ -716,6 +753,7 @@ mod tests {
             ),
             (500, r#"{"message":"you sent hunter\u0032"}"#),
             (502, "echo: client_secret=hunte%72%32"),
+            (500, "<p>client_secret=hunter&#50;</p>"),
         ];
         for (status, body) in cases {
             let err = parse_token_response(
@@ -729,7 +767,8 @@ mod tests {
             assert!(
                 !text.contains("hunter2")
                     && !text.contains("hunter\\u0032")
-                    && !text.contains("%72%32"),
+                    && !text.contains("%72%32")
+                    && !text.contains("&#50;"),
                 "{body}: {text}"
             );
         }
@@ -743,6 +782,22 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("100% wrong / scope"), "{err}");
         assert_eq!(decode_escapes(r"a\u00e9b%41%zz%4\u12"), "aébA%zz%4\\u12");
+    }
+
+    #[test]
+    fn html_escaped_echoes_are_recognised() {
+        assert_eq!(
+            decode_escapes("a&#x2F;b&amp;&#47;&bogus;&#xZZ;&"),
+            "a/b&/&bogus;&#xZZ;&"
+        );
+        let err = parse_token_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"<p>client_secret=hunter2&#x2F;x</p>",
+            MAX,
+            &["hunter2/x"],
+        )
+        .unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
     }
 
     #[test]

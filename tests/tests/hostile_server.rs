@@ -27,30 +27,25 @@
 //!
 //! # Known bugs (the `#[ignore]`d tests; `-- --ignored` reproduces them)
 //!
-//! - **surf-pool** (surf adapter): a token request whose body was abandoned at
-//!   the size cap, or that was cancelled by the adapter's timeout, or that
-//!   failed to parse, leaves its connection in http-client's keep-alive pool
-//!   (deadpool returns it on drop; `recycle` only polls 4 bytes). The next
-//!   token request rides it: it fails again, or worse, reads the previous
-//!   request's late answer as its own, so one key caches the token issued
-//!   for another (`surf_late_answer_is_not_taken_for_another_key`).
 //! - **surf-head-bomb**: async-h1 reads a header line with `read_until(b'\n')`
 //!   and checks its 8 KiB limit only after the line ends: an endless header
 //!   line is buffered without bound until the adapter's timeout.
 //! - **surf-close-delimited**: async-h1 reads a response without
 //!   `Content-Length` or chunking as an empty body (RFC 9112 §6.3: until close).
-//! - **surf-truncated**: a body cut short of its `Content-Length` by a close is
-//!   handed over as complete (`NotJson` instead of a transport error).
 //! - **surf-1xx**: a `100 Continue` is taken for the final response.
 //! - **surf-kind**: a refused connection is `Transport(Other)` (http-client's
 //!   pool turns the `io::Error` into a string), and a connection closed
 //!   without an answer is `Transport(Other)`, where `Connect` and `Io` are due.
-//! - **ureq-timeout-kind** (ureq adapter): a timeout while reading the body
-//!   arrives as an `io::Error` of kind `Other` wrapping `ureq::Error::Timeout`,
-//!   and is reported as `Transport(Io)` instead of `Timeout`.
-//! - **core-html-echo** (core): an error page that echoes the secret
-//!   HTML-escaped (`&#x2F;` for `/`) is not recognised as an echo: the excerpt
-//!   in the error (and in the adapters' WARN log line) shows the secret.
+//!
+//! Fixed since (their tests run again): **surf-pool** (a token request after
+//! a cancelled or cut-off exchange rode the poisoned pooled connection, and a
+//! late answer could be taken for another key's: token requests now go
+//! through the token client's own keep-alive-free surf client, as
+//! `AsyncTokenClient::new` asks), **surf-truncated** (a body cut short of its
+//! `Content-Length` is now a transport `Io` error), **ureq-timeout-kind** (a timeout while
+//! reading the body arrived as an `io::Error` wrapping `ureq::Error::Timeout`
+//! and was reported as `Io`) and **core-html-echo** (an HTML-escaped echo of
+//! the secret survived in an excerpt).
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -1091,7 +1086,7 @@ fn build(adapter: Adapter, token_url: &str, clock: &ManualClock, setup: &Setup) 
         }
         Adapter::Surf => {
             let client = token_keeper_surf::AsyncTokenClient::with_options(
-                surf::Client::new(),
+                token_http(),
                 token_keeper_surf::ClientOptions {
                     manager,
                     timeout: TIMEOUT,
@@ -1237,21 +1232,8 @@ fn check_outcome(expect: &Expect, outcome: &Result<String, Error>) {
     }
 }
 
-/// How much of the script to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Script {
-    Whole,
-    /// Everything but the recovery (step 3), for the cases where a known bug
-    /// poisons the client's connection pool.
-    WithoutRecovery,
-}
-
 /// Runs one case on one adapter (see the module documentation for the script).
 fn run(adapter: Adapter, case: Case) {
-    run_script(adapter, case, Script::Whole);
-}
-
-fn run_script(adapter: Adapter, case: Case, script: Script) {
     watch();
     let server = HostileServer::start(vec![personalize(case.reply.clone()), recovered()]);
     let clock = clock();
@@ -1306,7 +1288,7 @@ fn run_script(adapter: Adapter, case: Case, script: Script) {
             info.expires_in
         );
         assert_eq!(server.token_requests(), 1);
-    } else if let (Err(Error::Unavailable { retry_in, .. }), Script::Whole) = (&second, script) {
+    } else if let Err(Error::Unavailable { retry_in, .. }) = &second {
         // 3. After the backoff, a good answer is taken: nothing was poisoned.
         clock.advance(*retry_in + Duration::from_millis(1));
         let started = Instant::now();
@@ -1440,17 +1422,11 @@ fn personalize(reply: Reply) -> Reply {
 /// documentation) carries `[ureq_bug = "..."]` or `[surf_bug = "..."]`:
 /// that adapter's test is `#[ignore]`d with the reason, and
 /// `cargo test --test hostile_server -- --ignored` reproduces it.
-///
-/// `[surf_pool = "..."]` marks the cases that poison surf's connection pool
-/// (bug "surf-pool"): their surf test still checks everything except the
-/// recovery (step 3), and `surf_pool_bug::<case>`
-/// (ignored) runs the whole script.
 macro_rules! hostile_cases {
     ($(
         $name:ident
             $([ureq_bug = $ureq_bug:literal])?
             $([surf_bug = $surf_bug:literal])?
-            $([surf_pool = $surf_pool:literal])?
             => $case:expr;
     )*) => {
         mod ureq_adapter {
@@ -1471,24 +1447,9 @@ macro_rules! hostile_cases {
                 #[test]
                 $(#[ignore = $surf_bug])?
                 fn $name() {
-                    let script = [Script::Whole $(, {
-                        let _ = $surf_pool;
-                        Script::WithoutRecovery
-                    })?];
-                    run_script(Adapter::Surf, $case, script[script.len() - 1]);
-                }
-            )*
-        }
-        mod surf_pool_bug {
-            #[allow(unused_imports)]
-            use super::*;
-            $($(
-                #[test]
-                #[ignore = $surf_pool]
-                fn $name() {
                     run(Adapter::Surf, $case);
                 }
-            )?)*
+            )*
         }
     };
 }
@@ -1498,23 +1459,19 @@ use TransportErrorKind as K;
 
 hostile_cases! {
     // --- Size: the body read is capped (1 MiB + 1 byte by default) ---
-    huge_body_5_mib_with_content_length
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    huge_body_5_mib_with_content_length =>
         case(Reply::Huge { declared: 5 * MIB as u64 }, invalid(200, P::BodyTooLarge { limit: LIMIT }));
-    huge_body_256_mib_is_abandoned
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    huge_body_256_mib_is_abandoned =>
         case(Reply::Huge { declared: WRITE_CAP }, invalid(200, P::BodyTooLarge { limit: LIMIT }))
             .check(abandoned_early);
     body_one_byte_over_the_limit =>
         case(token_body_of_len(LIMIT + 1), invalid(200, P::BodyTooLarge { limit: LIMIT }));
     body_exactly_at_the_limit_is_accepted =>
         case(token_body_of_len(LIMIT), token("padded-token", usable(300)));
-    smaller_configured_limit
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    smaller_configured_limit =>
         case(token_body_of_len(64 * 1024), invalid(200, P::BodyTooLarge { limit: 16 * 1024 }))
             .max_body(16 * 1024);
-    endless_chunked_body
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    endless_chunked_body =>
         case(Reply::EndlessChunked, invalid(200, P::BodyTooLarge { limit: LIMIT }))
             .check(abandoned_early);
     endless_body_until_close
@@ -1533,50 +1490,40 @@ hostile_cases! {
              token("slow-token", usable(3600)));
 
     // --- Slow, broken and silent connections ---
-    one_byte_per_second_body [ureq_bug = "BUG ureq-timeout-kind: a timeout while reading the body is reported as Io, not Timeout"]
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    one_byte_per_second_body =>
         case(Reply::SlowBody { every: secs(1), bytes: 5 }, transport(&[K::Timeout]))
             .check(hung_up_on_slow);
-    one_byte_per_second_head
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    one_byte_per_second_head =>
         case(Reply::SlowHead { every: secs(1), bytes: 5 }, transport(&[K::Timeout]))
             .check(hung_up_on_slow);
-    connection_reset_mid_body
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    connection_reset_mid_body =>
         case(Reply::ResetMidBody { declared: 4096, sent: 20 }, transport(&[K::Io]));
-    connection_closed_mid_body
-        [surf_bug = "BUG surf-truncated: a body cut short of its Content-Length is taken as complete"] =>
+    connection_closed_mid_body =>
         case(Reply::CloseMidBody { declared: 4096, sent: 20 }, transport(&[K::Io]));
     connection_closed_without_answer
         [surf_bug = "BUG surf-kind: a connection closed without an answer is Transport(Other), not Io"] =>
         case(Reply::CloseAtOnce, transport(&[K::Io]));
-    accepts_and_never_answers
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    accepts_and_never_answers =>
         case(Reply::NeverAnswer, transport(&[K::Timeout])).check(gave_up_waiting);
-    endless_interim_responses
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    endless_interim_responses =>
         case(Reply::EndlessInterim, transport(&[K::Timeout, K::Io, K::Other]));
     one_interim_response_then_the_token
         [surf_bug = "BUG surf-1xx: async-h1 takes a 100 Continue for the final response"] =>
         // RFC 9110 §15.2: a client must accept (and skip) 1xx responses it did not ask for.
         case(Reply::Raw(format!("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{GOOD_BODY}", GOOD_BODY.len()).into_bytes()),
              token("slow-token", usable(3600)));
-    hundred_thousand_headers
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    hundred_thousand_headers =>
         case(Reply::Raw(format!("HTTP/1.1 200 OK\r\n{}Content-Length: {}\r\n\r\n{GOOD_BODY}", "X-A: b\r\n".repeat(100_000), GOOD_BODY.len()).into_bytes()),
              transport(&[K::Io, K::Other]))
             .check(|r| assert!(r.hostile().written < READ_BOUND));
-    not_http_at_all
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    not_http_at_all =>
         case(Reply::Raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec()), transport(&[K::Io, K::Other]));
-    broken_chunk_size
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    broken_chunk_size =>
         case(
             Reply::Raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n".to_vec()),
             transport(&[K::Io, K::Other]),
         );
-    absurd_content_length
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    absurd_content_length =>
         case(
             Reply::Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n{}".to_vec()),
             transport(&[K::Io, K::Other]),
@@ -1761,11 +1708,9 @@ hostile_cases! {
         case(Reply::EchoOAuth { status: 401 }, oauth(401, "invalid_client"));
     echo_request_in_error_description_post =>
         case(Reply::EchoOAuth { status: 400 }, oauth(400, "invalid_client")).post();
-    echo_request_as_the_whole_response_basic
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    echo_request_as_the_whole_response_basic =>
         case(Reply::EchoRaw, transport(&[K::Io, K::Other]));
-    echo_request_as_the_whole_response_post
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    echo_request_as_the_whole_response_post =>
         case(Reply::EchoRaw, transport(&[K::Io, K::Other])).post();
     echo_secret_in_error_description =>
         case(echo_template(401, "application/json",
@@ -1797,15 +1742,13 @@ hostile_cases! {
         case(echo_template(500, "text/html", "<p>client_secret={S}</p>"), invalid(500, P::UnexpectedStatus));
     echo_secret_after_a_long_prefix =>
         case(echo_template(502, "text/plain", &format!("{}{{S}}", "x".repeat(150))), invalid(502, P::UnexpectedStatus));
-    echo_secret_html_escaped_in_a_500_page [ureq_bug = "BUG core-html-echo: an HTML-escaped echo of the secret is shown in the excerpt"]
-        [surf_bug = "BUG core-html-echo: an HTML-escaped echo of the secret is shown in the excerpt"] =>
+    echo_secret_html_escaped_in_a_500_page =>
         case(echo_template(500, "text/html", "<p>client_secret={S_HTML}</p>"),
              invalid(500, P::UnexpectedStatus));
     echo_secret_in_the_reason_phrase =>
         case(Reply::Full { status: 500, reason: "{S}".to_owned(), headers: vec![], body: b"oops".to_vec() },
              invalid(500, P::UnexpectedStatus));
-    echo_secret_in_a_malformed_header_line
-        [surf_pool = "BUG surf-pool: the next token request reuses a poisoned pooled connection"] =>
+    echo_secret_in_a_malformed_header_line =>
         case(Reply::Raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{S}\r\nContent-Length: 2\r\n\r\n{}".to_vec()),
              transport(&[K::Io, K::Other]));
     echo_secret_in_a_response_header =>
@@ -2002,7 +1945,6 @@ fn ureq_late_answer_is_not_taken_for_another_key() {
 }
 
 #[test]
-#[ignore = "BUG surf-pool: the late answer to a timed-out request is read as the answer to the next key's request"]
 fn surf_late_answer_is_not_taken_for_another_key() {
     late_answer_is_not_taken_for_another_key(Adapter::Surf);
 }
@@ -2064,4 +2006,12 @@ fn the_leak_markers_are_right() {
     assert_eq!(form_encode("a/b+c d~"), "a%2Fb%2Bc+d%7E");
     let secret = secret();
     assert!(secret.starts_with(&secret_core()) && secret.ends_with("/x+y z"));
+}
+
+/// A surf client for token requests: keep-alive off, as `AsyncTokenClient::new` asks.
+fn token_http() -> surf::Client {
+    surf::Config::new()
+        .set_http_keep_alive(false)
+        .try_into()
+        .expect("a surf client")
 }

@@ -226,7 +226,7 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
     show("ureq Error", format!("{error:?}"), Some(error.to_string()));
 
     // The async adapter.
-    let async_tokens = token_keeper_surf::AsyncTokenClient::new(surf::Client::new());
+    let async_tokens = token_keeper_surf::AsyncTokenClient::new(token_http());
     async_tokens.add_client("m2m", basic.clone()).unwrap();
     server.push_token_fault(TokenFault::Status {
         status: 500,
@@ -264,4 +264,12 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
         texts.last().unwrap().contains("token acquired"),
         "the logs were captured"
     );
+}
+
+/// A surf client for token requests: keep-alive off, as `AsyncTokenClient::new` asks.
+fn token_http() -> surf::Client {
+    surf::Config::new()
+        .set_http_keep_alive(false)
+        .try_into()
+        .expect("a surf client")
 }

@@ -133,6 +133,23 @@ impl std::fmt::Debug for AsyncTokenClient {
 
 impl AsyncTokenClient {
     /// A client sending token requests through `http`, with default options.
+    ///
+    /// Give it a surf client **with keep-alive off**, built with the backend
+    /// of your choice:
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let http: surf::Client = surf::Config::new().set_http_keep_alive(false).try_into()?;
+    /// let tokens = token_keeper_surf::AsyncTokenClient::new(http);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// surf's HTTP/1 pool (http-client 6) returns a connection to the pool
+    /// even when an exchange on it was cancelled by a timeout or abandoned at
+    /// the body size cap; the next request on that connection would read the
+    /// previous one's late answer, and a token issued for one key could be
+    /// cached for another. Token requests are rare, so a fresh connection
+    /// each costs nothing that matters.
     pub fn new(http: surf::Client) -> AsyncTokenClient {
         AsyncTokenClient::with_options(http, ClientOptions::default())
     }

@@ -7,7 +7,11 @@
 //! 2. A request that already has an `Authorization` header is left alone, and
 //!    so are this crate's own token and discovery requests.
 //! 3. Otherwise the client's header is attached (cached, or fetched once for
-//!    all tasks, through the surf `Client` the middleware is handed).
+//!    all tasks). Token requests go through the [`AsyncTokenClient`]'s own surf
+//!    client, not the one the middleware is handed: an API client keeps
+//!    connections alive, and surf's pool hands a connection back after a
+//!    cancelled or cut-off exchange, so a later token request could read an
+//!    earlier request's late answer (see [`AsyncTokenClient::new`]).
 //! 4. On a 401 the core decides: the cached token is invalidated only if it is
 //!    the one this request carried, and one retry is allowed. The retry is
 //!    sent only when the request can be replayed: surf's `Request::clone`
@@ -133,7 +137,7 @@ impl Middleware for TokenMiddleware {
             .map_err(|_| invalid("method"))?;
         let auth = self
             .client
-            .authorize_request(key, &method, &uri, &client)
+            .authorize_request(key, &method, &uri, self.client.http_client())
             .await
             .map_err(surf_error)?;
         set_headers(&mut request, &auth)?;
@@ -198,7 +202,7 @@ impl Middleware for TokenMiddleware {
         // token (after an invalidation) or a new proof (after a nonce).
         let auth = self
             .client
-            .authorize_request(key, &method, &uri, &client)
+            .authorize_request(key, &method, &uri, self.client.http_client())
             .await
             .map_err(surf_error)?;
         set_headers(&mut retry, &auth)?;

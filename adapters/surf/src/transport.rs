@@ -29,6 +29,7 @@ pub(crate) async fn send(
         if let Some(headers) = builder.headers_mut() {
             *headers = to_http_headers(&response);
         }
+        let promised = response.len();
         let mut body = Vec::new();
         response
             .take_body()
@@ -39,6 +40,17 @@ pub(crate) async fn send(
             .map_err(|e| {
                 TransportError::new(io_kind(&e), format!("reading the response body: {e}"))
             })?;
+        // A close before the promised length is a broken connection, not a
+        // short answer (async-h1 hands the truncated body over as complete).
+        if let Some(promised) = promised.filter(|&n| body.len() < n && body.len() <= max_body) {
+            return Err(TransportError::new(
+                TransportErrorKind::Io,
+                format!(
+                    "the connection closed after {} of {promised} body bytes",
+                    body.len()
+                ),
+            ));
+        }
         builder.body(body).map_err(|e| {
             TransportError::new(
                 TransportErrorKind::Other,

@@ -34,7 +34,14 @@ pub(crate) fn send(
         .take(max_body as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| {
+            // ureq reports its own timeouts during the body read as an io::Error
+            // of kind Other wrapping ureq::Error::Timeout.
+            let ureq_timeout = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+                .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)));
             let kind = match e.kind() {
+                _ if ureq_timeout => TransportErrorKind::Timeout,
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
                     TransportErrorKind::Timeout
                 }
