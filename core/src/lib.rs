@@ -128,8 +128,20 @@
 //!
 //! One concept each: [`config`] (clients and policies), [`key`] (cache
 //! keys), [`request`] (token requests), [`response`] (token responses),
-//! [`challenge`] (`WWW-Authenticate`), [`retry_after`], [`snapshot`]
-//! (the lock-free read path), [`event`], [`error`] and [`time`].
+//! [`challenge`] (`WWW-Authenticate`), [`retry_after`], [`discovery`]
+//! (issuer metadata), [`jose`] (signers, JWKs, thumbprints, JWS), [`dpop`]
+//! (proofs and nonces), [`snapshot`] (the lock-free read path), [`event`],
+//! [`error`] and [`time`].
+//!
+//! ## DPoP and `private_key_jwt`
+//!
+//! Give a [`ClientConfig`] a [`jose::Signer`] with [`ClientConfig::dpop`] and
+//! its tokens are bound to that key: token requests carry a proof, and
+//! [`TokenManager::authorize_request`] returns, with the `DPoP` header value,
+//! a fresh proof for each API request. [`ClientAuth::PrivateKeyJwt`]
+//! authenticates the client with a signed assertion instead of a secret.
+//! Both are signed through the [`jose::Signer`] trait, so keys can live in an
+//! HSM or a KMS; `token-keeper-common` ships a default on `ring`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
