@@ -6,7 +6,7 @@
 //! every error, keys, both adapters' clients and middlewares), and every
 //! `Debug`, `Display` and log line produced along the way is searched for them.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use token_keeper::jose::Signer;
 use token_keeper::response::parse_token_response;
@@ -15,6 +15,7 @@ use token_keeper::{
     TokenManager,
 };
 use token_keeper_common::keys::PrivateKey;
+use token_keeper_testkit::scenarios::captured_logs;
 use token_keeper_testkit::{ApiFault, LocalAuthServer, ServerConfig, TokenFault};
 
 const SECRET: &str = "Sup3r-Secret-Value-81f2";
@@ -30,34 +31,6 @@ fn private_material(pem: &str) -> Vec<String> {
     let mut out = body.clone();
     out.push(body.concat());
     out
-}
-
-struct Capture(Mutex<String>);
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        // async-h1 logs whole requests at TRACE (documented caveat of that backend).
-        if !record.target().starts_with("async_h1") {
-            self.0
-                .lock()
-                .unwrap()
-                .push_str(&format!("{} {}\n", record.target(), record.args()));
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn capture() -> &'static Capture {
-    static LOGGER: OnceLock<&'static Capture> = OnceLock::new();
-    LOGGER.get_or_init(|| {
-        let logger: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(String::new()))));
-        let _ = log::set_logger(logger);
-        log::set_max_level(log::LevelFilter::Trace);
-        logger
-    })
 }
 
 fn pem_key() -> (String, PrivateKey) {
@@ -85,7 +58,7 @@ fn pem_key() -> (String, PrivateKey) {
 
 #[test]
 fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
-    let log = capture();
+    captured_logs();
     let (pem, key) = pem_key();
     let key = Arc::new(key);
     let server = LocalAuthServer::start(ServerConfig {
@@ -241,7 +214,7 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
         .unwrap();
     show("surf TokenMiddleware", format!("{surf_middleware:?}"), None);
 
-    texts.push(log.0.lock().unwrap().clone());
+    texts.push(captured_logs());
     let mut forbidden: Vec<String> = vec![
         SECRET.to_owned(),
         header

@@ -1,44 +1,13 @@
 //! The scenario table, run on the async surf adapter (blocking on async-std
 //! at the edge of each call, as a synchronous test must).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig};
 use token_keeper_surf::{AsyncTokenClient, ClientOptions, Error, TokenMiddleware};
-use token_keeper_testkit::scenarios::{Adapter, AdapterError, AdapterFactory, ErrorKind, Setup};
-
-struct CaptureLogger(Mutex<String>);
-
-impl log::Log for CaptureLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        // async-h1 (surf's h1 backend) logs whole requests, Authorization
-        // included, at TRACE: a documented caveat of that backend, not ours.
-        if record.target().starts_with("async_h1") {
-            return;
-        }
-        self.0.lock().unwrap().push_str(&format!(
-            "{} {} {}\n",
-            record.level(),
-            record.target(),
-            record.args()
-        ));
-    }
-    fn flush(&self) {}
-}
-
-fn logger() -> &'static CaptureLogger {
-    static LOGGER: OnceLock<&'static CaptureLogger> = OnceLock::new();
-    LOGGER.get_or_init(|| {
-        let logger: &'static CaptureLogger =
-            Box::leak(Box::new(CaptureLogger(Mutex::new(String::new()))));
-        let _ = log::set_logger(logger);
-        log::set_max_level(log::LevelFilter::Trace);
-        logger
-    })
-}
+use token_keeper_testkit::scenarios::{
+    captured_logs, Adapter, AdapterError, AdapterFactory, Setup,
+};
 
 struct SurfFactory;
 
@@ -47,46 +16,16 @@ struct SurfAdapter {
     api: surf::Client,
 }
 
-fn flatten(error: &Error) -> AdapterError {
-    let kind = match error {
-        Error::OAuth(_) => ErrorKind::OAuth,
-        Error::InvalidResponse(_) => ErrorKind::InvalidResponse,
-        Error::Transport(t) if t.kind() == token_keeper::TransportErrorKind::Timeout => {
-            ErrorKind::Timeout
-        }
-        Error::Transport(_) => ErrorKind::Transport,
-        Error::Unavailable { .. } => ErrorKind::Unavailable,
-        _ => ErrorKind::Other,
-    };
-    AdapterError {
-        kind,
-        oauth_code: match error {
-            Error::OAuth(e) => Some(e.code().to_owned()),
-            _ => None,
-        },
-        retry_in: match error {
-            Error::Unavailable { retry_in, .. } => Some(*retry_in),
-            _ => None,
-        },
-        text: format!("{error} {error:?}"),
-    }
-}
-
 fn flatten_surf(error: surf::Error) -> AdapterError {
     match error.downcast_ref::<Error>() {
-        Some(e) => flatten(e),
-        None => AdapterError {
-            kind: ErrorKind::Other,
-            oauth_code: None,
-            retry_in: None,
-            text: error.to_string(),
-        },
+        Some(e) => AdapterError::from_error(e),
+        None => AdapterError::other(error.to_string()),
     }
 }
 
 impl AdapterFactory for SurfFactory {
     fn build(&self, setup: Setup) -> Box<dyn Adapter> {
-        logger();
+        captured_logs();
         let options = ClientOptions {
             manager: ManagerConfig::default(),
             timeout: setup.timeout,
@@ -111,7 +50,7 @@ impl AdapterFactory for SurfFactory {
     }
 
     fn captured_logs(&self) -> String {
-        logger().0.lock().unwrap().clone()
+        captured_logs()
     }
 }
 
@@ -119,7 +58,7 @@ impl Adapter for SurfAdapter {
     fn header(&self) -> Result<String, AdapterError> {
         async_std::task::block_on(self.tokens.header("m2m"))
             .map(|h| h.to_str().unwrap().to_owned())
-            .map_err(|e| flatten(&e))
+            .map_err(|e| AdapterError::from_error(&e))
     }
 
     fn get(&self, url: &str) -> Result<u16, AdapterError> {
@@ -155,7 +94,8 @@ impl Adapter for SurfAdapter {
     }
 
     fn force_refresh(&self) -> Result<(), AdapterError> {
-        async_std::task::block_on(self.tokens.force_refresh("m2m")).map_err(|e| flatten(&e))
+        async_std::task::block_on(self.tokens.force_refresh("m2m"))
+            .map_err(|e| AdapterError::from_error(&e))
     }
 
     fn debug_text(&self) -> String {

@@ -1,35 +1,12 @@
 //! The scenario table, run on the blocking ureq adapter.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig};
-use token_keeper_testkit::scenarios::{Adapter, AdapterError, AdapterFactory, ErrorKind, Setup};
+use token_keeper_testkit::scenarios::{
+    captured_logs, Adapter, AdapterError, AdapterFactory, Setup,
+};
 use token_keeper_ureq::{ClientOptions, Error, TokenClient, TokenMiddleware};
-
-/// Captures every log record, so scenarios can look for leaked secrets.
-struct CaptureLogger(Mutex<String>);
-
-impl log::Log for CaptureLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        let mut text = self.0.lock().unwrap();
-        text.push_str(&format!("{} {}\n", record.level(), record.args()));
-    }
-    fn flush(&self) {}
-}
-
-fn logger() -> &'static CaptureLogger {
-    static LOGGER: OnceLock<&'static CaptureLogger> = OnceLock::new();
-    LOGGER.get_or_init(|| {
-        let logger: &'static CaptureLogger =
-            Box::leak(Box::new(CaptureLogger(Mutex::new(String::new()))));
-        let _ = log::set_logger(logger);
-        log::set_max_level(log::LevelFilter::Trace);
-        logger
-    })
-}
 
 struct UreqFactory;
 
@@ -38,54 +15,19 @@ struct UreqAdapter {
     agent: ureq::Agent,
 }
 
-fn flatten(error: &Error) -> AdapterError {
-    let kind = match error {
-        Error::OAuth(_) => ErrorKind::OAuth,
-        Error::InvalidResponse(_) => ErrorKind::InvalidResponse,
-        Error::Transport(t) if t.kind() == token_keeper::TransportErrorKind::Timeout => {
-            ErrorKind::Timeout
-        }
-        Error::Transport(_) => ErrorKind::Transport,
-        Error::Unavailable { .. } => ErrorKind::Unavailable,
-        _ => ErrorKind::Other,
-    };
-    AdapterError {
-        kind,
-        oauth_code: match error {
-            Error::OAuth(e) => Some(e.code().to_owned()),
-            _ => None,
-        },
-        retry_in: match error {
-            Error::Unavailable { retry_in, .. } => Some(*retry_in),
-            _ => None,
-        },
-        text: format!("{error} {error:?}"),
-    }
-}
-
 fn flatten_ureq(error: ureq::Error) -> AdapterError {
     match error {
         ureq::Error::Other(inner) => match inner.downcast::<Error>() {
-            Ok(e) => flatten(&e),
-            Err(other) => AdapterError {
-                kind: ErrorKind::Other,
-                oauth_code: None,
-                retry_in: None,
-                text: other.to_string(),
-            },
+            Ok(e) => AdapterError::from_error(&e),
+            Err(other) => AdapterError::other(other.to_string()),
         },
-        other => AdapterError {
-            kind: ErrorKind::Other,
-            oauth_code: None,
-            retry_in: None,
-            text: other.to_string(),
-        },
+        other => AdapterError::other(other.to_string()),
     }
 }
 
 impl AdapterFactory for UreqFactory {
     fn build(&self, setup: Setup) -> Box<dyn Adapter> {
-        logger();
+        captured_logs();
         let options = ClientOptions {
             manager: ManagerConfig::default(),
             timeout: setup.timeout,
@@ -111,7 +53,7 @@ impl AdapterFactory for UreqFactory {
     }
 
     fn captured_logs(&self) -> String {
-        logger().0.lock().unwrap().clone()
+        captured_logs()
     }
 }
 
@@ -120,7 +62,7 @@ impl Adapter for UreqAdapter {
         self.client
             .header("m2m")
             .map(|h| h.to_str().unwrap().to_owned())
-            .map_err(|e| flatten(&e))
+            .map_err(|e| AdapterError::from_error(&e))
     }
 
     fn get(&self, url: &str) -> Result<u16, AdapterError> {
@@ -163,7 +105,9 @@ impl Adapter for UreqAdapter {
     }
 
     fn force_refresh(&self) -> Result<(), AdapterError> {
-        self.client.force_refresh("m2m").map_err(|e| flatten(&e))
+        self.client
+            .force_refresh("m2m")
+            .map_err(|e| AdapterError::from_error(&e))
     }
 
     fn debug_text(&self) -> String {
