@@ -98,16 +98,18 @@ impl Drop for TimerGuard {
 /// completion with `async_io::block_on`), so they never occupy the caller's
 /// executor; the thread stops when the last clone is dropped.
 ///
-/// Token requests go through the surf [`Client`](surf::Client) given here
-/// (and, from the middleware, through the client the middleware is handed),
-/// so the application's choice of HTTP backend and TLS holds.
+/// Every token request (the middleware's too) goes through the surf
+/// [`Client`](surf::Client) given here, so the application's choice of HTTP
+/// backend and TLS holds; give it one with keep-alive off (see
+/// [`AsyncTokenClient::new`]).
 ///
 /// ```no_run
 /// use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
 /// use token_keeper_surf::AsyncTokenClient;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let tokens = AsyncTokenClient::new(surf::Client::new());
+/// let http: surf::Client = surf::Config::new().set_http_keep_alive(false).try_into()?;
+/// let tokens = AsyncTokenClient::new(http);
 /// tokens.add_client(
 ///     "m2m",
 ///     ClientConfig::new("https://auth.example.com/connect/token", "m2m",

@@ -11,7 +11,8 @@
 //! - [`TokenMiddleware`]: a surf `Middleware` with the same rules as the
 //!   blocking adapter's: configured origins only, the caller's
 //!   `Authorization` kept, and on 401 the core's compare-and-invalidate with
-//!   one retry of replayable requests (bodies buffered up to a limit).
+//!   one retry of replayable requests (bodies buffered up to a limit); DPoP
+//!   proofs and nonces for DPoP-bound tokens.
 //! - [`Error`]: the same error type as the blocking adapter.
 //!
 //! ## A word on async-std and surf
@@ -41,7 +42,8 @@
 //! use token_keeper_surf::{AsyncTokenClient, TokenMiddleware};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let tokens = AsyncTokenClient::new(surf::Client::new());
+//! let http: surf::Client = surf::Config::new().set_http_keep_alive(false).try_into()?;
+//! let tokens = AsyncTokenClient::new(http);
 //! tokens.add_client(
 //!     "m2m",
 //!     ClientConfig::new("https://auth.example.com/connect/token", "m2m",
