@@ -12,6 +12,8 @@
 //!   [`Registry::drain`], which empties the core's outputs after every input;
 //! - [`step()`]: one round of "ask the core for a header", turned into what the
 //!   adapter must do next (done, send this request, or wait for that one);
+//! - [`Engine`]: the core behind its lock, the timer thread, and the threads
+//!   that send token requests off the callers' path;
 //! - [`Routes`]: which origins get which client's tokens;
 //! - [`keys::PrivateKey`]: the default [`Signer`](token_keeper::jose::Signer)
 //!   for DPoP proofs and `private_key_jwt`, on `ring`.
@@ -20,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod registry;
@@ -27,6 +30,7 @@ pub mod routes;
 pub mod step;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{BlockingSend, Engine, EngineHandle};
 pub use error::Error;
 pub use registry::{random_seed, ClientStats, Registry, TokenInfo};
 pub use routes::{may_carry_body, Routes};

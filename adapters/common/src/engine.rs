@@ -1,0 +1,278 @@
+//! [`Engine`]: what an adapter runs around the core, whether its callers
+//! block or await: the core behind its lock, the timer thread that lets the
+//! core act at its deadlines, and the threads that send token requests off
+//! the callers' path.
+//!
+//! Adapters add only what differs: how a caller waits (a condition variable
+//! for threads, an event for tasks) and how a caller's own request is sent.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use token_keeper::{
+    Clock, KeyId, ManagerConfig, RequestId, TokenManager, TokenRequest, TransportError,
+};
+
+use crate::registry::Registry;
+
+/// Sends one token request and reads at most `max_body + 1` bytes of the
+/// answer, blocking the calling thread (a sender thread of the engine).
+pub type BlockingSend = dyn Fn(http::Request<Vec<u8>>, usize) -> Result<http::Response<Vec<u8>>, TransportError>
+    + Send
+    + Sync;
+
+/// The state shared by an adapter's clients, its timer thread and its sender threads.
+pub struct Engine {
+    core: Mutex<TokenManager>,
+    /// Signalled whenever the core's next deadline may have moved.
+    timers: Condvar,
+    /// Signalled whenever a token request ends: blocked callers re-ask the core.
+    flight_ended: Condvar,
+    /// Called whenever a token request ends, for waiters that are not threads.
+    on_flight_end: Box<dyn Fn() + Send + Sync>,
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+    stopping: AtomicBool,
+    request_deadline: Duration,
+    send: Box<BlockingSend>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running engine; cheap to clone. The timer thread stops (and is joined)
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub struct EngineHandle {
+    engine: Arc<Engine>,
+    _timer: Arc<TimerGuard>,
+}
+
+impl std::ops::Deref for EngineHandle {
+    type Target = Arc<Engine>;
+
+    fn deref(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.engine.fmt(f)
+    }
+}
+
+struct TimerGuard {
+    engine: Arc<Engine>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    _on_clock_jump: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Drop for TimerGuard {
+    fn drop(&mut self) {
+        self.engine.stopping.store(true, Ordering::SeqCst);
+        {
+            let _core = self.engine.lock_core();
+            self.engine.timers.notify_all();
+        }
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Engine {
+    /// Starts an engine: a core with `manager` limits and `seed`, reading
+    /// `clock`, sending background requests with `send`, and calling
+    /// `on_flight_end` whenever a request ends.
+    pub fn start(
+        manager: ManagerConfig,
+        seed: u64,
+        clock: Arc<dyn Clock>,
+        send: Box<BlockingSend>,
+        on_flight_end: Box<dyn Fn() + Send + Sync>,
+    ) -> EngineHandle {
+        let engine = Arc::new(Engine {
+            request_deadline: manager.request_timeout,
+            registry: Registry::new(manager.max_keys),
+            core: Mutex::new(TokenManager::new(manager, seed)),
+            timers: Condvar::new(),
+            flight_ended: Condvar::new(),
+            on_flight_end,
+            clock: Arc::clone(&clock),
+            stopping: AtomicBool::new(false),
+            send,
+        });
+        let for_thread = Arc::clone(&engine);
+        let thread = crate::spawn_running("token-keeper-timer", move || for_thread.run_timers())
+            .expect("spawning the token-keeper timer thread");
+        let for_jump = Arc::downgrade(&engine);
+        let on_clock_jump: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(engine) = for_jump.upgrade() {
+                let _core = engine.lock_core();
+                engine.timers.notify_all();
+                engine.flight_ended.notify_all();
+                (engine.on_flight_end)();
+            }
+        });
+        clock.subscribe(Arc::downgrade(&on_clock_jump));
+        EngineHandle {
+            _timer: Arc::new(TimerGuard {
+                engine: Arc::clone(&engine),
+                thread: Mutex::new(Some(thread)),
+                _on_clock_jump: on_clock_jump,
+            }),
+            engine,
+        }
+    }
+
+    /// The core. Never hold the guard across an `.await` or any I/O.
+    pub fn lock_core(&self) -> MutexGuard<'_, TokenManager> {
+        // A panic while holding the lock cannot leave the core in a state worse
+        // than losing its tokens; keep serving rather than poisoning every caller.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Names, snapshots, discovery results and counters.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The clock the engine reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// How long a token request may stay in flight.
+    pub fn request_deadline(&self) -> Duration {
+        self.request_deadline
+    }
+
+    /// Tells the timer thread that the core's next deadline may have moved.
+    pub fn notify_timers(&self) {
+        self.timers.notify_all();
+    }
+
+    /// Sends each request on a thread of its own, off every caller's path.
+    pub fn dispatch(self: &Arc<Self>, requests: Vec<TokenRequest>) {
+        for request in requests {
+            let engine = Arc::clone(self);
+            let id = request.id();
+            let spawned = std::thread::Builder::new()
+                .name("token-keeper-refresh".into())
+                .spawn(move || engine.send_blocking(request));
+            if let Err(error) = spawned {
+                let failure = TransportError::new(
+                    token_keeper::TransportErrorKind::Other,
+                    format!("could not start a thread for the token request: {error}"),
+                );
+                self.finish(id, Err(failure));
+            }
+        }
+    }
+
+    /// Sends `request` on this thread and feeds the outcome to the core.
+    pub fn send_blocking(self: &Arc<Self>, request: TokenRequest) {
+        let id = request.id();
+        let max_body = self.lock_core().config().max_response_body;
+        let outcome = (self.send)(request.into_request(), max_body);
+        self.finish(id, outcome);
+    }
+
+    /// Feeds a request's outcome to the core, wakes everyone who waits, and
+    /// sends whatever the core queued meanwhile.
+    pub fn finish(
+        self: &Arc<Self>,
+        id: RequestId,
+        outcome: Result<http::Response<Vec<u8>>, TransportError>,
+    ) {
+        let mut core = self.lock_core();
+        let now = self.clock.now();
+        // An answer the core no longer waits for (it gave up on the request) is dropped.
+        let _late = match outcome {
+            Ok(response) => core.handle_response(id, response, now),
+            Err(error) => core.handle_transport_error(id, error, now),
+        };
+        let requests = self.registry.drain(&mut core);
+        self.flight_ended.notify_all();
+        (self.on_flight_end)();
+        self.timers.notify_all();
+        drop(core);
+        self.dispatch(requests);
+    }
+
+    /// Blocks until some token request ends, at most the request deadline,
+    /// after which the core gives up on the request `key` is waiting for.
+    pub fn wait_for_flight<'a>(
+        self: &'a Arc<Self>,
+        core: MutexGuard<'a, TokenManager>,
+    ) -> MutexGuard<'a, TokenManager> {
+        let (core, timeout) = self
+            .flight_ended
+            .wait_timeout(core, self.request_deadline)
+            .unwrap_or_else(|e| e.into_inner());
+        if !timeout.timed_out() {
+            return core;
+        }
+        drop(core);
+        self.give_up_overdue();
+        self.lock_core()
+    }
+
+    /// For a waiter whose wait for request `id` of `key` reached the request
+    /// deadline: if it is still in flight, lets the core give up on it.
+    pub fn give_up_if_still_in_flight(self: &Arc<Self>, key: KeyId, id: RequestId) {
+        if self.lock_core().in_flight(key) == Some(id) {
+            self.give_up_overdue();
+        }
+    }
+
+    fn give_up_overdue(self: &Arc<Self>) {
+        let mut core = self.lock_core();
+        core.handle_timeout(self.clock.now());
+        let requests = self.registry.drain(&mut core);
+        self.flight_ended.notify_all();
+        (self.on_flight_end)();
+        drop(core);
+        self.dispatch(requests);
+    }
+
+    /// The timer thread: sleeps until the core's next deadline, then lets the
+    /// core act (refresh ahead, end backoffs, give up on lost requests).
+    fn run_timers(self: &Arc<Self>) {
+        let mut core = self.lock_core();
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = self.clock.now();
+            let wait = match core.poll_timeout() {
+                Some((deadline, _)) if deadline <= now.monotonic() => {
+                    core.handle_timeout(now);
+                    let requests = self.registry.drain(&mut core);
+                    self.flight_ended.notify_all();
+                    (self.on_flight_end)();
+                    drop(core);
+                    self.dispatch(requests);
+                    core = self.lock_core();
+                    continue;
+                }
+                Some((deadline, _)) => deadline.saturating_duration_since(now.monotonic()),
+                None => Duration::from_secs(3600),
+            };
+            core = self
+                .timers
+                .wait_timeout(core, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
