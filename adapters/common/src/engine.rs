@@ -12,8 +12,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use token_keeper::{
-    Clock, KeyId, ManagerConfig, RequestId, TokenManager, TokenRequest, TransportError,
+    ClientConfig, Clock, KeyId, KeyOverrides, ManagerConfig, RequestId, ResourceOutcome,
+    ResourceResponse, TokenManager, TokenRequest, TransportError,
 };
+
+use crate::error::Error;
 
 use crate::registry::Registry;
 
@@ -154,6 +157,66 @@ impl Engine {
     /// How long a token request may stay in flight.
     pub fn request_deadline(&self) -> Duration {
         self.request_deadline
+    }
+
+    /// Registers a named client.
+    pub fn add_client(&self, name: &str, config: ClientConfig) -> Result<(), Error> {
+        let mut core = self.lock_core();
+        self.registry.add_client(&mut core, name, config)
+    }
+
+    /// The key of a named client's request changed by per-call overrides.
+    pub fn key_with(&self, name: &str, overrides: &KeyOverrides) -> Result<KeyId, Error> {
+        let (handle, _) = self.registry.lookup(name)?;
+        Ok(self.lock_core().key(handle, overrides)?)
+    }
+
+    /// Whether the named client binds its tokens with DPoP.
+    pub fn uses_dpop(&self, name: &str) -> Result<bool, Error> {
+        let (handle, _) = self.registry.lookup(name)?;
+        Ok(self
+            .lock_core()
+            .client_config(handle)
+            .dpop_signer()
+            .is_some())
+    }
+
+    /// Drops the named client's cached token; the next call fetches a new one.
+    pub fn invalidate(self: &Arc<Self>, name: &str) -> Result<(), Error> {
+        let (_, key) = self.registry.lookup(name)?;
+        let mut core = self.lock_core();
+        core.invalidate(key, self.clock.now());
+        let requests = self.registry.drain(&mut core);
+        drop(core);
+        self.dispatch(requests);
+        Ok(())
+    }
+
+    /// Reports a protected resource's response to a request that carried
+    /// `sent` for `key` to `uri`, and says whether to retry it (see
+    /// [`TokenManager::handle_resource_response`]).
+    pub fn handle_resource_response(
+        self: &Arc<Self>,
+        key: KeyId,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        sent: &http::HeaderValue,
+        uri: &http::Uri,
+        attempt: u32,
+    ) -> ResourceOutcome {
+        let response = ResourceResponse {
+            status,
+            headers,
+            sent_authorization: Some(sent),
+            uri: Some(uri),
+            attempt,
+        };
+        let mut core = self.lock_core();
+        let outcome = core.handle_resource_response(key, &response, self.clock.now());
+        let requests = self.registry.drain(&mut core);
+        drop(core);
+        self.dispatch(requests);
+        outcome
     }
 
     /// Tells the timer thread that the core's next deadline may have moved.

@@ -9,7 +9,6 @@ use http::{HeaderValue, Method, Uri};
 use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
 use token_keeper::{
     Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, RequestId, ResourceOutcome,
-    ResourceResponse,
 };
 use token_keeper_common::{
     random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats, Clock, Engine,
@@ -158,8 +157,7 @@ impl AsyncTokenClient {
 
     /// Registers a named client.
     pub fn add_client(&self, name: &str, config: ClientConfig) -> Result<(), Error> {
-        let mut core = self.engine.lock_core();
-        self.engine.registry().add_client(&mut core, name, config)
+        self.engine.add_client(name, config)
     }
 
     /// The metadata of the authorization server at `issuer`
@@ -198,8 +196,7 @@ impl AsyncTokenClient {
 
     /// The key of a named client's request changed by per-call overrides.
     pub fn key_with(&self, name: &str, overrides: &KeyOverrides) -> Result<KeyId, Error> {
-        let (handle, _) = self.engine.registry().lookup(name)?;
-        Ok(self.engine.lock_core().key(handle, overrides)?)
+        self.engine.key_with(name, overrides)
     }
 
     /// The `Authorization` header value for the named client: the cached
@@ -287,14 +284,7 @@ impl AsyncTokenClient {
 
     /// Drops the named client's cached token; the next call fetches a new one.
     pub fn invalidate(&self, name: &str) -> Result<(), Error> {
-        let (_, key) = self.engine.registry().lookup(name)?;
-        let requests = {
-            let mut core = self.engine.lock_core();
-            core.invalidate(key, self.engine.clock().now());
-            self.engine.registry().drain(&mut core)
-        };
-        self.engine.dispatch(requests);
-        Ok(())
+        self.engine.invalidate(name)
     }
 
     /// The headers for a request about to be sent with `method` to `uri`:
@@ -330,20 +320,8 @@ impl AsyncTokenClient {
         uri: &Uri,
         attempt: u32,
     ) -> ResourceOutcome {
-        let (outcome, requests) = {
-            let mut core = self.engine.lock_core();
-            let response = ResourceResponse {
-                status,
-                headers,
-                sent_authorization: Some(sent),
-                uri: Some(uri),
-                attempt,
-            };
-            let outcome = core.handle_resource_response(key, &response, self.engine.clock().now());
-            (outcome, self.engine.registry().drain(&mut core))
-        };
-        self.engine.dispatch(requests);
-        outcome
+        self.engine
+            .handle_resource_response(key, status, headers, sent, uri, attempt)
     }
 
     /// What the client has done so far.

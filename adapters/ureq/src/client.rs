@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Uri};
 use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
-use token_keeper::{
-    Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ResourceOutcome, ResourceResponse,
-};
+use token_keeper::{Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ResourceOutcome};
 use token_keeper_common::{
     random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats, Engine,
     EngineHandle, Step, TokenInfo,
@@ -125,8 +123,7 @@ impl TokenClient {
 
     /// Registers a named client.
     pub fn add_client(&self, name: &str, config: ClientConfig) -> Result<(), Error> {
-        let mut core = self.engine.lock_core();
-        self.engine.registry().add_client(&mut core, name, config)
+        self.engine.add_client(name, config)
     }
 
     /// The metadata of the authorization server at `issuer`
@@ -161,8 +158,7 @@ impl TokenClient {
     /// The key of a named client's request changed by per-call overrides
     /// (another scope, resource or parameter): a separate cached token.
     pub fn key_with(&self, name: &str, overrides: &KeyOverrides) -> Result<KeyId, Error> {
-        let (handle, _) = self.engine.registry().lookup(name)?;
-        Ok(self.engine.lock_core().key(handle, overrides)?)
+        self.engine.key_with(name, overrides)
     }
 
     /// The `Authorization` header value for the named client: the cached
@@ -258,13 +254,7 @@ impl TokenClient {
 
     /// Drops the named client's cached token; the next call fetches a new one.
     pub fn invalidate(&self, name: &str) -> Result<(), Error> {
-        let (_, key) = self.engine.registry().lookup(name)?;
-        let mut core = self.engine.lock_core();
-        core.invalidate(key, self.engine.clock().now());
-        let requests = self.engine.registry().drain(&mut core);
-        drop(core);
-        self.engine.dispatch(requests);
-        Ok(())
+        self.engine.invalidate(name)
     }
 
     /// The headers for a request about to be sent with `method` to `uri`:
@@ -289,13 +279,7 @@ impl TokenClient {
 
     /// Whether the named client binds its tokens with DPoP.
     pub fn uses_dpop(&self, name: &str) -> Result<bool, Error> {
-        let (handle, _) = self.engine.registry().lookup(name)?;
-        Ok(self
-            .engine
-            .lock_core()
-            .client_config(handle)
-            .dpop_signer()
-            .is_some())
+        self.engine.uses_dpop(name)
     }
 
     /// Reports a protected resource's response to a request that carried
@@ -310,19 +294,8 @@ impl TokenClient {
         uri: &Uri,
         attempt: u32,
     ) -> ResourceOutcome {
-        let mut core = self.engine.lock_core();
-        let response = ResourceResponse {
-            status,
-            headers,
-            sent_authorization: Some(sent),
-            uri: Some(uri),
-            attempt,
-        };
-        let outcome = core.handle_resource_response(key, &response, self.engine.clock().now());
-        let requests = self.engine.registry().drain(&mut core);
-        drop(core);
-        self.engine.dispatch(requests);
-        outcome
+        self.engine
+            .handle_resource_response(key, status, headers, sent, uri, attempt)
     }
 
     /// What the client has done so far.
