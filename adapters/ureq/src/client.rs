@@ -284,7 +284,7 @@ impl TokenClient {
 
     /// Reports a protected resource's response to a request that carried
     /// `sent` for `key`, and says whether to retry it (see
-    /// [`TokenManager::handle_resource_response`]).
+    /// [`TokenManager::handle_resource_response`](token_keeper::TokenManager::handle_resource_response)).
     pub fn handle_resource_response(
         &self,
         key: KeyId,
