@@ -137,6 +137,7 @@ impl Discovery {
             .map_err(|_| ConfigError::new("issuer is not a valid URL"))?;
         let host = uri
             .host()
+            .filter(|h| !h.is_empty())
             .ok_or_else(|| ConfigError::new("issuer has no host"))?;
         match uri.scheme_str() {
             Some("https") => {}
@@ -247,7 +248,7 @@ pub fn parse_metadata(
         .parse()
         .map_err(|_| DiscoveryError::InvalidTokenEndpoint("is not a valid URL"))?;
     let secure = match (uri.scheme_str(), uri.host()) {
-        (Some("https"), Some(_)) => true,
+        (Some("https"), Some(host)) => !host.is_empty(),
         (Some("http"), Some(host)) => is_loopback_host(host),
         _ => false,
     };
@@ -312,6 +313,7 @@ mod tests {
         assert!(Discovery::new("http://as.example").is_err());
         assert!(Discovery::new("https://as.example/?x=1").is_err());
         assert!(Discovery::new("nope").is_err());
+        assert!(Discovery::new("https://:443").is_err(), "an empty host");
     }
 
     #[test]
@@ -341,6 +343,22 @@ mod tests {
             d.handle_response(&respond(500, "")),
             DiscoveryStep::Failed(DiscoveryError::Status(StatusCode::INTERNAL_SERVER_ERROR))
         ));
+    }
+
+    #[test]
+    fn an_empty_host_is_no_token_endpoint() {
+        // The fuzzer's find: `http::Uri` parses `https://:443/token` with an empty host.
+        for endpoint in ["https://:443/token", r"https:/\u002f:x/token"] {
+            let body =
+                format!(r#"{{"issuer":"https://as.example","token_endpoint":"{endpoint}"}}"#);
+            assert!(
+                matches!(
+                    parse_metadata(body.as_bytes(), "https://as.example"),
+                    Err(DiscoveryError::InvalidTokenEndpoint(_))
+                ),
+                "{endpoint}"
+            );
+        }
     }
 
     #[test]

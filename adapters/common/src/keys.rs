@@ -372,12 +372,21 @@ impl PrivateKey {
         }
         let public = PublicJwk::new(&members)
             .map_err(|e| KeyError::new(format!("cannot build the public JWK: {}", e.0)))?;
-        Ok(PrivateKey {
+        let key = PrivateKey {
             alg,
             pair,
             public,
             rng,
-        })
+        };
+        // ring checks an RSA key's CRT members (dp, dq, qi) only loosely when
+        // loading, and then refuses to sign with a key whose members do not
+        // match: find out now, at configuration time, not at the first request.
+        if matches!(key.pair, Pair::Rsa(..)) && key.sign(b"token-keeper key check").is_err() {
+            return Err(KeyError::new(
+                "the RSA key's CRT members (dp, dq, qi) do not match its primes; the key is corrupt",
+            ));
+        }
+        Ok(key)
     }
 }
 
@@ -1855,5 +1864,16 @@ t9C5Es5XiCAdbT2D1jB4YCw=
         assert_eq!(oid_text(OID_RSA), "1.2.840.113549.1.1.1");
         assert_eq!(oid_text(OID_P256), "1.2.840.10045.3.1.7");
         assert_eq!(oid_text(OID_ED25519), "1.3.101.112");
+    }
+
+    #[test]
+    fn a_corrupt_rsa_key_is_refused_when_loaded() {
+        // The fuzzer's find: ring loads a key whose dp does not match its primes,
+        // then fails every signature. One character of dp changed:
+        let corrupt = RSA_JWK.replace("\"dp\": \"sidi6", "\"dp\": \"tidi6");
+        assert_ne!(corrupt, RSA_JWK);
+        let error = PrivateKey::from_jwk(&corrupt, None).unwrap_err();
+        assert!(error.message().contains("CRT"), "{error}");
+        assert!(PrivateKey::from_jwk(RSA_JWK, None).is_ok());
     }
 }
