@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Writes the seed corpora in fuzz/corpus/ and fuzz/regressions/manager_sequence/.
 
+The jwk_input seeds include the TEST KEYS of adapters/common/src/keys.rs, read
+from that file.
+
 Run it again after changing the input layout of a target (for
 manager_sequence: the order or fields of `Op` and the enums under it), since
 its seeds are `arbitrary`-encoded bytes and change meaning with the layout.
@@ -320,6 +323,122 @@ def ops(sequence):
     return b"".join(b"\x01" + op for op in sequence)
 
 
+# --- dpop_nonce: first byte picks the URI (bits 0-1) and lifetime (bits 2-3), ----
+# --- the rest is DPoP-Nonce field values separated by "\n". -------------------
+DPOP_NONCE = {
+    # RFC 9449 §8 example nonce.
+    "rfc9449_example": b"\x00eyJ7S_zG.eyJH0-Z.HX4w-7v",
+    # What panva's oidc-provider sends: 43 base64url characters.
+    "oidc_provider": b"\x01" + b64url(bytes(range(32))).encode(),
+    "padded_with_spaces": b"\x02  8c1a4f0e-6b2d-4b1c-9f1e-3c2a7d5e9b10\t ",
+    "quote_refused": b"\x03abc\"def",
+    "backslash_refused": b"\x04abc\\def",
+    "too_long_513": b"\x05" + b"n" * 513,
+    "longest_512": b"\x06" + b"n" * 512,
+    "second_field_ignored": b"\x07\nsecond-nonce",
+    "two_fields": b"\x08first-nonce\nsecond-nonce",
+    "zero_lifetime": b"\x09short-lived",
+    "max_lifetime": b"\x0ceternal",
+    "obs_text": b"\x03caf\xc3\xa9",
+}
+
+# --- discovery_document: first byte = status (bits 0-3, 0-3 are 200), issuer ----
+# --- (bit 6: 0 https://auth.example.com, 1 https://login.example.com/tenant/a), --
+# --- fallback after a 404 (bit 7); the rest is the body. ----------------------
+def discovery(issuer, **extra):
+    doc = {
+        "authorization_endpoint": issuer + "/auth",
+        "claims_parameter_supported": False,
+        "claims_supported": ["sub", "sid", "auth_time", "iss"],
+        "code_challenge_methods_supported": ["S256"],
+        "end_session_endpoint": issuer + "/session/end",
+        "grant_types_supported": ["implicit", "authorization_code", "refresh_token", "client_credentials"],
+        "issuer": issuer,
+        "jwks_uri": issuer + "/jwks",
+        "authorization_response_iss_parameter_supported": True,
+        "response_modes_supported": ["form_post", "fragment", "query"],
+        "response_types_supported": ["code id_token", "code", "id_token", "none"],
+        "scopes_supported": ["openid", "offline_access", "api:read"],
+        "subject_types_supported": ["public"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_jwt", "client_secret_post", "private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["HS256", "RS256", "PS256", "ES256", "EdDSA"],
+        "token_endpoint": issuer + "/token",
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "pushed_authorization_request_endpoint": issuer + "/request",
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "claim_types_supported": ["normal"],
+        "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "PS256", "RS256"],
+    }
+    doc.update(extra)
+    return json.dumps(doc, indent=2).encode()
+
+
+AUTH = "https://auth.example.com"
+TENANT = "https://login.example.com/tenant/a"
+DISCOVERY_DOCUMENT = {
+    # panva's oidc-provider openid-configuration (its default routes).
+    "oidc_provider": b"\x00" + discovery(AUTH),
+    "oidc_provider_tenant": b"\x40" + discovery(TENANT),
+    # RFC 8414 §3.2 style, served at the fallback location after a 404.
+    "rfc8414_fallback": b"\x80" + compact({
+        "issuer": AUTH, "token_endpoint": AUTH + "/token",
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+        "scopes_supported": ["openid", "profile", "email"], "response_types_supported": ["code", "code token"],
+        "service_documentation": "http://server.example.com/service_documentation.html",
+        "ui_locales_supported": ["en-US", "en-GB", "en-CA", "fr-FR", "fr-CA"]}),
+    "loopback_http_endpoint": b"\x01" + compact({"issuer": AUTH, "token_endpoint": "http://127.0.0.1:3000/token"}),
+    "localhost_ipv6_endpoint": b"\x02" + compact({"issuer": AUTH, "token_endpoint": "http://[::1]:3000/token"}),
+    "insecure_endpoint": b"\x03" + compact({"issuer": AUTH, "token_endpoint": "http://auth.example.com/token"}),
+    "issuer_trailing_slash": b"\x00" + compact({"issuer": AUTH + "/", "token_endpoint": AUTH + "/token"}),
+    "issuer_other": b"\x00" + compact({"issuer": "https://evil.example\r\nX: " + "A" * 300, "token_endpoint": AUTH + "/token"}),
+    "endpoint_not_string": b"\x00" + compact({"issuer": AUTH, "token_endpoint": ["https://a/token"]}),
+    "duplicate_issuer": b"\x00" + b'{"issuer":"https://evil.example","issuer":"https://auth.example.com","token_endpoint":"https://auth.example.com/token"}',
+    "not_found_then_fallback_404": b"\x88",
+    "html_500": b"\x0c<html><body><h1>502 Bad Gateway</h1></body></html>",
+    "created_201": b"\x04" + compact({"issuer": AUTH, "token_endpoint": AUTH + "/token", "dpop_signing_alg_values_supported": "ES256"}),
+}
+
+# --- jwk_input: the bytes are a JWK (JSON) or PEM text. ------------------------
+# RFC 7517 appendix A.1/A.2/A.3 and RFC 8037 appendix A.1/A.2 examples, the
+# RFC 7638 example, and the TEST KEYS of adapters/common/src/keys.rs (read from
+# there, so they stay the same keys).
+def keys_fixture(name):
+    source = open(os.path.join(ROOT, "..", "adapters", "common", "src", "keys.rs")).read()
+    start = source.index("const %s: &str = " % name)
+    rest = source[start:].split("= ", 1)[1]
+    if rest.startswith('r#"'):
+        return rest[3:rest.index('"#')].encode()
+    return rest[1:rest.index('";')].encode()
+
+
+RFC7517_EC = {"kty": "EC", "crv": "P-256", "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+              "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM", "use": "enc", "kid": "1"}
+RFC8037_ED = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+JWK_INPUT = {
+    "rfc7517_a1_ec_public": compact(RFC7517_EC),
+    "rfc7517_a2_ec_private_enc": compact(dict(RFC7517_EC, d="870MB6gfuTJ4HtUnUvYMyJpr5eUZNP4Bk43bVdj3eAE")),
+    "rfc7517_a2_ec_private_sig": compact(dict(RFC7517_EC, use="sig", d="870MB6gfuTJ4HtUnUvYMyJpr5eUZNP4Bk43bVdj3eAE")),
+    "rfc7517_a3_oct": compact({"kty": "oct", "alg": "A128KW", "k": "GawgguFyGrWKav7AX4VKUg"}),
+    "rfc8037_a2_ed25519_public": compact(RFC8037_ED),
+    "rfc8037_a1_ed25519_private": compact(dict(RFC8037_ED, d="nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")),
+    "rfc7638_rsa_public": json.dumps({
+        "kty": "RSA", "e": "AQAB", "alg": "RS256", "kid": "2011-04-29",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"}).encode(),
+    "jwk_set": compact({"keys": [RFC7517_EC]}),
+    "test_ec_jwk_es256": keys_fixture("EC_JWK").replace(b'"kty"', b'"alg": "ES256", "kty"'),
+    "test_ed_jwk": keys_fixture("ED_JWK"),
+    "test_rsa_jwk_ps256": keys_fixture("RSA_JWK").replace(b'"kty"', b'"alg": "PS256", "use": "sig", "kty"'),
+    "test_ec_pem": keys_fixture("EC_PEM"),
+    "test_ed_pem_bag_attributes": b"Bag Attributes\n    friendlyName: key\n" + keys_fixture("ED_PEM"),
+    "test_rsa_pem": keys_fixture("RSA_PEM"),
+    "test_ec_sec1_pem": keys_fixture("EC_SEC1_PEM"),
+    "test_p384_pem": keys_fixture("P384_PEM"),
+}
+
+
 def main():
     for name, data in TOKEN_RESPONSE.items():
         write("corpus", "token_response", name, data)
@@ -329,6 +448,12 @@ def main():
         write("corpus", "retry_after", name, data)
     for name, sequence in MANAGER_SEQUENCE.items():
         write("corpus", "manager_sequence", name, ops(sequence))
+    for name, data in DPOP_NONCE.items():
+        write("corpus", "dpop_nonce", name, data)
+    for name, data in DISCOVERY_DOCUMENT.items():
+        write("corpus", "discovery_document", name, data)
+    for name, data in JWK_INPUT.items():
+        write("corpus", "jwk_input", name, data)
     for name, sequence in MANAGER_REGRESSIONS.items():
         write("regressions", "manager_sequence", name, ops(sequence))
 
