@@ -209,15 +209,6 @@ impl AsyncTokenClient {
 
     /// The `Authorization` header value for a key.
     pub async fn header_for(&self, key: KeyId) -> Result<HeaderValue, Error> {
-        self.header_via(key, &self.io.http).await
-    }
-
-    /// The header for a key, sending any token request this caller must make through `via`.
-    pub(crate) async fn header_via(
-        &self,
-        key: KeyId,
-        via: &surf::Client,
-    ) -> Result<HeaderValue, Error> {
         let now = self.engine.clock().monotonic();
         if let Some(header) = self
             .engine
@@ -226,7 +217,7 @@ impl AsyncTokenClient {
         {
             return Ok(header);
         }
-        self.acquire(key, None, |a| a.header().clone(), via).await
+        self.acquire(key, None, |a| a.header().clone()).await
     }
 
     /// Calls `f` with the named client's header without copying or
@@ -247,15 +238,14 @@ impl AsyncTokenClient {
         }
         let (_, key) = self.engine.registry().lookup(name)?;
         let f = f.take().expect("not called on the fast path");
-        self.acquire(key, None, |a| f(a.header()), &self.io.http)
-            .await
+        self.acquire(key, None, |a| f(a.header())).await
     }
 
     /// The named client's token with its remaining lifetime and scope, fetching one if needed.
     pub async fn token(&self, name: &str) -> Result<TokenInfo, Error> {
         let (_, key) = self.engine.registry().lookup(name)?;
         loop {
-            self.acquire(key, None, |_| (), &self.io.http).await?;
+            self.acquire(key, None, |_| ()).await?;
             let core = self.engine.lock_core();
             if let Some(info) = TokenInfo::of(&core, key, self.engine.clock().now()) {
                 return Ok(info);
@@ -279,7 +269,7 @@ impl AsyncTokenClient {
         self.engine.dispatch(requests);
         let id = started?;
         self.wait_for(key, id).await;
-        self.acquire(key, None, |_| (), &self.io.http).await
+        self.acquire(key, None, |_| ()).await
     }
 
     /// Drops the named client's cached token; the next call fetches a new one.
@@ -289,13 +279,13 @@ impl AsyncTokenClient {
 
     /// The headers for a request about to be sent with `method` to `uri`:
     /// `Authorization`, and for a DPoP-bound token a fresh `DPoP` proof for
-    /// exactly this request. Any token request this needs goes through `via`.
+    /// exactly this request. Any token request this needs goes through the
+    /// client's own surf client.
     pub async fn authorize_request(
         &self,
         key: KeyId,
         method: &Method,
         uri: &Uri,
-        via: &surf::Client,
     ) -> Result<Authorized, Error> {
         let now = self.engine.clock().monotonic();
         let fast = self.engine.registry().with_fresh(key, now, |s| Authorized {
@@ -305,7 +295,7 @@ impl AsyncTokenClient {
         if let Some(authorized) = fast {
             return Ok(authorized);
         }
-        self.acquire(key, Some((method, uri)), Authorized::from_attach, via)
+        self.acquire(key, Some((method, uri)), Authorized::from_attach)
             .await?
     }
 
@@ -343,7 +333,6 @@ impl AsyncTokenClient {
         key: KeyId,
         request: Option<(&Method, &Uri)>,
         f: impl FnOnce(&Attach<'_>) -> R,
-        via: &surf::Client,
     ) -> Result<R, Error> {
         let engine = &*self.engine;
         let mut waited = false;
@@ -372,8 +361,13 @@ impl AsyncTokenClient {
                     engine.dispatch(others);
                     let id = own.id();
                     let max_body = engine.lock_core().config().max_response_body;
-                    let outcome =
-                        transport::send(via, own.into_request(), max_body, self.io.timeout).await;
+                    let outcome = transport::send(
+                        &self.io.http,
+                        own.into_request(),
+                        max_body,
+                        self.io.timeout,
+                    )
+                    .await;
                     engine.finish(id, outcome);
                 }
                 Step::Wait { id, others } => {

@@ -137,7 +137,7 @@ impl Middleware for TokenMiddleware {
             .map_err(|_| invalid("method"))?;
         let auth = self
             .client
-            .authorize_request(key, &method, &uri, self.client.http_client())
+            .authorize_request(key, &method, &uri)
             .await
             .map_err(surf_error)?;
         set_headers(&mut request, &auth)?;
@@ -202,7 +202,7 @@ impl Middleware for TokenMiddleware {
         // token (after an invalidation) or a new proof (after a nonce).
         let auth = self
             .client
-            .authorize_request(key, &method, &uri, self.client.http_client())
+            .authorize_request(key, &method, &uri)
             .await
             .map_err(surf_error)?;
         set_headers(&mut retry, &auth)?;
