@@ -16,7 +16,9 @@
 //!   that send token requests off the callers' path;
 //! - [`Routes`]: which origins get which client's tokens;
 //! - [`keys::PrivateKey`]: the default [`Signer`](token_keeper::jose::Signer)
-//!   for DPoP proofs and `private_key_jwt`, on `ring`.
+//!   for DPoP proofs and `private_key_jwt`, on `ring`;
+//! - [`http1::ResponseReader`]: a bounded, sans-IO HTTP/1.1 response reader,
+//!   for a driver that reads token-endpoint answers on its own connection.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -24,6 +26,7 @@
 pub mod clock;
 pub mod engine;
 pub mod error;
+pub mod http1;
 pub mod keys;
 pub mod registry;
 pub mod routes;
