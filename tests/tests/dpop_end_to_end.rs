@@ -232,7 +232,7 @@ impl Client {
             }
             Adapter::Surf => {
                 let tokens = token_keeper_surf::AsyncTokenClient::with_options(
-                    token_http(),
+                    token_keeper_surf::DirectHttp::new(),
                     token_keeper_surf::ClientOptions {
                         manager: ManagerConfig::default(),
                         timeout,
@@ -1288,12 +1288,4 @@ fn ureq_agent_with_default_status_errors_keeps_api_nonces() {
         1,
         "a nonce demand does not cost the token"
     );
-}
-
-/// A surf client for token requests: keep-alive off, as `AsyncTokenClient::new` asks.
-fn token_http() -> surf::Client {
-    surf::Config::new()
-        .set_http_keep_alive(false)
-        .try_into()
-        .expect("a surf client")
 }

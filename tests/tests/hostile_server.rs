@@ -25,27 +25,39 @@
 //!
 //! `HOSTILE_DEBUG=1` prints each first outcome and token-keeper's log lines.
 //!
+//! # Three columns
+//!
+//! Every case runs on the blocking client (`ureq_adapter`), on the async
+//! client with its recommended transport `DirectHttp` (`surf_adapter`), and on
+//! the async client sending token requests through a surf client of the
+//! application's, async-h1 with keep-alive off (`surf_backend`).
+//!
 //! # Known bugs (the `#[ignore]`d tests; `-- --ignored` reproduces them)
 //!
-//! - **surf-head-bomb**: async-h1 reads a header line with `read_until(b'\n')`
-//!   and checks its 8 KiB limit only after the line ends: an endless header
-//!   line is buffered without bound until the adapter's timeout.
-//! - **surf-close-delimited**: async-h1 reads a response without
+//! All in the `surf_backend` column, all async-h1's (surf's `h1-client`), and
+//! the reason `DirectHttp` exists:
+//!
+//! - **async-h1-head-bomb**: async-h1 reads a header line with
+//!   `read_until(b'\n')` and checks its 8 KiB limit only after the line ends:
+//!   an endless header line is buffered without bound until the adapter's
+//!   timeout.
+//! - **async-h1-close-delimited**: async-h1 reads a response without
 //!   `Content-Length` or chunking as an empty body (RFC 9112 §6.3: until close).
-//! - **surf-1xx**: a `100 Continue` is taken for the final response.
-//! - **surf-kind**: a refused connection is `Transport(Other)` (http-client's
-//!   pool turns the `io::Error` into a string), and a connection closed
-//!   without an answer is `Transport(Other)`, where `Connect` and `Io` are due.
+//! - **async-h1-1xx**: a `100 Continue` is taken for the final response.
+//! - **async-h1-kind**: a connection closed without an answer is
+//!   `Transport(Other)`, where `Io` is due.
 //!
 //! Fixed since (their tests run again): **surf-pool** (a token request after
 //! a cancelled or cut-off exchange rode the poisoned pooled connection, and a
 //! late answer could be taken for another key's: token requests now go
-//! through the token client's own keep-alive-free surf client, as
-//! `AsyncTokenClient::new` asks), **surf-truncated** (a body cut short of its
-//! `Content-Length` is now a transport `Io` error), **ureq-timeout-kind** (a timeout while
-//! reading the body arrived as an `io::Error` wrapping `ureq::Error::Timeout`
-//! and was reported as `Io`) and **core-html-echo** (an HTML-escaped echo of
-//! the secret survived in an excerpt).
+//! through the token client's own transport, `DirectHttp` or a keep-alive-free
+//! surf client, as `AsyncTokenClient::new` asks), **surf-truncated** (a body
+//! cut short of its `Content-Length` is now a transport `Io` error),
+//! **surf-kind** for refused connections (now `Connect` in both surf
+//! columns), **ureq-timeout-kind** (a timeout while reading the body arrived
+//! as an `io::Error` wrapping `ureq::Error::Timeout` and was reported as `Io`)
+//! and **core-html-echo** (an HTML-escaped echo of the secret survived in an
+//! excerpt).
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -992,7 +1004,12 @@ fn token_body_of_len(len: usize) -> Reply {
 #[derive(Clone, Copy, Debug)]
 enum Adapter {
     Ureq,
+    /// The async client with its recommended transport, `DirectHttp`.
     Surf,
+    /// The async client sending token requests through a surf client
+    /// (async-h1, keep-alive off): the route for applications that want their
+    /// own backend, with that backend's limits.
+    SurfBackend,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1084,9 +1101,13 @@ fn build(adapter: Adapter, token_url: &str, clock: &ManualClock, setup: &Setup) 
             client.add_client("other", other).unwrap();
             Arc::new(UreqTokens(client))
         }
-        Adapter::Surf => {
+        Adapter::Surf | Adapter::SurfBackend => {
+            let transport: token_keeper_surf::TokenTransport = match adapter {
+                Adapter::SurfBackend => token_http().into(),
+                _ => token_keeper_surf::DirectHttp::new().into(),
+            };
             let client = token_keeper_surf::AsyncTokenClient::with_options(
-                token_http(),
+                transport,
                 token_keeper_surf::ClientOptions {
                     manager,
                     timeout: TIMEOUT,
@@ -1417,16 +1438,18 @@ fn personalize(reply: Reply) -> Reply {
     }
 }
 
-/// The table: `name => case;` runs the case on both adapters. A case that
-/// an adapter fails because of a known bug (listed in the module
-/// documentation) carries `[ureq_bug = "..."]` or `[surf_bug = "..."]`:
-/// that adapter's test is `#[ignore]`d with the reason, and
+/// The table: `name => case;` runs the case in all three columns. A case
+/// that a column fails because of a known bug (listed in the module
+/// documentation) carries `[ureq_bug = "..."]`, `[surf_bug = "..."]` or
+/// `[surf_backend_bug = "..."]`: that column's test is `#[ignore]`d with the
+/// reason, and
 /// `cargo test --test hostile_server -- --ignored` reproduces it.
 macro_rules! hostile_cases {
     ($(
         $name:ident
             $([ureq_bug = $ureq_bug:literal])?
             $([surf_bug = $surf_bug:literal])?
+            $([surf_backend_bug = $surf_backend_bug:literal])?
             => $case:expr;
     )*) => {
         mod ureq_adapter {
@@ -1448,6 +1471,17 @@ macro_rules! hostile_cases {
                 $(#[ignore = $surf_bug])?
                 fn $name() {
                     run(Adapter::Surf, $case);
+                }
+            )*
+        }
+        mod surf_backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                $(#[ignore = $surf_backend_bug])?
+                fn $name() {
+                    run(Adapter::SurfBackend, $case);
                 }
             )*
         }
@@ -1475,16 +1509,16 @@ hostile_cases! {
         case(Reply::EndlessChunked, invalid(200, P::BodyTooLarge { limit: LIMIT }))
             .check(abandoned_early);
     endless_body_until_close
-        [surf_bug = "BUG surf-close-delimited: async-h1 reads a body without length as empty (NotJson, not BodyTooLarge)"] =>
+        [surf_backend_bug = "BUG async-h1-close-delimited: async-h1 reads a body without length as empty (NotJson, not BodyTooLarge)"] =>
         case(Reply::EndlessUntilClose, invalid(200, P::BodyTooLarge { limit: LIMIT }))
             .check(abandoned_early);
     endless_response_header
-        [surf_bug = "BUG surf-head-bomb: async-h1 buffers an endless header line without bound until the timeout"] =>
+        [surf_backend_bug = "BUG async-h1-head-bomb: async-h1 buffers an endless header line without bound until the timeout"] =>
         case(Reply::EndlessHeader, transport(&[K::Io, K::Other, K::Timeout]))
             .check(abandoned_early);
 
     close_delimited_token_response
-        [surf_bug = "BUG surf-close-delimited: async-h1 reads a body without length as empty"] =>
+        [surf_backend_bug = "BUG async-h1-close-delimited: async-h1 reads a body without length as empty"] =>
         // RFC 9112 §6.3: no Content-Length, not chunked: the body ends at close.
         case(Reply::Raw(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{GOOD_BODY}").into_bytes()),
              token("slow-token", usable(3600)));
@@ -1501,14 +1535,14 @@ hostile_cases! {
     connection_closed_mid_body =>
         case(Reply::CloseMidBody { declared: 4096, sent: 20 }, transport(&[K::Io]));
     connection_closed_without_answer
-        [surf_bug = "BUG surf-kind: a connection closed without an answer is Transport(Other), not Io"] =>
+        [surf_backend_bug = "BUG async-h1-kind: a connection closed without an answer is Transport(Other), not Io"] =>
         case(Reply::CloseAtOnce, transport(&[K::Io]));
     accepts_and_never_answers =>
         case(Reply::NeverAnswer, transport(&[K::Timeout])).check(gave_up_waiting);
     endless_interim_responses =>
         case(Reply::EndlessInterim, transport(&[K::Timeout, K::Io, K::Other]));
     one_interim_response_then_the_token
-        [surf_bug = "BUG surf-1xx: async-h1 takes a 100 Continue for the final response"] =>
+        [surf_backend_bug = "BUG async-h1-1xx: async-h1 takes a 100 Continue for the final response"] =>
         // RFC 9110 §15.2: a client must accept (and skip) 1xx responses it did not ask for.
         case(Reply::Raw(format!("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{GOOD_BODY}", GOOD_BODY.len()).into_bytes()),
              token("slow-token", usable(3600)));
@@ -1950,6 +1984,11 @@ fn surf_late_answer_is_not_taken_for_another_key() {
 }
 
 #[test]
+fn surf_backend_late_answer_is_not_taken_for_another_key() {
+    late_answer_is_not_taken_for_another_key(Adapter::SurfBackend);
+}
+
+#[test]
 fn ureq_storm_of_500s() {
     storm_of_500s(Adapter::Ureq);
 }
@@ -1960,14 +1999,23 @@ fn surf_storm_of_500s() {
 }
 
 #[test]
+fn surf_backend_storm_of_500s() {
+    storm_of_500s(Adapter::SurfBackend);
+}
+
+#[test]
 fn ureq_connection_refused() {
     connection_refused(Adapter::Ureq);
 }
 
 #[test]
-#[ignore = "BUG surf-kind: a refused connection is Transport(Other), not Connect (http-client's pool stringifies the io::Error)"]
 fn surf_connection_refused() {
     connection_refused(Adapter::Surf);
+}
+
+#[test]
+fn surf_backend_connection_refused() {
+    connection_refused(Adapter::SurfBackend);
 }
 
 #[test]
@@ -1978,6 +2026,11 @@ fn ureq_slow_valid_answer_is_dropped() {
 #[test]
 fn surf_slow_valid_answer_is_dropped() {
     slow_valid_answer_is_dropped(Adapter::Surf);
+}
+
+#[test]
+fn surf_backend_slow_valid_answer_is_dropped() {
+    slow_valid_answer_is_dropped(Adapter::SurfBackend);
 }
 
 #[test]

@@ -461,7 +461,8 @@ impl Driver {
                 Driver::Ureq { tokens, agent }
             }
             Adapter::Surf => {
-                let tokens = token_keeper_surf::AsyncTokenClient::new(token_http());
+                let tokens =
+                    token_keeper_surf::AsyncTokenClient::new(token_keeper_surf::DirectHttp::new());
                 let metadata = async_std::task::block_on(tokens.discover(&fixture.issuer))
                     .expect("surf discovery");
                 check_metadata(&metadata, fixture, combo);
@@ -1248,12 +1249,4 @@ fn tokenctl_token_and_call() {
         assert_eq!(delta("api", "ok"), 40, "{client_id}: {after:#}");
         assert_eq!(delta("api", "rejected"), 0, "{client_id}: {after:#}");
     }
-}
-
-/// A surf client for token requests: keep-alive off, as `AsyncTokenClient::new` asks.
-fn token_http() -> surf::Client {
-    surf::Config::new()
-        .set_http_keep_alive(false)
-        .try_into()
-        .expect("a surf client")
 }

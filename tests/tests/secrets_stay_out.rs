@@ -199,7 +199,8 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
     show("ureq Error", format!("{error:?}"), Some(error.to_string()));
 
     // The async adapter.
-    let async_tokens = token_keeper_surf::AsyncTokenClient::new(token_http());
+    let async_tokens =
+        token_keeper_surf::AsyncTokenClient::new(token_keeper_surf::DirectHttp::new());
     async_tokens.add_client("m2m", basic.clone()).unwrap();
     server.push_token_fault(TokenFault::Status {
         status: 500,
@@ -209,6 +210,11 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
     let error = async_std::task::block_on(async_tokens.header("m2m")).unwrap_err();
     show("surf Error", format!("{error:?}"), Some(error.to_string()));
     show("surf AsyncTokenClient", format!("{async_tokens:?}"), None);
+    show(
+        "surf TokenTransport (DirectHttp)",
+        format!("{:?}", async_tokens.transport()),
+        None,
+    );
     let surf_middleware = token_keeper_surf::TokenMiddleware::new(async_tokens.clone())
         .route(&server.base_url(), "m2m")
         .unwrap();
@@ -237,12 +243,4 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
         texts.last().unwrap().contains("token acquired"),
         "the logs were captured"
     );
-}
-
-/// A surf client for token requests: keep-alive off, as `AsyncTokenClient::new` asks.
-fn token_http() -> surf::Client {
-    surf::Config::new()
-        .set_http_keep_alive(false)
-        .try_into()
-        .expect("a surf client")
 }

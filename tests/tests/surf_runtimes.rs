@@ -21,7 +21,7 @@ fn herd() -> Herd {
     let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
     let gate = Gate::new();
     server.push_token_fault(TokenFault::Hold(gate.clone()));
-    let tokens = AsyncTokenClient::new(token_http());
+    let tokens = AsyncTokenClient::new(token_keeper_surf::DirectHttp::new());
     let config = ClientConfig::new(
         &server.token_url(),
         "m2m",
@@ -117,12 +117,4 @@ fn tokio_herd_of_1000_tasks_makes_one_request() {
         out
     });
     h.check(headers);
-}
-
-/// A surf client for token requests: keep-alive off, as `AsyncTokenClient::new` asks.
-fn token_http() -> surf::Client {
-    surf::Config::new()
-        .set_http_keep_alive(false)
-        .try_into()
-        .expect("a surf client")
 }

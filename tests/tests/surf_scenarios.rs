@@ -32,7 +32,7 @@ impl AdapterFactory for SurfFactory {
             clock: Arc::new(setup.clock.clone()),
             seed: 7,
         };
-        let tokens = AsyncTokenClient::with_options(token_http(), options);
+        let tokens = AsyncTokenClient::with_options(token_keeper_surf::DirectHttp::new(), options);
         let config = ClientConfig::new(
             &setup.token_url,
             &setup.client_id,
@@ -104,11 +104,3 @@ impl Adapter for SurfAdapter {
 }
 
 token_keeper_testkit::scenario_tests!(SurfFactory);
-
-/// A surf client for token requests: keep-alive off, as `AsyncTokenClient::new` asks.
-fn token_http() -> surf::Client {
-    surf::Config::new()
-        .set_http_keep_alive(false)
-        .try_into()
-        .expect("a surf client")
-}

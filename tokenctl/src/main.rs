@@ -141,7 +141,9 @@ impl Managed {
     fn new(kind: AdapterKind) -> Managed {
         match kind {
             AdapterKind::Ureq => Managed::Ureq(TokenClient::new()),
-            AdapterKind::Surf => Managed::Surf(AsyncTokenClient::new(token_http())),
+            AdapterKind::Surf => {
+                Managed::Surf(AsyncTokenClient::new(token_keeper_surf::DirectHttp::new()))
+            }
         }
     }
 
@@ -277,12 +279,4 @@ fn token(flags: &ClientFlags, json: bool) -> Result<ExitCode, Failure> {
 /// Formats a duration in milliseconds with two decimals.
 pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 100_000.0).round() / 100.0
-}
-
-/// A surf client for token requests: keep-alive off, as `AsyncTokenClient::new` asks.
-fn token_http() -> surf::Client {
-    surf::Config::new()
-        .set_http_keep_alive(false)
-        .try_into()
-        .expect("a surf client")
 }

@@ -15,7 +15,7 @@ use token_keeper_common::{
     EngineHandle, Error, Step, SystemClock, TokenInfo,
 };
 
-use crate::transport;
+use crate::transport::{self, TokenTransport};
 
 /// Options of an [`AsyncTokenClient`].
 #[derive(Clone)]
@@ -59,18 +59,17 @@ impl std::fmt::Debug for ClientOptions {
 /// completion with `async_io::block_on`), so they never occupy the caller's
 /// executor; the thread stops when the last clone is dropped.
 ///
-/// Every token request (the middleware's too) goes through the surf
-/// [`Client`](surf::Client) given here, so the application's choice of HTTP
-/// backend and TLS holds; give it one with keep-alive off (see
+/// Every token and discovery request (the middleware's too) goes through the
+/// [`TokenTransport`] given here: [`DirectHttp`](crate::DirectHttp)
+/// (recommended: bounded reads, rustls) or a surf client of your choice (see
 /// [`AsyncTokenClient::new`]).
 ///
 /// ```no_run
 /// use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
-/// use token_keeper_surf::AsyncTokenClient;
+/// use token_keeper_surf::{AsyncTokenClient, DirectHttp};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let http: surf::Client = surf::Config::new().set_http_keep_alive(false).try_into()?;
-/// let tokens = AsyncTokenClient::new(http);
+/// let tokens = AsyncTokenClient::new(DirectHttp::new());
 /// tokens.add_client(
 ///     "m2m",
 ///     ClientConfig::new("https://auth.example.com/connect/token", "m2m",
@@ -88,8 +87,8 @@ pub struct AsyncTokenClient {
 
 /// What the async side adds to the engine.
 struct AsyncIo {
-    /// Token and discovery requests go through this client (keep-alive off).
-    http: surf::Client,
+    /// Token and discovery requests go through this transport.
+    http: TokenTransport,
     timeout: Duration,
     /// Notified by the engine whenever a token request ends: waiting tasks re-ask the core.
     flight_ended: Arc<Event>,
@@ -106,8 +105,16 @@ impl std::fmt::Debug for AsyncTokenClient {
 impl AsyncTokenClient {
     /// A client sending token requests through `http`, with default options.
     ///
-    /// Give it a surf client **with keep-alive off**, built with the backend
-    /// of your choice:
+    /// The recommended transport is [`DirectHttp`](crate::DirectHttp): a
+    /// connection of its own per token request, TLS through rustls, and hard
+    /// bounds on what it reads, whatever the server sends:
+    ///
+    /// ```
+    /// let tokens = token_keeper_surf::AsyncTokenClient::new(token_keeper_surf::DirectHttp::new());
+    /// ```
+    ///
+    /// To keep token requests on your surf backend instead (its TLS, its
+    /// proxy settings), give a surf client **with keep-alive off**:
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -121,13 +128,21 @@ impl AsyncTokenClient {
     /// the body size cap; the next request on that connection would read the
     /// previous one's late answer, and a token issued for one key could be
     /// cached for another. Token requests are rare, so a fresh connection
-    /// each costs nothing that matters.
-    pub fn new(http: surf::Client) -> AsyncTokenClient {
+    /// each costs nothing that matters. The backend's own limits then apply:
+    /// async-h1 (surf's `h1-client`) buffers an endless header line until the
+    /// timeout, reads a body without `Content-Length` or chunking as empty and
+    /// takes a `100 Continue` for the answer ([`DirectHttp`](crate::DirectHttp)
+    /// does none of these).
+    pub fn new(http: impl Into<TokenTransport>) -> AsyncTokenClient {
         AsyncTokenClient::with_options(http, ClientOptions::default())
     }
 
     /// A client with these options.
-    pub fn with_options(http: surf::Client, options: ClientOptions) -> AsyncTokenClient {
+    pub fn with_options(
+        http: impl Into<TokenTransport>,
+        options: ClientOptions,
+    ) -> AsyncTokenClient {
+        let http = http.into();
         let flight_ended = Arc::new(Event::new());
         let notify = Arc::clone(&flight_ended);
         let sender = http.clone();
@@ -319,8 +334,8 @@ impl AsyncTokenClient {
         self.engine.registry().stats()
     }
 
-    /// The surf client token requests go through by default.
-    pub fn http_client(&self) -> &surf::Client {
+    /// How token and discovery requests are sent.
+    pub fn transport(&self) -> &TokenTransport {
         &self.io.http
     }
 }

@@ -13,6 +13,11 @@
 //!   `Authorization` kept, and on 401 the core's compare-and-invalidate with
 //!   one retry of replayable requests (bodies buffered up to a limit); DPoP
 //!   proofs and nonces for DPoP-bound tokens.
+//! - [`DirectHttp`]: the recommended [`TokenTransport`] for token and
+//!   discovery requests: a connection of its own per request, rustls, and a
+//!   bounded HTTP/1.1 reader (64 KiB of head, interim `1xx` answers skipped,
+//!   bodies until close read, the core's body cap), where surf's async-h1
+//!   backend has no such bounds. Your API requests still go through surf.
 //! - [`Error`]: the same error type as the blocking adapter.
 //!
 //! ## A word on async-std and surf
@@ -25,9 +30,11 @@
 //! - **smol or tokio**: the client works unchanged; surf's `h1-client` backend
 //!   does its I/O through `async-io`, which runs alongside any executor. The
 //!   test suite runs a 1 000-task herd on async-std, smol and tokio.
-//! - **TLS**: this crate depends on surf with `default-features = false`, so
-//!   the backend is your choice. For HTTPS use `h1-client` (native TLS through
-//!   the platform library) or `curl-client`. Never use `h1-client-rustls`: it
+//! - **TLS**: token requests sent by [`DirectHttp`] use rustls (ring, the
+//!   webpki roots, or roots of your own). For your API requests this crate
+//!   depends on surf with `default-features = false`, so the backend is your
+//!   choice. For HTTPS use `h1-client` (native TLS through the platform
+//!   library) or `curl-client`. Never use `h1-client-rustls`: it
 //!   pulls rustls 0.18, ring 0.16 and webpki 0.21, which have open security
 //!   advisories. `h1-client-no-tls` is for loopback tests only.
 //! - **Logging**: async-h1 (behind surf's `h1-client`) logs entire requests,
@@ -39,11 +46,10 @@
 //!
 //! ```no_run
 //! use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
-//! use token_keeper_surf::{AsyncTokenClient, TokenMiddleware};
+//! use token_keeper_surf::{AsyncTokenClient, DirectHttp, TokenMiddleware};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let http: surf::Client = surf::Config::new().set_http_keep_alive(false).try_into()?;
-//! let tokens = AsyncTokenClient::new(http);
+//! let tokens = AsyncTokenClient::new(DirectHttp::new());
 //! tokens.add_client(
 //!     "m2m",
 //!     ClientConfig::new("https://auth.example.com/connect/token", "m2m",
@@ -60,9 +66,12 @@
 #![deny(missing_docs)]
 
 mod client;
+mod direct;
 pub mod middleware;
 mod transport;
 
 pub use client::{AsyncTokenClient, ClientOptions};
+pub use direct::{CertificateError, DirectHttp};
 pub use middleware::TokenMiddleware;
 pub use token_keeper_common::{ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo};
+pub use transport::TokenTransport;

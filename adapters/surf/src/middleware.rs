@@ -7,8 +7,9 @@
 //! 2. A request that already has an `Authorization` header is left alone, and
 //!    so are this crate's own token and discovery requests.
 //! 3. Otherwise the client's header is attached (cached, or fetched once for
-//!    all tasks). Token requests go through the [`AsyncTokenClient`]'s own surf
-//!    client, not the one the middleware is handed: an API client keeps
+//!    all tasks). Token requests go through the [`AsyncTokenClient`]'s own
+//!    transport ([`DirectHttp`](crate::DirectHttp), or a keep-alive-free surf
+//!    client), not the client the middleware is handed: an API client keeps
 //!    connections alive, and surf's pool hands a connection back after a
 //!    cancelled or cut-off exchange, so a later token request could read an
 //!    earlier request's late answer (see [`AsyncTokenClient::new`]).

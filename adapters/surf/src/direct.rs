@@ -1,0 +1,397 @@
+//! [`DirectHttp`]: token requests on a connection of their own, read by a
+//! bounded HTTP/1.1 reader.
+//!
+//! surf's HTTP/1 backend (async-h1) reads a response head line by line
+//! without a bound until the line ends, so an endless header line fills
+//! memory until the timeout; it reads a body that runs until the connection
+//! closes as empty, and it takes a `100 Continue` for the final answer. Token
+//! requests are few, small and security-sensitive, so this transport does
+//! without it: one TCP (and, for `https`, rustls) connection per request,
+//! closed after the answer, whose bytes go to
+//! [`token_keeper_common::http1::ResponseReader`]: a sans-IO reader with a
+//! 64 KiB bound on the head (interim `1xx` heads included) and the core's
+//! bound on the body, fuzzed on its own.
+
+use std::sync::Arc;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use futures_rustls::rustls::{ClientConfig, RootCertStore};
+use futures_rustls::TlsConnector;
+use token_keeper::{TransportError, TransportErrorKind};
+use token_keeper_common::http1::{Http1Error, ResponseLimits, ResponseReader};
+
+/// The size of one read from the connection.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Sends token and discovery requests itself: a new connection per request
+/// (`Connection: close`), TLS through rustls (ring, the webpki roots, TLS 1.2
+/// and 1.3, the same stack as the ureq adapter), and a response reader with
+/// hard bounds: at most 64 KiB of head (interim `1xx` heads included, and
+/// skipped), bodies framed as RFC 9112 says (a body that runs until the
+/// connection closes included), at most the core's body cap plus one byte.
+///
+/// surf's async-h1 backend buffers an endless header line without bound until
+/// the timeout, reads a body without `Content-Length` or chunking as empty,
+/// takes a `100 Continue` for the answer, and its pool can hand back a
+/// connection after a cancelled exchange. This is the recommended transport
+/// of an [`AsyncTokenClient`](crate::AsyncTokenClient); requests to your APIs
+/// still go through your surf client and its middleware.
+///
+/// ```no_run
+/// use token_keeper_surf::{AsyncTokenClient, DirectHttp};
+///
+/// let tokens = AsyncTokenClient::new(DirectHttp::new());
+/// ```
+#[derive(Clone)]
+pub struct DirectHttp {
+    tls: Arc<ClientConfig>,
+    /// Whether the roots are the webpki ones (for `Debug`).
+    custom_roots: bool,
+}
+
+impl std::fmt::Debug for DirectHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectHttp")
+            .field(
+                "roots",
+                &if self.custom_roots {
+                    "custom"
+                } else {
+                    "webpki-roots"
+                },
+            )
+            .finish()
+    }
+}
+
+impl Default for DirectHttp {
+    fn default() -> Self {
+        DirectHttp::new()
+    }
+}
+
+/// A root certificate [`DirectHttp::with_root_certificates`] could not use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateError {
+    index: usize,
+    reason: String,
+}
+
+impl std::fmt::Display for CertificateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "root certificate #{} is not usable: {}",
+            self.index, self.reason
+        )
+    }
+}
+
+impl std::error::Error for CertificateError {}
+
+impl DirectHttp {
+    /// Trusts the Mozilla roots of the `webpki-roots` crate.
+    pub fn new() -> DirectHttp {
+        let roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        DirectHttp {
+            tls: Arc::new(client_config(roots)),
+            custom_roots: false,
+        }
+    }
+
+    /// Trusts only these roots (DER-encoded X.509 certificates): for an
+    /// authorization server behind a private CA.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let ca_der: &[u8] = include_bytes!("../tests/fixtures/test-ca.der");
+    /// let http = token_keeper_surf::DirectHttp::with_root_certificates([ca_der])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_root_certificates<'a>(
+        ders: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<DirectHttp, CertificateError> {
+        let mut roots = RootCertStore::empty();
+        for (index, der) in ders.into_iter().enumerate() {
+            roots
+                .add(CertificateDer::from(der.to_vec()))
+                .map_err(|e| CertificateError {
+                    index,
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(DirectHttp {
+            tls: Arc::new(client_config(roots)),
+            custom_roots: true,
+        })
+    }
+
+    /// Sends `request` and reads its answer, the body cut at `max_body + 1`
+    /// bytes. The caller bounds the time.
+    pub(crate) async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+        max_body: usize,
+    ) -> Result<http::Response<Vec<u8>>, TransportError> {
+        let target = Target::of(request.uri())?;
+        let head = request_head(&request, &target);
+        let head_request = request.method() == http::Method::HEAD;
+        let limits = ResponseLimits {
+            body: max_body,
+            ..ResponseLimits::default()
+        };
+        let tcp = async_net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| {
+                TransportError::new(
+                    TransportErrorKind::Connect,
+                    format!("connecting to {}:{}: {e}", target.host, target.port),
+                )
+            })?;
+        // Token requests are one write each way: no point waiting for more to send.
+        let _ = tcp.set_nodelay(true);
+        let reader = ResponseReader::new(limits, head_request);
+        if target.tls {
+            let name = ServerName::try_from(target.host.clone()).map_err(|_| {
+                TransportError::new(
+                    TransportErrorKind::Connect,
+                    format!("{:?} is not a valid TLS server name", target.host),
+                )
+            })?;
+            let tls = TlsConnector::from(Arc::clone(&self.tls))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    TransportError::new(
+                        TransportErrorKind::Connect,
+                        format!("TLS handshake with {}: {e}", target.host),
+                    )
+                })?;
+            exchange(tls, &head, request.body(), reader).await
+        } else {
+            exchange(tcp, &head, request.body(), reader).await
+        }
+    }
+}
+
+fn client_config(roots: RootCertStore) -> ClientConfig {
+    let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
+    ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring's provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Where a request goes.
+struct Target {
+    tls: bool,
+    /// Without the brackets of an IPv6 literal.
+    host: String,
+    port: u16,
+    /// The `Host` header: the URL's host and its explicit port, if any.
+    host_header: String,
+}
+
+impl Target {
+    fn of(uri: &http::Uri) -> Result<Target, TransportError> {
+        let unusable = |what: &str| {
+            TransportError::new(
+                TransportErrorKind::Other,
+                format!("cannot send to this URL: {what}"),
+            )
+        };
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(unusable("the scheme is not http or https")),
+        };
+        let authority = uri.authority().ok_or_else(|| unusable("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(unusable("user information in the URL"));
+        }
+        let bracketed = authority.host();
+        if bracketed.is_empty() {
+            return Err(unusable("no host"));
+        }
+        let host = bracketed
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(bracketed)
+            .to_owned();
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let host_header = match authority.port_u16() {
+            Some(port) => format!("{bracketed}:{port}"),
+            None => bracketed.to_owned(),
+        };
+        Ok(Target {
+            tls,
+            host,
+            port,
+            host_header,
+        })
+    }
+}
+
+/// The request line and headers. `http` header values hold no CR, LF or NUL,
+/// so nothing here can split the head.
+fn request_head(request: &http::Request<Vec<u8>>, target: &Target) -> Vec<u8> {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let path = if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path
+    };
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(request.method().as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    head.extend_from_slice(target.host_header.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in request.headers() {
+        if matches!(
+            name,
+            &http::header::HOST
+                | &http::header::CONNECTION
+                | &http::header::CONTENT_LENGTH
+                | &http::header::TRANSFER_ENCODING
+        ) {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let body = request.body();
+    if !body.is_empty() || !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+        head.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    head
+}
+
+/// Writes the request, then feeds the reader until it has the whole answer.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    head: &[u8],
+    body: &[u8],
+    mut reader: ResponseReader,
+) -> Result<http::Response<Vec<u8>>, TransportError> {
+    let broke = |what: &str, e: std::io::Error| {
+        TransportError::new(crate::transport::io_kind(&e), format!("{what}: {e}"))
+    };
+    stream
+        .write_all(head)
+        .await
+        .map_err(|e| broke("sending the request", e))?;
+    stream
+        .write_all(body)
+        .await
+        .map_err(|e| broke("sending the request", e))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| broke("sending the request", e))?;
+    let mut buffer = vec![0u8; READ_CHUNK];
+    loop {
+        let read = stream
+            .read(&mut buffer)
+            .await
+            .map_err(|e| broke("reading the response", e))?;
+        let done = match buffer.get(..read) {
+            Some([]) | None => reader.end_of_stream().map(Some),
+            Some(bytes) => reader.receive(bytes),
+        };
+        if let Some(response) = done.map_err(unusable)? {
+            return Ok(response);
+        }
+    }
+}
+
+/// What the reader refused, as the core's transport error.
+fn unusable(error: Http1Error) -> TransportError {
+    let kind = match error {
+        Http1Error::ClosedBeforeResponse | Http1Error::Truncated { .. } => TransportErrorKind::Io,
+        _ => TransportErrorKind::Other,
+    };
+    TransportError::new(kind, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(uri: &str) -> Result<Target, TransportError> {
+        Target::of(&uri.parse().unwrap())
+    }
+
+    #[test]
+    fn targets_take_default_ports_and_keep_explicit_ones_in_host() {
+        let t = target("https://auth.example.com/token").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.host.as_str(), t.port), ("auth.example.com", 443));
+        assert_eq!(t.host_header, "auth.example.com");
+        let t = target("http://127.0.0.1:8080/token").unwrap();
+        assert!(!t.tls);
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 8080));
+        assert_eq!(t.host_header, "127.0.0.1:8080");
+        let t = target("http://[::1]:9/token").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 9));
+        assert_eq!(t.host_header, "[::1]:9");
+    }
+
+    #[test]
+    fn targets_refuse_other_schemes_and_user_information() {
+        for uri in ["ftp://a.example/x", "https://user:pw@a.example/x"] {
+            let error = target(uri).err().unwrap();
+            assert_eq!(error.kind(), TransportErrorKind::Other, "{uri}");
+            assert!(!error.to_string().contains("pw"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_head_closes_the_connection_and_states_the_length() {
+        let request = http::Request::post("https://auth.example.com:8443/connect/token?x=1")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("connection", "keep-alive")
+            .header("host", "evil.example")
+            .body(b"grant_type=client_credentials".to_vec())
+            .unwrap();
+        let target = Target::of(request.uri()).unwrap();
+        let head = String::from_utf8(request_head(&request, &target)).unwrap();
+        assert_eq!(
+            head,
+            "POST /connect/token?x=1 HTTP/1.1\r\n\
+             Host: auth.example.com:8443\r\n\
+             content-type: application/x-www-form-urlencoded\r\n\
+             Content-Length: 29\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let get = http::Request::get("http://127.0.0.1/.well-known/openid-configuration")
+            .body(Vec::new())
+            .unwrap();
+        let target = Target::of(get.uri()).unwrap();
+        let head = String::from_utf8(request_head(&get, &target)).unwrap();
+        assert_eq!(
+            head,
+            "GET /.well-known/openid-configuration HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn debug_names_the_roots() {
+        assert_eq!(
+            format!("{:?}", DirectHttp::new()),
+            r#"DirectHttp { roots: "webpki-roots" }"#
+        );
+    }
+}

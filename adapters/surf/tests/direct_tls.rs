@@ -1,0 +1,198 @@
+//! `DirectHttp` over TLS: a rustls token endpoint on 127.0.0.1 with a
+//! certificate from a test CA (`tests/fixtures/`, see its README).
+//!
+//! The plain-HTTP paths (bounded reads, interim answers, bodies until close,
+//! error kinds) run in the workspace's hostile-server suite; this file proves
+//! the handshake: trusted roots work, the webpki roots refuse a private CA,
+//! and the server name is checked.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use token_keeper::{ClientAuth, ClientConfig, ClientSecret, TransportErrorKind};
+use token_keeper_surf::{AsyncTokenClient, ClientOptions, DirectHttp, Error, TokenTransport};
+
+const CA: &[u8] = include_bytes!("fixtures/test-ca.der");
+const CERT: &[u8] = include_bytes!("fixtures/localhost-cert.der");
+const KEY: &[u8] = include_bytes!("fixtures/localhost-key.pk8.der");
+const BODY: &str = r#"{"access_token":"tls-token","token_type":"Bearer","expires_in":3600}"#;
+
+/// A TLS token endpoint that serves `connections` connections, then ends.
+/// Returns its port, and on join whether each request arrived whole.
+fn tls_token_endpoint(connections: usize) -> (u16, JoinHandle<Vec<String>>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(CERT.to_vec())],
+            PrivateKeyDer::try_from(KEY.to_vec()).unwrap(),
+        )
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let mut heads = Vec::new();
+        for _ in 0..connections {
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let connection = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(connection, tcp);
+            // Read the head (a failed handshake ends here with an error).
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && request.len() < 16 * 1024 {
+                match tls.read(&mut byte) {
+                    Ok(1) => request.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&request).into_owned();
+            if head.ends_with("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = tls.read_exact(&mut body);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
+                    BODY.len()
+                );
+                let _ = tls.write_all(answer.as_bytes());
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+            heads.push(head);
+        }
+        heads
+    });
+    (port, server)
+}
+
+fn client(transport: impl Into<TokenTransport>, token_url: &str) -> AsyncTokenClient {
+    let tokens = AsyncTokenClient::with_options(
+        transport,
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        },
+    );
+    tokens
+        .add_client(
+            "tls",
+            ClientConfig::new(
+                token_url,
+                "tls-client",
+                ClientAuth::Basic(ClientSecret::new("tls-secret")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    tokens
+}
+
+#[test]
+fn a_token_over_tls_from_a_server_under_a_trusted_root() {
+    let (port, server) = tls_token_endpoint(2);
+    let http = DirectHttp::with_root_certificates([CA]).unwrap();
+    // By IP address (the certificate names 127.0.0.1) and by DNS name.
+    for host in ["127.0.0.1", "localhost"] {
+        let tokens = client(
+            http.clone(),
+            &format!("https://{host}:{port}/connect/token"),
+        );
+        let token = async_io::block_on(tokens.token("tls")).unwrap();
+        assert_eq!(token.access_token.expose_secret(), "tls-token", "{host}");
+    }
+    let heads = server.join().unwrap();
+    assert_eq!(heads.len(), 2);
+    for (head, host) in heads.iter().zip(["127.0.0.1", "localhost"]) {
+        assert!(
+            head.starts_with("POST /connect/token HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("\r\nHost: {host}:{port}\r\n")),
+            "{head}"
+        );
+        assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+    }
+}
+
+#[test]
+fn the_webpki_roots_refuse_a_private_ca() {
+    let (port, server) = tls_token_endpoint(1);
+    let tokens = client(
+        DirectHttp::new(),
+        &format!("https://127.0.0.1:{port}/connect/token"),
+    );
+    let error = async_io::block_on(tokens.token("tls")).unwrap_err();
+    match &error {
+        Error::Transport(e) => {
+            assert_eq!(e.kind(), TransportErrorKind::Connect, "{error}");
+            assert!(e.to_string().contains("TLS handshake"), "{error}");
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    assert!(!format!("{error} {error:?}").contains("tls-secret"));
+    // The server saw no request: the handshake failed first.
+    assert_eq!(server.join().unwrap(), vec![String::new()]);
+}
+
+#[test]
+fn a_certificate_for_another_name_is_refused() {
+    let (port, server) = tls_token_endpoint(1);
+    // The certificate names 127.0.0.1 and localhost, not 127.0.0.2 (also loopback).
+    let listener_host = "127.0.0.2";
+    let forward = TcpListener::bind((listener_host, 0)).unwrap();
+    let forward_port = forward.local_addr().unwrap().port();
+    // A one-connection TCP relay from 127.0.0.2 to the TLS server.
+    let relay = std::thread::spawn(move || {
+        let (mut inbound, _) = forward.accept().unwrap();
+        let mut outbound = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut inbound_copy = inbound.try_clone().unwrap();
+        let mut outbound_copy = outbound.try_clone().unwrap();
+        let up = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut inbound_copy, &mut outbound_copy);
+            let _ = outbound_copy.shutdown(std::net::Shutdown::Write);
+        });
+        let _ = std::io::copy(&mut outbound, &mut inbound);
+        let _ = inbound.shutdown(std::net::Shutdown::Both);
+        let _ = up.join();
+    });
+    let tokens = client(
+        DirectHttp::with_root_certificates([CA]).unwrap(),
+        &format!("https://{listener_host}:{forward_port}/connect/token"),
+    );
+    let error = async_io::block_on(tokens.token("tls")).unwrap_err();
+    match &error {
+        Error::Transport(e) => {
+            assert_eq!(e.kind(), TransportErrorKind::Connect, "{error}");
+            assert!(e.to_string().contains("TLS handshake"), "{error}");
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    assert_eq!(server.join().unwrap(), vec![String::new()]);
+    relay.join().unwrap();
+}
+
+#[test]
+fn a_root_that_is_not_a_certificate_is_refused() {
+    let error =
+        DirectHttp::with_root_certificates([CA, b"not a certificate".as_slice()]).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("root certificate #1 is not usable"),
+        "{error}"
+    );
+}
