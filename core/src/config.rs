@@ -358,7 +358,21 @@ fn parse_endpoint(url: &str) -> Result<Uri, ConfigError> {
         .map_err(|_| ConfigError::new("token endpoint is not a valid URL"))?;
     let host = uri
         .host()
+        .filter(|host| !host.is_empty())
         .ok_or_else(|| ConfigError::new("token endpoint has no host"))?;
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if authority.contains('@') {
+        // Never echoed: the user information may be a password.
+        return Err(ConfigError::new(
+            "token endpoint carries user information; give credentials as ClientAuth",
+        ));
+    }
+    // `http` parses `:99999` and `:x` as "no port"; a client would then quietly
+    // send the secret to the default port.
+    let after_host = authority.get(host.len()..).unwrap_or("");
+    if !matches!(after_host, "" | ":") && uri.port_u16().is_none() {
+        return Err(ConfigError::new("token endpoint has an invalid port"));
+    }
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") if is_loopback_host(host) => Ok(uri),
@@ -398,6 +412,18 @@ mod tests {
         assert!(err.to_string().contains("https"), "{err}");
         assert!(ClientConfig::new("ftp://as.example/token", "c", secret()).is_err());
         assert!(ClientConfig::new("/token", "c", secret()).is_err());
+        for (url, why) in [
+            ("https://user:pw@as.example/token", "user information"),
+            ("https://as.example:99999/token", "invalid port"),
+            ("http://127.0.0.1:65536/token", "invalid port"),
+            ("https://:443/token", "no host"),
+        ] {
+            let err = ClientConfig::new(url, "c", secret()).unwrap_err();
+            assert!(err.to_string().contains(why), "{url}: {err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
+        assert!(ClientConfig::new("https://as.example:443/token", "c", secret()).is_ok());
+        assert!(ClientConfig::new("https://[::1]:8443/token", "c", secret()).is_ok());
         assert!(ClientConfig::new("not a url", "c", secret()).is_err());
         assert!(ClientConfig::new("https://as.example/token", "", secret()).is_err());
     }

@@ -22,6 +22,9 @@
 //!   304; chunked when it is the last transfer coding; until the connection
 //!   closes for other transfer codings; otherwise by a `Content-Length`
 //!   whose values all agree; otherwise until the connection closes;
+//! - the chunk-size lines of a chunked body (extensions included) take at
+//!   most [`ResponseLimits::head`] bytes together, so one body byte per
+//!   chunk behind a long extension cannot stretch the read without end;
 //! - each byte is looked at once, so one-byte reads cost no more than one
 //!   large read, and the result does not depend on how the stream is split;
 //! - errors carry a fixed reason, never bytes from the wire.
@@ -270,6 +273,7 @@ impl ResponseReader {
                         body: Vec::new(),
                         cap: self.limits.body.saturating_add(1),
                         trailer_limit: self.limits.head,
+                        chunk_lines: 0,
                     };
                     if body.is_complete() {
                         return Ok(Some(body.into_response()));
@@ -389,7 +393,13 @@ fn framing(parts: &Parts, head_request: bool, cap: u64) -> Result<Framing, Http1
         return Ok(Framing::Length { remaining: 0 });
     }
     if parts.headers.contains_key(TRANSFER_ENCODING) {
-        return Ok(if chunked_is_last(&parts.headers) {
+        // RFC 9112 §6.1: HTTP/1.0 has no transfer codings; such framing is faulty.
+        if parts.version == Version::HTTP_10 {
+            return Err(Http1Error::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 response",
+            ));
+        }
+        return Ok(if chunked_is_last(&parts.headers)? {
             Framing::Chunked(Chunked::Size(SizeLine::default()))
         } else {
             // RFC 9112 §6.3 (5): another final coding runs until the close.
@@ -405,18 +415,27 @@ fn framing(parts: &Parts, head_request: bool, cap: u64) -> Result<Framing, Http1
 }
 
 /// Whether `chunked` is the last transfer coding, over all
-/// `Transfer-Encoding` fields.
-fn chunked_is_last(headers: &HeaderMap) -> bool {
+/// `Transfer-Encoding` fields. No coding at all, or `chunked` twice (RFC 9112
+/// §7.1: a sender applies it once), is a framing nobody can trust.
+fn chunked_is_last(headers: &HeaderMap) -> Result<bool, Http1Error> {
     let mut last: Option<&[u8]> = None;
+    let mut chunked = 0usize;
     for value in headers.get_all(TRANSFER_ENCODING) {
         for coding in value.as_bytes().split(|&b| b == b',') {
             let coding = trim_ows(coding);
             if !coding.is_empty() {
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked += 1;
+                }
                 last = Some(coding);
             }
         }
     }
-    last.is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+    match last {
+        None => Err(Http1Error::Malformed("invalid Transfer-Encoding")),
+        Some(_) if chunked > 1 => Err(Http1Error::Malformed("invalid Transfer-Encoding")),
+        Some(coding) => Ok(coding.eq_ignore_ascii_case(b"chunked")),
+    }
 }
 
 /// The Content-Length, if any. Every value (in comma lists and repeated
@@ -552,8 +571,12 @@ struct BodyReader {
     body: Vec<u8>,
     /// `limits.body + 1`: the most body bytes kept.
     cap: usize,
-    /// `limits.head`, for the trailer section.
+    /// `limits.head`, for the trailer section, and again for all the
+    /// chunk-size lines of a chunked body together.
     trailer_limit: usize,
+    /// Bytes of chunk-size lines so far: one body byte per chunk with long
+    /// extensions must not make the client read gigabytes before the cap.
+    chunk_lines: usize,
     framing: Framing,
 }
 
@@ -690,6 +713,7 @@ impl BodyReader {
             body,
             cap,
             trailer_limit,
+            chunk_lines,
             framing,
             ..
         } = self;
@@ -724,24 +748,32 @@ impl BodyReader {
                 };
                 input = rest;
                 match state {
-                    Chunked::Size(line) => match line.push(byte)? {
-                        SizeStep::More => {}
-                        SizeStep::Done(0) => {
-                            *state = Chunked::Trailer {
-                                scan: EndScan::trailer(),
-                                len: 0,
+                    Chunked::Size(line) => {
+                        *chunk_lines += 1;
+                        if *chunk_lines > *trailer_limit {
+                            return Err(Http1Error::Malformed("too many chunk-size bytes"));
+                        }
+                        match line.push(byte)? {
+                            SizeStep::More => {}
+                            SizeStep::Done(0) => {
+                                *state = Chunked::Trailer {
+                                    scan: EndScan::trailer(),
+                                    len: 0,
+                                }
                             }
+                            SizeStep::Done(size) => *state = Chunked::Data { remaining: size },
                         }
-                        SizeStep::Done(size) => *state = Chunked::Data { remaining: size },
-                    },
+                    }
                     Chunked::DataCr | Chunked::DataLf => {
-                        let (expected, next) = match state {
-                            Chunked::DataCr => (b'\r', Chunked::DataLf),
-                            _ => (b'\n', Chunked::Size(SizeLine::default())),
+                        // A bare LF ends the line, as it does everywhere else
+                        // in this reader (RFC 9112 §2.2 allows it).
+                        let next = match (&*state, byte) {
+                            (Chunked::DataCr, b'\r') => Chunked::DataLf,
+                            (_, b'\n') => Chunked::Size(SizeLine::default()),
+                            _ => {
+                                return Err(Http1Error::Malformed("missing CRLF after chunk data"))
+                            }
                         };
-                        if byte != expected {
-                            return Err(Http1Error::Malformed("missing CRLF after chunk data"));
-                        }
                         *state = next;
                     }
                     Chunked::Trailer { scan, len } => {
@@ -899,8 +931,8 @@ mod tests {
             check(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"access_token\":\"x\"}").unwrap();
         assert_eq!(got.body, b"{\"access_token\":\"x\"}");
         assert!(got.at_close);
-        // A transfer coding other than a final chunked runs until the close,
-        // and wins over a Content-Length.
+        // A transfer coding other than a final chunked runs until the close
+        // (RFC 9112 §6.3), and wins over a Content-Length.
         let got =
             check(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\nContent-Length: 2\r\n\r\nabcdef")
                 .unwrap();
@@ -1163,7 +1195,8 @@ mod tests {
             with("1\rx\r\n"),
             Err(Http1Error::Malformed("invalid line ending"))
         );
-        for chunk in ["3\r\nabcX\r\n", "3\r\nabc\n0\r\n\r\n", "3\r\nabc\r\r\n"] {
+        assert_eq!(with("3\r\nabc\n0\r\n\r\n").unwrap().body, b"abc", "bare LF");
+        for chunk in ["3\r\nabcX\r\n", "3\r\nabc\r\r\n", "3\r\nabc\r0\r\n\r\n"] {
             assert_eq!(
                 with(chunk),
                 Err(Http1Error::Malformed("missing CRLF after chunk data")),
@@ -1186,6 +1219,50 @@ mod tests {
         assert_eq!(
             reader.receive(&[b'e'; MAX_CHUNK_LINE]).err(),
             Some(Http1Error::Malformed("chunk line too long"))
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_values() {
+        for te in [
+            "",
+            " , ",
+            "chunked, chunked",
+            "chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            let input = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n");
+            assert_eq!(
+                check(input.as_bytes()),
+                Err(Http1Error::Malformed("invalid Transfer-Encoding")),
+                "{te:?}"
+            );
+        }
+        assert_eq!(
+            check(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            Err(Http1Error::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 response"
+            ))
+        );
+    }
+
+    #[test]
+    fn chunk_size_lines_are_bounded_over_the_whole_body() {
+        // One body byte per chunk, each with a long extension: the lines
+        // together may take `limits.head` bytes, however small the body.
+        let chunk = format!("1;{}\r\nx\r\n", "e".repeat(98));
+        let input = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+            chunk.repeat(20)
+        );
+        assert_eq!(
+            check_with(limits(4096, 1024), false, input.as_bytes())
+                .unwrap()
+                .body,
+            b"x".repeat(20)
+        );
+        assert_eq!(
+            check_with(limits(1000, 1024), false, input.as_bytes()),
+            Err(Http1Error::Malformed("too many chunk-size bytes"))
         );
     }
 

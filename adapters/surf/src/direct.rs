@@ -30,6 +30,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// hard bounds: at most 64 KiB of head (interim `1xx` heads included, and
 /// skipped), bodies framed as RFC 9112 says (a body that runs until the
 /// connection closes included), at most the core's body cap plus one byte.
+/// Over TLS such a body must end with the server's `close_notify`: a bare TCP
+/// close could be an attacker cutting the answer short, so it is an `Io`
+/// error (answers with a `Content-Length` or chunking are unaffected).
 ///
 /// surf's async-h1 backend buffers an endless header line without bound until
 /// the timeout, reads a body without `Content-Length` or chunking as empty,
@@ -115,7 +118,14 @@ impl DirectHttp {
         ders: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<DirectHttp, CertificateError> {
         let mut roots = RootCertStore::empty();
-        for (index, der) in ders.into_iter().enumerate() {
+        let mut ders = ders.into_iter().peekable();
+        if ders.peek().is_none() {
+            return Err(CertificateError {
+                index: 0,
+                reason: "no root certificate given: every handshake would fail".to_owned(),
+            });
+        }
+        for (index, der) in ders.enumerate() {
             roots
                 .add(CertificateDer::from(der.to_vec()))
                 .map_err(|e| CertificateError {
@@ -222,6 +232,12 @@ impl Target {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(bracketed)
             .to_owned();
+        // `http` reads `:99999` as "no port": refuse it rather than quietly
+        // sending the request to the default port.
+        let after_host = authority.as_str().get(bracketed.len()..).unwrap_or("");
+        if !matches!(after_host, "" | ":") && authority.port_u16().is_none() {
+            return Err(unusable("invalid port"));
+        }
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let host_header = match authority.port_u16() {
             Some(port) => format!("{bracketed}:{port}"),
@@ -239,15 +255,11 @@ impl Target {
 /// The request line and headers. `http` header values hold no CR, LF or NUL,
 /// so nothing here can split the head.
 fn request_head(request: &http::Request<Vec<u8>>, target: &Target) -> Vec<u8> {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let path = if path.is_empty() {
-        "/".to_owned()
-    } else {
-        path
+    // `path()` is "/" when the URL has none, also before a query.
+    let uri = request.uri();
+    let path = match uri.query() {
+        Some(query) => format!("{}?{query}", uri.path()),
+        None => uri.path().to_owned(),
     };
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(request.method().as_str().as_bytes());
@@ -350,8 +362,13 @@ mod tests {
     }
 
     #[test]
-    fn targets_refuse_other_schemes_and_user_information() {
-        for uri in ["ftp://a.example/x", "https://user:pw@a.example/x"] {
+    fn targets_refuse_other_schemes_user_information_and_bad_ports() {
+        for uri in [
+            "ftp://a.example/x",
+            "https://user:pw@a.example/x",
+            "https://a.example:99999/x",
+            "http://127.0.0.1:65536/x",
+        ] {
             let error = target(uri).err().unwrap();
             assert_eq!(error.kind(), TransportErrorKind::Other, "{uri}");
             assert!(!error.to_string().contains("pw"), "{error}");
@@ -375,6 +392,15 @@ mod tests {
              content-type: application/x-www-form-urlencoded\r\n\
              Content-Length: 29\r\n\
              Connection: close\r\n\r\n"
+        );
+        let query_only = http::Request::post("https://as.example?tenant=a")
+            .body(Vec::new())
+            .unwrap();
+        let target = Target::of(query_only.uri()).unwrap();
+        let head = String::from_utf8(request_head(&query_only, &target)).unwrap();
+        assert!(
+            head.starts_with("POST /?tenant=a HTTP/1.1\r\nHost: as.example\r\n"),
+            "{head}"
         );
         let get = http::Request::get("http://127.0.0.1/.well-known/openid-configuration")
             .body(Vec::new())

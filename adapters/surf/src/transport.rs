@@ -24,6 +24,7 @@ pub(crate) struct TokenEndpointRequest;
 /// `AsyncTokenClient::new(DirectHttp::new())` and
 /// `AsyncTokenClient::new(surf_client)` both work.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum TokenTransport {
     /// token-keeper's own bounded HTTP/1.1 connections (recommended).
     Direct(DirectHttp),
