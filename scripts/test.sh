@@ -29,7 +29,7 @@ if cargo tree -p token-keeper -e normal --prefix none | grep -E '^(ureq|surf|asy
     echo "error: the sans-IO core must not depend on I/O crates" >&2
     exit 1
 fi
-echo "== fuzz smoke (FUZZ_SECONDS=${FUZZ_SECONDS:-20} per target)"
+echo "== fuzz smoke (FUZZ_SECONDS=${FUZZ_SECONDS:-15} per target)"
 bash scripts/fuzz-smoke.sh
 # One closing line with the totals of every cargo test run above.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
