@@ -20,6 +20,7 @@ use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
 use token_keeper::{TransportError, TransportErrorKind};
 use token_keeper_common::http1::{Http1Error, ResponseLimits, ResponseReader};
+use zeroize::Zeroizing;
 
 /// The size of one read from the connection.
 const READ_CHUNK: usize = 16 * 1024;
@@ -147,7 +148,10 @@ impl DirectHttp {
         max_body: usize,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
         let target = Target::of(request.uri())?;
-        let head = request_head(&request, &target);
+        // One write for head and body (one segment, one TLS record for a
+        // token request); the body may hold the client secret, so the copy is wiped.
+        let mut message = Zeroizing::new(request_head(&request, &target));
+        message.extend_from_slice(request.body());
         let head_request = request.method() == http::Method::HEAD;
         let limits = ResponseLimits {
             body: max_body,
@@ -180,9 +184,9 @@ impl DirectHttp {
                         format!("TLS handshake with {}: {e}", target.host),
                     )
                 })?;
-            exchange(tls, &head, request.body(), reader).await
+            exchange(tls, &message, reader).await
         } else {
-            exchange(tcp, &head, request.body(), reader).await
+            exchange(tcp, &message, reader).await
         }
     }
 }
@@ -294,19 +298,14 @@ fn request_head(request: &http::Request<Vec<u8>>, target: &Target) -> Vec<u8> {
 /// Writes the request, then feeds the reader until it has the whole answer.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    head: &[u8],
-    body: &[u8],
+    message: &[u8],
     mut reader: ResponseReader,
 ) -> Result<http::Response<Vec<u8>>, TransportError> {
     let broke = |what: &str, e: std::io::Error| {
         TransportError::new(crate::transport::io_kind(&e), format!("{what}: {e}"))
     };
     stream
-        .write_all(head)
-        .await
-        .map_err(|e| broke("sending the request", e))?;
-    stream
-        .write_all(body)
+        .write_all(message)
         .await
         .map_err(|e| broke("sending the request", e))?;
     stream
