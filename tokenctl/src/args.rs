@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use lexopt::prelude::*;
+use token_keeper::jose::Algorithm;
 
 /// A usage error: printed with a hint, exit code 2.
 #[derive(Debug)]
@@ -75,6 +76,11 @@ pub enum Command {
     Demo {
         duration: Duration,
     },
+    /// A new key, as PKCS#8 PEM, to `out` (created, never overwritten) or stdout.
+    Keygen {
+        alg: Algorithm,
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 /// How many requests `call` makes.
@@ -91,6 +97,7 @@ USAGE:
     tokenctl token  [CLIENT FLAGS] [--json]
     tokenctl call URL [CLIENT FLAGS] [--requests N | --duration SECS] [--concurrency C] [--json]
     tokenctl demo   [--duration SECS]
+    tokenctl keygen [--alg ES256|EdDSA] [--out FILE]
 
 CLIENT FLAGS:
     --token-url URL          token endpoint (or --issuer URL to discover it)
@@ -108,6 +115,14 @@ CLIENT FLAGS:
                              RFC 7523 client assertion signed with FILE (JWK or PKCS#8 PEM)
     --dpop                   bind tokens with DPoP (RFC 9449), ephemeral ES256 key
     --dpop-key FILE          bind tokens with DPoP, key from FILE (JWK or PKCS#8 PEM)
+
+KEYGEN FLAGS: a new private key to keep (a DPoP key that survives restarts)
+    --alg ES256|EdDSA        P-256 (default) or Ed25519; RSA keys come from
+                             `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`
+    --out FILE               write the key (PKCS#8 PEM) to FILE, created with mode 0600;
+                             an existing FILE is never overwritten. Without --out: stdout
+    The key's RFC 7638 thumbprint (the DPoP jkt, to register) goes to stderr as one
+    line, `thumbprint: <base64url>`. Use FILE as --dpop-key FILE or --private-key FILE.
 
 EXIT CODES:
     0 success   2 usage   3 the authorization server refused (OAuth error)
@@ -321,8 +336,41 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Usage>
             }
             Ok(Command::Demo { duration })
         }
+        "keygen" => {
+            let mut alg = Algorithm::ES256;
+            let mut out = None;
+            while let Some(arg) = parser.next()?.map(Owned::of) {
+                match arg {
+                    Owned::Long(name) if name == "alg" => alg = keygen_alg(&mut parser)?,
+                    Owned::Long(name) if name == "out" => {
+                        let path = value(&mut parser, "--out")?;
+                        if path.is_empty() {
+                            return Err(Usage("--out needs a file name".into()));
+                        }
+                        out = Some(path.into());
+                    }
+                    Owned::Short('h') => return Ok(Command::Help),
+                    Owned::Long(name) if name == "help" => return Ok(Command::Help),
+                    other => return Err(other.unexpected()),
+                }
+            }
+            Ok(Command::Keygen { alg, out })
+        }
         "help" => Ok(Command::Help),
         other => Err(Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+/// `keygen --alg`: the algorithms `ring` generates keys for.
+fn keygen_alg(parser: &mut lexopt::Parser) -> Result<Algorithm, Usage> {
+    let name = value(parser, "--alg")?;
+    match Algorithm::from_name(&name) {
+        Some(alg @ (Algorithm::ES256 | Algorithm::EdDSA)) => Ok(alg),
+        Some(rsa) => Err(Usage(format!(
+            "--alg: keygen makes ES256 or EdDSA keys, not {rsa}; make an RSA key with \
+             `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out key.pem`"
+        ))),
+        None => Err(Usage(format!("--alg: {name:?} is not one of ES256, EdDSA"))),
     }
 }
 
@@ -433,6 +481,41 @@ mod tests {
         assert_eq!(url, "http://127.0.0.1:1/api");
         assert_eq!(amount, Amount::Duration(Duration::from_millis(2500)));
         assert_eq!(concurrency, 4);
+    }
+
+    #[test]
+    fn keygen_flags() {
+        let Command::Keygen { alg, out } = parse_str("keygen").unwrap() else {
+            panic!()
+        };
+        assert_eq!((alg, out), (Algorithm::ES256, None));
+        let Command::Keygen { alg, out } = parse_str("keygen --alg EdDSA --out k.pem").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(alg, Algorithm::EdDSA);
+        assert_eq!(out.as_deref(), Some(std::path::Path::new("k.pem")));
+        let Command::Keygen { alg, .. } = parse_str("keygen --alg=ES256").unwrap() else {
+            panic!()
+        };
+        assert_eq!(alg, Algorithm::ES256);
+        assert!(matches!(parse_str("keygen --help"), Ok(Command::Help)));
+        for (line, expected) in [
+            ("keygen --alg RS256", "openssl genpkey"),
+            ("keygen --alg PS256", "openssl genpkey"),
+            ("keygen --alg es256", "not one of ES256, EdDSA"),
+            ("keygen --alg", "--alg needs a value"),
+            ("keygen --out", "--out needs a value"),
+            ("keygen k.pem", "unexpected argument"),
+            ("keygen --dpop", "unexpected option --dpop"),
+        ] {
+            let Err(Usage(message)) = parse_str(line) else {
+                panic!("{line}")
+            };
+            assert!(message.contains(expected), "{line}: {message}");
+        }
+        assert!(parse(["keygen", "--out", ""].map(OsString::from)).is_err());
+        assert!(USAGE.contains("tokenctl keygen [--alg ES256|EdDSA] [--out FILE]"));
     }
 
     #[test]

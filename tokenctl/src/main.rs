@@ -1,5 +1,6 @@
-//! `tokenctl`: fetch tokens, call APIs through the managed client, and demo
-//! token-keeper's caching, refresh-ahead and single-flight on a local server.
+//! `tokenctl`: fetch tokens, call APIs through the managed client, demo
+//! token-keeper's caching, refresh-ahead and single-flight on a local server,
+//! and generate keys to keep (DPoP or `private_key_jwt`).
 
 #![forbid(unsafe_code)]
 
@@ -7,6 +8,7 @@ mod args;
 mod call;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -125,6 +127,69 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             call::call(&tokens, CLIENT, &url, amount, concurrency, json)
         }
         Command::Demo { duration } => call::demo(duration),
+        Command::Keygen { alg, out } => keygen(alg, out.as_deref()),
+    }
+}
+
+/// `tokenctl keygen`: a new key as PKCS#8 PEM, to a new file (mode 0600) or
+/// stdout, and its RFC 7638 thumbprint on stderr.
+fn keygen(alg: Algorithm, out: Option<&Path>) -> Result<ExitCode, Failure> {
+    let (key, pem) = PrivateKey::generate_pem(alg).map_err(|e| Failure::Other(e.to_string()))?;
+    match out {
+        Some(path) => write_new_key_file(path, pem.as_bytes())?,
+        None => write_key_to_stdout(pem.as_bytes())
+            .map_err(|e| Failure::Other(format!("writing the key to stdout: {e}")))?,
+    }
+    drop(pem);
+    eprintln!("thumbprint: {}", key.public_jwk().thumbprint());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `path`, readable and writable by its owner only, and writes the
+/// key to it. An existing file is never replaced (it may be the key that
+/// tokens and registrations are bound to). Errors name the path, never the key.
+fn write_new_key_file(path: &Path, pem: &[u8]) -> Result<(), Failure> {
+    let shown = path.display();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| {
+        Failure::Other(if e.kind() == std::io::ErrorKind::AlreadyExists {
+            format!(
+                "{shown} already exists; keygen never overwrites a key file \
+                 (choose another --out, or remove the old key first)"
+            )
+        } else {
+            format!("cannot create the key file {shown}: {e}")
+        })
+    })?;
+    if let Err(e) = file.write_all(pem).and_then(|()| file.sync_all()) {
+        // A partial key is no key: remove the file this call created.
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(Failure::Other(format!("writing the key file {shown}: {e}")));
+    }
+    Ok(())
+}
+
+/// Writes the key to stdout without passing it through std's stdout buffer
+/// (which would keep an unwiped copy for the life of the process): straight
+/// to a duplicate of the file descriptor, on Unix.
+fn write_key_to_stdout(pem: &[u8]) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        let stdout = std::io::stdout();
+        stdout.lock().flush()?;
+        let mut raw = std::fs::File::from(stdout.as_fd().try_clone_to_owned()?);
+        raw.write_all(pem)
+    }
+    #[cfg(not(unix))]
+    {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(pem)?;
+        stdout.flush()
     }
 }
 

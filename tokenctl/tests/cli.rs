@@ -481,3 +481,340 @@ fn private_key_jwt_from_a_pem_file_on_both_adapters() {
     assert_clean_error(&out, 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- keygen -------------------------------------------------------------------
+
+/// A fresh, empty directory for one test's key files.
+fn key_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokenctl-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The thumbprint from keygen's stderr, which must be exactly that one line.
+fn printed_thumbprint(o: &Output) -> String {
+    let err = stderr(o);
+    let Some(line) = err.strip_suffix('\n') else {
+        panic!("stderr is not one line: {err:?}")
+    };
+    let thumbprint = line
+        .strip_prefix("thumbprint: ")
+        .unwrap_or_else(|| panic!("stderr is not `thumbprint: …`: {err:?}"));
+    assert!(!thumbprint.contains('\n'), "one line: {err:?}");
+    // SHA-256, base64url without padding.
+    assert_eq!(thumbprint.len(), 43, "{thumbprint}");
+    assert!(
+        thumbprint
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{thumbprint}"
+    );
+    thumbprint.to_owned()
+}
+
+/// The base64 lines of a PEM key: its secret part.
+fn pem_body_lines(pem: &str) -> Vec<String> {
+    pem.lines()
+        .filter(|line| !line.starts_with("-----"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// PKCS#8 armour, 64-column base64 lines.
+fn assert_pkcs8_pem(pem: &str) {
+    assert!(
+        pem.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+        "{}",
+        pem.len()
+    );
+    assert!(pem.ends_with("\n-----END PRIVATE KEY-----\n"));
+    let body = pem_body_lines(pem);
+    assert!(!body.is_empty());
+    let (last, full) = body.split_last().unwrap();
+    assert!(full.iter().all(|line| line.len() == 64));
+    assert!((1..=64).contains(&last.len()));
+}
+
+/// OpenSSL reads the key file too (the existing PEM test already runs `openssl`).
+fn assert_openssl_reads(path: &std::path::Path) {
+    let out = Command::new("openssl")
+        .args(["pkey", "-noout", "-in"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// No line of the key's base64 body (nor a 16-character piece of one) in `text`.
+fn assert_no_key_material(text: &str, pem: &str) {
+    for line in pem_body_lines(pem) {
+        assert!(!text.contains(&line[..line.len().min(16)]), "{text}");
+    }
+    assert!(!text.contains("-----BEGIN"), "{text}");
+}
+
+#[test]
+fn keygen_writes_a_0600_key_file_that_keeps_the_dpop_thumbprint() {
+    use token_keeper_testkit::Endpoint;
+    let dir = key_dir("keygen-dpop");
+    let path = dir.join("dpop.pem");
+    let file = path.to_str().unwrap();
+    let out = tokenctl(&["keygen", "--out", file]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "the key goes to the file only");
+    let thumbprint = printed_thumbprint(&out);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+    let pem = std::fs::read_to_string(&path).unwrap();
+    assert_pkcs8_pem(&pem);
+    assert_openssl_reads(&path);
+    // The library reads it back to the key whose thumbprint was printed: ES256 by default.
+    let key = token_keeper_common::keys::PrivateKey::from_file(&path, None).unwrap();
+    {
+        use token_keeper::jose::{Algorithm, Signer};
+        assert_eq!(key.algorithm(), Algorithm::ES256);
+        assert_eq!(key.public_jwk().thumbprint(), thumbprint);
+    }
+
+    // The same file, used by separate runs (a restart each time): every
+    // DPoP-bound token is bound (cnf.jkt) to the printed thumbprint.
+    let s = server();
+    for adapter in ADAPTERS {
+        let out = tokenctl(&[
+            "token",
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "m2m",
+            "--client-secret-env",
+            "TK_TEST_SECRET",
+            "--dpop-key",
+            file,
+            "--json",
+            "--adapter",
+            adapter,
+        ]);
+        assert!(out.status.success(), "{adapter}: {}", stderr(&out));
+        let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(value["token_type"], "DPoP", "{adapter}");
+    }
+    let issued: Vec<_> = s
+        .calls_to(Endpoint::Token)
+        .into_iter()
+        .filter(|call| call.status == 200)
+        .collect();
+    assert_eq!(issued.len(), 2);
+    for call in &issued {
+        assert_eq!(call.token_type.as_deref(), Some("DPoP"));
+        assert_eq!(call.jkt.as_deref(), Some(thumbprint.as_str()));
+    }
+    // And API calls with a token bound to it carry proofs the server accepts.
+    let out = tokenctl(&[
+        "call",
+        &s.api_url(),
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret-env",
+        "TK_TEST_SECRET",
+        "--dpop-key",
+        file,
+        "--requests",
+        "3",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{} {}", stdout(&out), stderr(&out));
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(value["succeeded"], 3);
+    assert!(s
+        .calls_to(Endpoint::Token)
+        .iter()
+        .all(|call| call.jkt.is_none() || call.jkt.as_deref() == Some(thumbprint.as_str())));
+    assert_eq!(s.api_rejected(), 0);
+
+    // A damaged copy of the key is refused cleanly, without showing any of it.
+    let damaged = dir.join("damaged.pem");
+    let mut lines: Vec<&str> = pem.lines().collect();
+    lines.remove(2);
+    std::fs::write(&damaged, lines.join("\n")).unwrap();
+    let out = tokenctl(&[
+        "token",
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret-env",
+        "TK_TEST_SECRET",
+        "--dpop-key",
+        damaged.to_str().unwrap(),
+    ]);
+    assert_clean_error(&out, 2);
+    assert_no_key_material(&stderr(&out), &pem);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn keygen_eddsa_key_works_as_a_private_key_jwt_key() {
+    use token_keeper::jose::{Algorithm, Signer};
+    let dir = key_dir("keygen-pkj");
+    let path = dir.join("client.pem");
+    let out = tokenctl(&["keygen", "--alg", "EdDSA", "--out", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let thumbprint = printed_thumbprint(&out);
+    assert_pkcs8_pem(&std::fs::read_to_string(&path).unwrap());
+    assert_openssl_reads(&path);
+    let key = token_keeper_common::keys::PrivateKey::from_file(&path, None).unwrap();
+    assert_eq!(key.algorithm(), Algorithm::EdDSA);
+    assert_eq!(key.public_jwk().thumbprint(), thumbprint);
+    let s = LocalAuthServer::start(ServerConfig {
+        jwt_clients: vec![("pkj".into(), key.public_jwk().clone())],
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    for adapter in ADAPTERS {
+        let out = tokenctl(&[
+            "token",
+            "--token-url",
+            &s.token_url(),
+            "--client-id",
+            "pkj",
+            "--auth",
+            "private-key-jwt",
+            "--private-key",
+            path.to_str().unwrap(),
+            "--adapter",
+            adapter,
+        ]);
+        assert!(out.status.success(), "{adapter}: {}", stderr(&out));
+        let recorded = s.last_token_request().unwrap();
+        let assertion = recorded.field("client_assertion").unwrap();
+        let header = assertion.split('.').next().unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&b64url_decode(header)).unwrap();
+        assert_eq!(header["alg"], "EdDSA", "{adapter}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Decodes unpadded base64url (tokenctl's tests have no base64 crate).
+fn b64url_decode(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut bits, mut count) = (0u32, 0);
+    for c in text.bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("not base64url: {text}"),
+        };
+        bits = (bits << 6) | u32::from(value);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn keygen_without_out_writes_the_key_to_stdout() {
+    let out = tokenctl(&["keygen", "--alg", "EdDSA"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let thumbprint = printed_thumbprint(&out);
+    let pem = stdout(&out);
+    assert_pkcs8_pem(&pem);
+    assert_no_key_material(&stderr(&out), &pem);
+    let key = token_keeper_common::keys::PrivateKey::from_pem(&pem, None).unwrap();
+    assert_eq!(
+        token_keeper::jose::Signer::public_jwk(&key).thumbprint(),
+        thumbprint
+    );
+    // Each run is a new key.
+    let again = tokenctl(&["keygen", "--alg", "EdDSA"]);
+    assert!(again.status.success());
+    assert_ne!(printed_thumbprint(&again), thumbprint);
+    assert_ne!(stdout(&again), pem);
+}
+
+#[test]
+fn keygen_never_overwrites_a_file() {
+    let dir = key_dir("keygen-exists");
+    let path = dir.join("key.pem");
+    let file = path.to_str().unwrap();
+    let first = tokenctl(&["keygen", "--out", file]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let kept = std::fs::read_to_string(&path).unwrap();
+    // Again to the same file: exit 1, one clear line naming the file, the key untouched.
+    let out = tokenctl(&["keygen", "--alg", "EdDSA", "--out", file]);
+    assert_clean_error(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains(file) && err.contains("already exists"),
+        "{err}"
+    );
+    assert!(!err.contains("thumbprint:"), "{err}");
+    assert!(out.stdout.is_empty());
+    assert_no_key_material(&err, &kept);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), kept);
+    // Any existing file, not only keys.
+    let other = dir.join("notes.txt");
+    std::fs::write(&other, "keep me").unwrap();
+    let out = tokenctl(&["keygen", "--out", other.to_str().unwrap()]);
+    assert_clean_error(&out, 1);
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
+    // A directory that does not exist: exit 1, naming the path.
+    let missing = dir.join("no-such-dir").join("key.pem");
+    let out = tokenctl(&["keygen", "--out", missing.to_str().unwrap()]);
+    assert_clean_error(&out, 1);
+    assert!(stderr(&out).contains("no-such-dir"), "{}", stderr(&out));
+    assert!(!missing.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn keygen_usage_errors_exit_2() {
+    let dir = key_dir("keygen-usage");
+    let path = dir.join("rsa.pem");
+    for alg in ["RS256", "PS256"] {
+        let out = tokenctl(&["keygen", "--alg", alg, "--out", path.to_str().unwrap()]);
+        assert_clean_error(&out, 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains(alg) && err.contains("openssl genpkey"),
+            "{err}"
+        );
+        assert!(!path.exists(), "no file for a usage error");
+    }
+    for args in [
+        &["keygen", "--alg", "HS256"][..],
+        &["keygen", "--alg"],
+        &["keygen", "--out"],
+        &["keygen", "key.pem"],
+        &["keygen", "--dpop"],
+    ] {
+        let out = tokenctl(args);
+        assert_clean_error(&out, 2);
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let help = tokenctl(&["--help"]);
+    assert!(help.status.success());
+    assert!(
+        stdout(&help).contains("tokenctl keygen [--alg ES256|EdDSA] [--out FILE]"),
+        "{}",
+        stdout(&help)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

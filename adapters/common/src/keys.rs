@@ -7,6 +7,9 @@
 //!
 //! - [`PrivateKey::generate`]: a fresh ephemeral key (ES256 or EdDSA), the
 //!   usual choice for a DPoP key that lives as long as the process;
+//! - [`PrivateKey::generate_pem`]: the same, plus its PKCS#8 PEM text to
+//!   store, for a key that outlives the process (reload it with
+//!   [`PrivateKey::from_file`]);
 //! - [`PrivateKey::from_pem`]: an unencrypted PKCS#8 `-----BEGIN PRIVATE
 //!   KEY-----` (EC P-256, Ed25519 or RSA);
 //! - [`PrivateKey::from_jwk`]: a private JWK (`EC`/`P-256`, `OKP`/`Ed25519` or
@@ -142,6 +145,62 @@ impl PrivateKey {
     pub fn generate(alg: Algorithm) -> Result<PrivateKey, KeyError> {
         let pkcs8 = generate_pkcs8(alg)?;
         PrivateKey::from_pkcs8(&pkcs8, Some(alg))
+    }
+
+    /// Generates a fresh key, as [`PrivateKey::generate`] does, and returns it
+    /// with its unencrypted PKCS#8 PEM text (`-----BEGIN PRIVATE KEY-----`,
+    /// base64 in 64-column lines), so that the key can be stored and outlive
+    /// the process.
+    ///
+    /// [`PrivateKey::from_pem`] and [`PrivateKey::from_file`] read the text
+    /// back to the same key: the same public JWK, so the same RFC 7638
+    /// thumbprint. That is how a DPoP key survives a restart, and with it the
+    /// tokens bound to it (`cnf.jkt`) and any registration of its thumbprint.
+    /// OpenSSL reads the text too: Ed25519 keys are written in the PKCS#8 v1
+    /// form OpenSSL itself writes (the seed only; before 3.5 OpenSSL refuses
+    /// the v2 form `ring` generates).
+    ///
+    /// The PEM text is the private key: it comes in a [`Zeroizing`] buffer,
+    /// wiped when it drops, and so is every buffer it was built in. Write it
+    /// where only its owner can read it (mode `0600`). RS256 and PS256 are
+    /// refused as by [`PrivateKey::generate`].
+    ///
+    /// ```
+    /// use token_keeper::jose::{Algorithm, Signer};
+    /// use token_keeper_common::keys::PrivateKey;
+    ///
+    /// let (key, pem) = PrivateKey::generate_pem(Algorithm::ES256)?;
+    /// assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    ///
+    /// // Store it (readable by its owner only, in a real application) ...
+    /// let path = std::env::temp_dir().join(format!("dpop-doc-{}.pem", std::process::id()));
+    /// std::fs::write(&path, pem.as_bytes())?;
+    /// drop(pem); // wipes the text in memory
+    ///
+    /// // ... and after a restart, load it: the same key, the same thumbprint.
+    /// let reloaded = PrivateKey::from_file(&path, None)?;
+    /// assert_eq!(reloaded.public_jwk().thumbprint(), key.public_jwk().thumbprint());
+    /// assert_eq!(reloaded.algorithm(), Algorithm::ES256);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn generate_pem(alg: Algorithm) -> Result<(PrivateKey, Zeroizing<String>), KeyError> {
+        let pkcs8 = generate_pkcs8(alg)?;
+        let key = PrivateKey::from_pkcs8(&pkcs8, Some(alg))?;
+        let stored = match alg {
+            // Should ring's document ever differ from the v2 form expected,
+            // it is handed out as is (this module reads either form).
+            Algorithm::EdDSA => ed25519_pkcs8_v1(&pkcs8).unwrap_or(pkcs8),
+            _ => pkcs8,
+        };
+        // What is handed out must load back to this very key.
+        let reloaded = PrivateKey::from_pkcs8(&stored, Some(alg))?;
+        if reloaded.public != key.public {
+            return Err(KeyError::new(
+                "the generated key's PKCS#8 document does not load back to the same key",
+            ));
+        }
+        Ok((key, pkcs8_pem(&stored)))
     }
 
     /// Loads an unencrypted PKCS#8 PEM key (`-----BEGIN PRIVATE KEY-----`):
@@ -468,6 +527,64 @@ fn generate_pkcs8(alg: Algorithm) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     }
     .map_err(|_| KeyError::new("the system random number generator failed"))?;
     Ok(Zeroizing::new(document.as_ref().to_vec()))
+}
+
+/// The PKCS#8 v1 form (RFC 8410 §7: the seed only) of ring's PKCS#8 v2
+/// Ed25519 document (seed and public key, RFC 5958). OpenSSL writes v1, and
+/// before 3.5 refuses v2; ring reads both (the public key is derived from
+/// the seed). The seed is copied into a buffer that is wiped on drop.
+/// `None` if `v2` is not in the form ring 0.17 generates.
+fn ed25519_pkcs8_v1(v2: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    /// After the outer SEQUENCE's tag and length: INTEGER 1 (v2), the
+    /// Ed25519 AlgorithmIdentifier, OCTET STRING { OCTET STRING (32 bytes) }.
+    const V2_INNER_PREFIX: &[u8] = &[
+        0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    /// v1 up to the seed: SEQUENCE (46 bytes), INTEGER 0, then as above.
+    const V1_PREFIX: &[u8] = &[
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let seed = match v2 {
+        [0x30, len, rest @ ..] if usize::from(*len) == rest.len() => rest
+            .strip_prefix(V2_INNER_PREFIX)
+            .and_then(|rest| rest.get(..32)),
+        _ => None,
+    }?;
+    let mut v1 = Zeroizing::new(Vec::with_capacity(V1_PREFIX.len() + seed.len()));
+    v1.extend_from_slice(V1_PREFIX);
+    v1.extend_from_slice(seed);
+    Some(v1)
+}
+
+/// PKCS#8 DER as PEM text (RFC 7468: `PRIVATE KEY`, base64 in 64-column
+/// lines). Both the base64 and the text are built in buffers reserved at
+/// their final size, so they are never reallocated (which would leave
+/// unwiped copies behind), and both are wiped when they drop.
+fn pkcs8_pem(der: &[u8]) -> Zeroizing<String> {
+    const BEGIN: &str = "-----BEGIN PRIVATE KEY-----\n";
+    const END: &str = "-----END PRIVATE KEY-----\n";
+    const COLUMNS: usize = 64;
+    let encoded_len =
+        base64::encoded_len(der.len(), true).expect("a PKCS#8 key is far below usize::MAX");
+    let mut body = Zeroizing::new(vec![0u8; encoded_len]);
+    let written = B64
+        .encode_slice(der, &mut body[..])
+        .expect("the buffer has the encoded length");
+    debug_assert_eq!(written, encoded_len);
+    let lines = encoded_len.div_ceil(COLUMNS);
+    let pem_len = BEGIN.len() + encoded_len + lines + END.len();
+    let mut pem = Zeroizing::new(String::with_capacity(pem_len));
+    let reserved = pem.capacity();
+    pem.push_str(BEGIN);
+    for line in body.chunks(COLUMNS) {
+        // Standard base64 is ASCII, so this never fails.
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str(END);
+    debug_assert_eq!((pem.len(), pem.capacity()), (pem_len, reserved));
+    pem
 }
 
 fn rsa_padding(alg: Algorithm) -> &'static dyn RsaEncoding {
@@ -1061,11 +1178,9 @@ t9C5Es5XiCAdbT2D1jB4YCw=
         )
     }
 
-    /// A generated key and its PKCS#8 PEM (the `to_pkcs8_pem` of the brief, test-only).
-    fn generate_with_pem(alg: Algorithm) -> (PrivateKey, Zeroizing<String>) {
-        let der = generate_pkcs8(alg).unwrap();
-        let key = PrivateKey::from_pkcs8(&der, Some(alg)).unwrap();
-        (key, Zeroizing::new(pem("PRIVATE KEY", &der)))
+    /// The base64 body of a PEM text, without line breaks.
+    fn pem_body(pem: &str) -> String {
+        pem.lines().filter(|l| !l.starts_with("-----")).collect()
     }
 
     /// A PKCS#8 shell around `algorithm` (an AlgorithmIdentifier's contents).
@@ -1297,10 +1412,25 @@ t9C5Es5XiCAdbT2D1jB4YCw=
     #[test]
     fn generated_keys_round_trip_through_pkcs8_pem() {
         for alg in [Algorithm::ES256, Algorithm::EdDSA] {
-            let (key, pem) = generate_with_pem(alg);
+            let (key, pem) = PrivateKey::generate_pem(alg).unwrap();
+            assert_eq!(key.algorithm(), alg);
             let loaded = PrivateKey::from_pem(&pem, None).unwrap();
             assert_eq!(loaded.algorithm(), alg);
             assert_eq!(loaded.public_jwk(), key.public_jwk());
+            assert_eq!(
+                loaded.public_jwk().thumbprint(),
+                key.public_jwk().thumbprint()
+            );
+            // Asking for the algorithm explicitly gives the same key.
+            let explicit = PrivateKey::from_pem(&pem, Some(alg)).unwrap();
+            assert_eq!(explicit.public_jwk(), key.public_jwk());
+            // Both directions: the original signs what verifies under the reloaded key too.
+            sign_and_verify(&loaded);
+            let token = sign_jwt(&key, &json!({"alg": alg.name()}), &json!({"b": 2})).unwrap();
+            assert_eq!(
+                verify(&token, loaded.public_jwk(), alg).unwrap(),
+                json!({"b": 2})
+            );
             // What the reloaded key signs verifies under the original public key.
             let token = sign_jwt(&loaded, &json!({"alg": alg.name()}), &json!({"a": 1})).unwrap();
             assert_eq!(
@@ -1314,6 +1444,76 @@ t9C5Es5XiCAdbT2D1jB4YCw=
                 key.public_jwk().thumbprint()
             );
         }
+    }
+
+    #[test]
+    fn ed25519_documents_are_rewritten_as_pkcs8_v1() {
+        let v2 = generate_pkcs8(Algorithm::EdDSA).unwrap();
+        // ring's v2 document: the seed and the public key ([1], 33 bytes).
+        assert_eq!(v2[1], 81);
+        assert_eq!(v2[..5], [0x30, 81, 0x02, 0x01, 0x01]);
+        assert_eq!(v2[48..51], [0x81, 0x21, 0x00]);
+        let v1 = ed25519_pkcs8_v1(&v2).unwrap();
+        assert_eq!(v1[16..], v2[16..48], "the same seed");
+        let from_v2 = PrivateKey::from_pkcs8(&v2, None).unwrap();
+        let from_v1 = PrivateKey::from_pkcs8(&v1, None).unwrap();
+        assert_eq!(from_v1.public_jwk(), from_v2.public_jwk());
+        // Anything but ring's v2 form is not rewritten (generate_pem then
+        // hands out ring's document as is): a v1 document, a truncated one.
+        let openssl = Zeroizing::new(B64.decode(pem_body(ED_PEM)).unwrap());
+        assert!(ed25519_pkcs8_v1(&openssl).is_none());
+        assert!(ed25519_pkcs8_v1(&v2[..40]).is_none(), "truncated");
+        assert!(ed25519_pkcs8_v1(&v2[..83 - 1]).is_none(), "length mismatch");
+    }
+
+    #[test]
+    fn generated_pem_is_pkcs8_armour_in_64_column_lines() {
+        for alg in [Algorithm::ES256, Algorithm::EdDSA] {
+            let (key, pem) = PrivateKey::generate_pem(alg).unwrap();
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{alg}");
+            assert!(pem.ends_with("\n-----END PRIVATE KEY-----\n"), "{alg}");
+            assert!(!pem.contains('\r'), "{alg}");
+            let lines: Vec<&str> = pem.lines().collect();
+            assert_eq!(lines.first(), Some(&"-----BEGIN PRIVATE KEY-----"));
+            assert_eq!(lines.last(), Some(&"-----END PRIVATE KEY-----"));
+            let body = &lines[1..lines.len() - 1];
+            assert!(!body.is_empty(), "{alg}");
+            let (last, full) = body.split_last().unwrap();
+            for line in full {
+                assert_eq!(line.len(), 64, "{alg}: {line:?}");
+            }
+            assert!((1..=64).contains(&last.len()), "{alg}: {last:?}");
+            assert!(
+                body.iter().all(|line| line
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))),
+                "{alg}: standard base64 only"
+            );
+            // The body is the PKCS#8 DER of the key's kind; the text is exactly
+            // what the test helper's independent armouring makes of it.
+            let der = B64.decode(body.concat()).unwrap();
+            let kind = pkcs8_kind(&der).unwrap();
+            assert_eq!(kind.default_alg(), alg);
+            assert_eq!(pem.as_str(), self::pem("PRIVATE KEY", &der));
+            if alg == Algorithm::EdDSA {
+                // PKCS#8 v1, as OpenSSL writes it (the fixture): the same
+                // 16 bytes before the 32-byte seed, nothing after it.
+                let openssl = B64.decode(pem_body(ED_PEM)).unwrap();
+                assert_eq!(der.len(), 48);
+                assert_eq!(der[..16], openssl[..16]);
+            }
+            // Each call is a new key.
+            let (other, other_pem) = PrivateKey::generate_pem(alg).unwrap();
+            assert_ne!(other.public_jwk(), key.public_jwk(), "{alg}");
+            assert_ne!(other_pem.as_str(), pem.as_str(), "{alg}");
+        }
+        // An RSA-sized document (longer than a few lines) is armoured the same way.
+        let der = B64.decode(pem_body(RSA_PEM)).unwrap();
+        assert_eq!(pkcs8_pem(&der).as_str(), RSA_PEM);
+        assert_eq!(
+            pkcs8_pem(&[0x30, 0x00]).as_str(),
+            pem("PRIVATE KEY", &[0x30, 0x00])
+        );
     }
 
     #[test]
@@ -1402,6 +1602,9 @@ t9C5Es5XiCAdbT2D1jB4YCw=
                 message.contains("openssl genpkey -algorithm RSA"),
                 "{message}"
             );
+            // generate_pem refuses them the same way.
+            let error = PrivateKey::generate_pem(alg).expect_err("RSA generation");
+            assert_eq!(error.message(), message);
         }
     }
 
@@ -1830,12 +2033,12 @@ t9C5Es5XiCAdbT2D1jB4YCw=
             format!("PrivateKey {{ alg: ES256, thumbprint: \"{EC_THUMBPRINT}\", .. }}")
         );
         // Also for generated keys: neither their PEM body nor d shows.
-        let (key, pem) = generate_with_pem(Algorithm::EdDSA);
+        let (key, pem) = PrivateKey::generate_pem(Algorithm::EdDSA).unwrap();
         let debug = format!("{key:?}");
         for line in pem.lines().filter(|line| !line.starts_with("-----")) {
             assert!(!debug.contains(line), "{debug}");
         }
-        // ring's Ed25519 PKCS#8 has a 16-byte prefix, then the 32-byte seed (d).
+        // Ed25519 PKCS#8 (v1, as written) has a 16-byte prefix, then the 32-byte seed (d).
         let der = B64
             .decode(
                 pem.lines()
