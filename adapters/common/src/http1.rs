@@ -272,7 +272,7 @@ impl ResponseReader {
                         parts,
                         body: Vec::new(),
                         cap: self.limits.body.saturating_add(1),
-                        trailer_limit: self.limits.head,
+                        head_limit: self.limits.head,
                         chunk_lines: 0,
                     };
                     if body.is_complete() {
@@ -571,9 +571,9 @@ struct BodyReader {
     body: Vec<u8>,
     /// `limits.body + 1`: the most body bytes kept.
     cap: usize,
-    /// `limits.head`, for the trailer section, and again for all the
-    /// chunk-size lines of a chunked body together.
-    trailer_limit: usize,
+    /// `limits.head`: the bound of the trailer section, and separately of
+    /// all the chunk-size lines of a chunked body together.
+    head_limit: usize,
     /// Bytes of chunk-size lines so far: one body byte per chunk with long
     /// extensions must not make the client read gigabytes before the cap.
     chunk_lines: usize,
@@ -712,7 +712,7 @@ impl BodyReader {
         let BodyReader {
             body,
             cap,
-            trailer_limit,
+            head_limit,
             chunk_lines,
             framing,
             ..
@@ -750,7 +750,7 @@ impl BodyReader {
                 match state {
                     Chunked::Size(line) => {
                         *chunk_lines += 1;
-                        if *chunk_lines > *trailer_limit {
+                        if *chunk_lines > *head_limit {
                             return Err(Http1Error::Malformed("too many chunk-size bytes"));
                         }
                         match line.push(byte)? {
@@ -778,10 +778,8 @@ impl BodyReader {
                     }
                     Chunked::Trailer { scan, len } => {
                         *len += 1;
-                        if *len > *trailer_limit {
-                            return Err(Http1Error::HeadTooLarge {
-                                limit: *trailer_limit,
-                            });
+                        if *len > *head_limit {
+                            return Err(Http1Error::HeadTooLarge { limit: *head_limit });
                         }
                         if scan.push(byte) {
                             return Ok(true);

@@ -157,6 +157,17 @@ impl DirectHttp {
             body: max_body,
             ..ResponseLimits::default()
         };
+        // A name TLS cannot use is known before any connection is made.
+        let server_name = if target.tls {
+            Some(ServerName::try_from(target.host.clone()).map_err(|_| {
+                TransportError::new(
+                    TransportErrorKind::Connect,
+                    format!("{:?} is not a valid TLS server name", target.host),
+                )
+            })?)
+        } else {
+            None
+        };
         let tcp = async_net::TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(|e| {
@@ -168,13 +179,7 @@ impl DirectHttp {
         // Token requests are one write each way: no point waiting for more to send.
         let _ = tcp.set_nodelay(true);
         let reader = ResponseReader::new(limits, head_request);
-        if target.tls {
-            let name = ServerName::try_from(target.host.clone()).map_err(|_| {
-                TransportError::new(
-                    TransportErrorKind::Connect,
-                    format!("{:?} is not a valid TLS server name", target.host),
-                )
-            })?;
+        if let Some(name) = server_name {
             let tls = TlsConnector::from(Arc::clone(&self.tls))
                 .connect(name, tcp)
                 .await

@@ -118,6 +118,19 @@ fn accept_within(listener: &TcpListener, limit: Duration) -> std::net::TcpStream
     }
 }
 
+/// `error` is a transport error of `kind`, whose message says `says`.
+fn assert_transport_error(error: &Error, kind: TransportErrorKind, says: Option<&str>) {
+    match error {
+        Error::Transport(e) => {
+            assert_eq!(e.kind(), kind, "{error}");
+            if let Some(says) = says {
+                assert!(e.to_string().contains(says), "{error}");
+            }
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+}
+
 fn client(transport: impl Into<TokenTransport>, token_url: &str) -> AsyncTokenClient {
     let tokens = AsyncTokenClient::with_options(
         transport,
@@ -192,10 +205,7 @@ fn a_body_until_close_needs_close_notify() {
         &format!("https://127.0.0.1:{port}/connect/token"),
     );
     let error = async_io::block_on(tokens.token("tls")).unwrap_err();
-    match &error {
-        Error::Transport(e) => assert_eq!(e.kind(), TransportErrorKind::Io, "{error}"),
-        other => panic!("expected a transport error, got {other:?}"),
-    }
+    assert_transport_error(&error, TransportErrorKind::Io, None);
     server.join().unwrap();
 }
 
@@ -207,13 +217,7 @@ fn the_webpki_roots_refuse_a_private_ca() {
         &format!("https://127.0.0.1:{port}/connect/token"),
     );
     let error = async_io::block_on(tokens.token("tls")).unwrap_err();
-    match &error {
-        Error::Transport(e) => {
-            assert_eq!(e.kind(), TransportErrorKind::Connect, "{error}");
-            assert!(e.to_string().contains("TLS handshake"), "{error}");
-        }
-        other => panic!("expected a transport error, got {other:?}"),
-    }
+    assert_transport_error(&error, TransportErrorKind::Connect, Some("TLS handshake"));
     // The server saw no request: the handshake failed first.
     assert_eq!(server.join().unwrap(), vec![(String::new(), Vec::new())]);
 }
@@ -245,13 +249,7 @@ fn a_certificate_for_another_name_is_refused() {
         &format!("https://{listener_host}:{forward_port}/connect/token"),
     );
     let error = async_io::block_on(tokens.token("tls")).unwrap_err();
-    match &error {
-        Error::Transport(e) => {
-            assert_eq!(e.kind(), TransportErrorKind::Connect, "{error}");
-            assert!(e.to_string().contains("TLS handshake"), "{error}");
-        }
-        other => panic!("expected a transport error, got {other:?}"),
-    }
+    assert_transport_error(&error, TransportErrorKind::Connect, Some("TLS handshake"));
     assert_eq!(server.join().unwrap(), vec![(String::new(), Vec::new())]);
     relay.join().unwrap();
 }
