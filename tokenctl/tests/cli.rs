@@ -2,6 +2,8 @@
 
 use std::process::{Command, Output};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use token_keeper_testkit::{ApiFault, LocalAuthServer, ServerConfig, TokenFault};
 
 const SECRET: &str = "cli-secret-7d1e";
@@ -437,20 +439,7 @@ fn private_key_jwt_from_a_pem_file_on_both_adapters() {
     })
     .unwrap();
     for adapter in ADAPTERS {
-        let out = tokenctl(&[
-            "token",
-            "--token-url",
-            &s.token_url(),
-            "--client-id",
-            "pkj",
-            "--auth",
-            "private-key-jwt",
-            "--private-key",
-            pem.to_str().unwrap(),
-            "--json",
-            "--adapter",
-            adapter,
-        ]);
+        let out = token_with_private_key(&s.token_url(), &pem, &["--json", "--adapter", adapter]);
         assert!(out.status.success(), "{adapter}: {}", stderr(&out));
         let recorded = s.last_token_request().unwrap();
         assert_eq!(
@@ -467,17 +456,7 @@ fn private_key_jwt_from_a_pem_file_on_both_adapters() {
         .output()
         .unwrap();
     assert!(made.status.success());
-    let out = tokenctl(&[
-        "token",
-        "--token-url",
-        &s.token_url(),
-        "--client-id",
-        "pkj",
-        "--auth",
-        "private-key-jwt",
-        "--private-key",
-        other.to_str().unwrap(),
-    ]);
+    let out = token_with_private_key(&s.token_url(), &other, &[]);
     assert_clean_error(&out, 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -682,51 +661,34 @@ fn keygen_eddsa_key_works_as_a_private_key_jwt_key() {
     })
     .unwrap();
     for adapter in ADAPTERS {
-        let out = tokenctl(&[
-            "token",
-            "--token-url",
-            &s.token_url(),
-            "--client-id",
-            "pkj",
-            "--auth",
-            "private-key-jwt",
-            "--private-key",
-            path.to_str().unwrap(),
-            "--adapter",
-            adapter,
-        ]);
+        let out = token_with_private_key(&s.token_url(), &path, &["--adapter", adapter]);
         assert!(out.status.success(), "{adapter}: {}", stderr(&out));
         let recorded = s.last_token_request().unwrap();
         let assertion = recorded.field("client_assertion").unwrap();
         let header = assertion.split('.').next().unwrap();
-        let header: serde_json::Value = serde_json::from_slice(&b64url_decode(header)).unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
         assert_eq!(header["alg"], "EdDSA", "{adapter}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Decodes unpadded base64url (tokenctl's tests have no base64 crate).
-fn b64url_decode(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut bits, mut count) = (0u32, 0);
-    for c in text.bytes() {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => panic!("not base64url: {text}"),
-        };
-        bits = (bits << 6) | u32::from(value);
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            out.push((bits >> count) as u8);
-            bits &= (1 << count) - 1;
-        }
-    }
-    out
+/// `tokenctl token` as the server's private_key_jwt client `pkj`, signing
+/// with the key in `key`, then `extra` flags.
+fn token_with_private_key(token_url: &str, key: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "token",
+        "--token-url",
+        token_url,
+        "--client-id",
+        "pkj",
+        "--auth",
+        "private-key-jwt",
+        "--private-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    tokenctl(&args)
 }
 
 #[test]
