@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::jose::Signer;
 
+use crate::discovery::{parse_issuer, IssuerProblem, ServerMetadata};
 use crate::error::ConfigError;
 use crate::key::{validate_param_name, validate_resource, Scope};
 
@@ -60,12 +61,19 @@ pub enum ClientAuth {
     PrivateKeyJwt(PrivateKeyJwt),
 }
 
-/// The `aud` of a `private_key_jwt` client assertion.
+/// The `aud` of a `private_key_jwt` client assertion, always sent as a
+/// single string (never an array).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AssertionAudience {
     /// The token endpoint URL (the default; RFC 7523 §3).
     TokenEndpoint,
-    /// The issuer identifier (some servers, and OpenID Connect, accept or require it).
+    /// The authorization server's issuer identifier, as
+    /// draft-ietf-oauth-rfc7523bis recommends (a single string, so that an
+    /// assertion cannot be made out to several servers at once; OpenID
+    /// Connect servers accept it too). It must be an issuer identifier (an
+    /// `https` URL, or `http` on loopback, without query or fragment):
+    /// [`ClientConfig::new`] refuses anything else, and
+    /// [`ClientConfig::check_against`] compares it with the discovered issuer.
     Issuer(String),
 }
 
@@ -215,6 +223,7 @@ pub struct ClientConfig {
     pub(crate) refresh: RefreshPolicy,
     pub(crate) backoff: BackoffPolicy,
     pub(crate) dpop: Option<Arc<dyn Signer>>,
+    pub(crate) require_dpop_bound: bool,
 }
 
 impl ClientConfig {
@@ -229,6 +238,9 @@ impl ClientConfig {
         auth: ClientAuth,
     ) -> Result<ClientConfig, ConfigError> {
         let token_endpoint = parse_endpoint(token_endpoint)?;
+        if let ClientAuth::PrivateKeyJwt(settings) = &auth {
+            check_assertion_audience(&settings.audience)?;
+        }
         let client_id = client_id.into();
         if client_id.is_empty() {
             return Err(ConfigError::new("client id is empty"));
@@ -244,6 +256,7 @@ impl ClientConfig {
             refresh: RefreshPolicy::default(),
             backoff: BackoffPolicy::default(),
             dpop: None,
+            require_dpop_bound: false,
         })
     }
 
@@ -253,6 +266,28 @@ impl ClientConfig {
     pub fn dpop(mut self, signer: Arc<dyn Signer>) -> ClientConfig {
         self.dpop = Some(signer);
         self
+    }
+
+    /// Refuses tokens the server did not bind to the DPoP key (default
+    /// `false`).
+    ///
+    /// RFC 9449 §7.1 lets a server answer a DPoP token request with a plain
+    /// `token_type: Bearer` token; by default such a token is used as Bearer
+    /// (and [`Event::TokenNotBound`](crate::Event::TokenNotBound) says so), for
+    /// interoperability. A client whose tokens must not be replayable if
+    /// stolen sets this: the answer then fails with
+    /// [`ResponseProblem::NotDPoPBound`](crate::ResponseProblem::NotDPoPBound),
+    /// the token is neither cached nor used, and the key backs off as after any
+    /// unusable response. Needs [`ClientConfig::dpop`]:
+    /// [`TokenManager::add_client`](crate::TokenManager::add_client) refuses it alone.
+    pub fn require_dpop_bound(mut self, required: bool) -> ClientConfig {
+        self.require_dpop_bound = required;
+        self
+    }
+
+    /// Whether unbound (Bearer) answers are refused; see [`ClientConfig::require_dpop_bound`].
+    pub fn requires_dpop_bound(&self) -> bool {
+        self.require_dpop_bound
     }
 
     /// The DPoP key, if tokens are bound to one.
@@ -304,6 +339,38 @@ impl ClientConfig {
         self
     }
 
+    /// Checks this client against the metadata its authorization server
+    /// published (see [`discovery`](crate::discovery)), for adapters that
+    /// configure a client from discovery or alongside it.
+    ///
+    /// Refuses a token endpoint other than the discovered one (compared as
+    /// URLs: scheme and host case-insensitively, port, path and query exactly),
+    /// and an [`AssertionAudience::Issuer`] other than the discovered issuer
+    /// (compared exactly, as RFC 8414 §3.3 compares issuers): an assertion
+    /// made out to another issuer is refused by this server, or worse, is
+    /// accepted by the other one. The errors name neither value.
+    pub fn check_against(&self, metadata: &ServerMetadata) -> Result<(), ConfigError> {
+        let same_endpoint = metadata
+            .token_endpoint()
+            .parse::<Uri>()
+            .is_ok_and(|discovered| discovered == self.token_endpoint);
+        if !same_endpoint {
+            return Err(ConfigError::new(
+                "the token endpoint differs from the token_endpoint in the authorization server's metadata",
+            ));
+        }
+        if let ClientAuth::PrivateKeyJwt(settings) = &self.auth {
+            if let AssertionAudience::Issuer(issuer) = &settings.audience {
+                if issuer != metadata.issuer() {
+                    return Err(ConfigError::new(
+                        "the private_key_jwt assertion audience differs from the issuer in the authorization server's metadata",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The token endpoint.
     pub fn token_endpoint(&self) -> &Uri {
         &self.token_endpoint
@@ -339,6 +406,18 @@ pub struct ManagerConfig {
     pub max_keys: usize,
     /// How long a `DPoP-Nonce` from a server is used before it is forgotten (default 1 h).
     pub dpop_nonce_lifetime: Duration,
+    /// How long a 401 from a protected resource stops throwing away tokens
+    /// after it has thrown one away (default 10 s; zero turns damping off).
+    ///
+    /// An API that rejects every token (a wrong audience, a clock skewed
+    /// server) would otherwise cost a token request and a retry per call, and
+    /// never back off, since every token request succeeds. So once a 401 has
+    /// invalidated a key's token, a 401 for a token fetched after it, within
+    /// this window, neither invalidates it nor asks for a retry: the response
+    /// goes to the caller, and [`Event::RejectionDamped`](crate::Event::RejectionDamped)
+    /// says so. The first 401 after the window invalidates again and opens a
+    /// new window. See [`TokenManager::handle_resource_response`](crate::TokenManager::handle_resource_response).
+    pub resource_rejection_damping: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -348,6 +427,7 @@ impl Default for ManagerConfig {
             request_timeout: Duration::from_secs(30),
             max_keys: 10_000,
             dpop_nonce_lifetime: Duration::from_secs(3600),
+            resource_rejection_damping: Duration::from_secs(10),
         }
     }
 }
@@ -383,16 +463,30 @@ fn parse_endpoint(url: &str) -> Result<Uri, ConfigError> {
     }
 }
 
-/// Whether `host` (as written in a URL) names this machine.
-pub(crate) fn is_loopback_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    bare.parse::<std::net::IpAddr>()
-        .map(|ip| ip.is_loopback())
-        .unwrap_or(false)
+/// Refuses an [`AssertionAudience::Issuer`] that is no issuer identifier:
+/// a server compares `aud` with its issuer exactly, so a mistyped one fails
+/// every token request; better to fail at configuration.
+fn check_assertion_audience(audience: &AssertionAudience) -> Result<(), ConfigError> {
+    let AssertionAudience::Issuer(issuer) = audience else {
+        return Ok(());
+    };
+    parse_issuer(issuer).map(drop).map_err(|problem| {
+        ConfigError::new(match problem {
+            IssuerProblem::NotUrl => "private_key_jwt assertion audience: the issuer is not a valid URL",
+            IssuerProblem::NoHost => "private_key_jwt assertion audience: the issuer has no host",
+            IssuerProblem::NotHttps => {
+                "private_key_jwt assertion audience: the issuer must be an https URL (or http on loopback)"
+            }
+            IssuerProblem::QueryOrFragment => {
+                "private_key_jwt assertion audience: the issuer must not have a query or fragment"
+            }
+        })
+    })
 }
+
+/// Whether `host` (as written in a URL) names this machine; the one
+/// definition lives in [`crate::proxy`].
+pub(crate) use crate::proxy::is_loopback_host;
 
 #[cfg(test)]
 mod tests {

@@ -132,25 +132,14 @@ impl Discovery {
     /// Starts discovery for `issuer` (an `https` URL, or `http` on loopback,
     /// with no query or fragment).
     pub fn new(issuer: &str) -> Result<Discovery, ConfigError> {
-        let uri: Uri = issuer
-            .parse()
-            .map_err(|_| ConfigError::new("issuer is not a valid URL"))?;
-        let host = uri
-            .host()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| ConfigError::new("issuer has no host"))?;
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") if is_loopback_host(host) => {}
-            _ => {
-                return Err(ConfigError::new(
-                    "issuer must be an https URL (or http on loopback)",
-                ))
-            }
-        }
-        if uri.query().is_some() || issuer.contains('#') {
-            return Err(ConfigError::new("issuer must not have a query or fragment"));
-        }
+        let uri = parse_issuer(issuer).map_err(|problem| {
+            ConfigError::new(match problem {
+                IssuerProblem::NotUrl => "issuer is not a valid URL",
+                IssuerProblem::NoHost => "issuer has no host",
+                IssuerProblem::NotHttps => "issuer must be an https URL (or http on loopback)",
+                IssuerProblem::QueryOrFragment => "issuer must not have a query or fragment",
+            })
+        })?;
         let authority = uri.authority().expect("a URL with a host has an authority");
         let scheme = uri.scheme_str().expect("checked above");
         let path = uri.path().trim_end_matches('/');
@@ -200,6 +189,34 @@ impl Discovery {
             Err(error) => DiscoveryStep::Failed(error),
         }
     }
+}
+
+/// What makes a string no issuer identifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IssuerProblem {
+    NotUrl,
+    NoHost,
+    NotHttps,
+    QueryOrFragment,
+}
+
+/// Checks an issuer identifier (RFC 8414 §2): an `https` URL (or `http` on
+/// a loopback host) with a host and no query or fragment.
+pub(crate) fn parse_issuer(issuer: &str) -> Result<Uri, IssuerProblem> {
+    let uri: Uri = issuer.parse().map_err(|_| IssuerProblem::NotUrl)?;
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or(IssuerProblem::NoHost)?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if is_loopback_host(host) => {}
+        _ => return Err(IssuerProblem::NotHttps),
+    }
+    if uri.query().is_some() || issuer.contains('#') {
+        return Err(IssuerProblem::QueryOrFragment);
+    }
+    Ok(uri)
 }
 
 #[derive(Deserialize)]
@@ -359,6 +376,15 @@ mod tests {
                 "{endpoint}"
             );
         }
+    }
+
+    #[test]
+    fn a_foreign_issuer_is_shown_with_its_bidi_controls_escaped() {
+        let body = r#"{"issuer":"https://evil.example/\u202Emoc.elpmaxe-sa","token_endpoint":"https://as.example/t"}"#;
+        let error = parse_metadata(body.as_bytes(), "https://as.example").unwrap_err();
+        let text = error.to_string();
+        assert!(!text.contains('\u{202E}'), "{text}");
+        assert!(text.contains(r"\\u{202e}moc.elpmaxe-sa"), "{text}");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Every error message is written for the person reading a log: it says what
 //! happened and, where it can, what to do. None of them ever contains a client
 //! secret or an access token: excerpts of server responses are cut short,
-//! stripped of control characters, and withheld when they contain anything
-//! that looks like a credential.
+//! stripped of control characters, have invisible format characters (bidi
+//! overrides, zero-width joiners …) escaped as `\u{…}`, and are withheld when
+//! they contain anything that looks like a credential.
 
 use std::fmt;
 use std::time::Duration;
@@ -122,7 +123,8 @@ impl OAuthError {
         &self.code
     }
 
-    /// The `error_description`, shortened and cleaned of control characters.
+    /// The `error_description`, shortened, cleaned of control characters and
+    /// with format characters (bidi controls, zero-width characters) escaped.
     pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
     }
@@ -194,6 +196,11 @@ pub enum ResponseProblem {
     /// The token's lifetime had already run out when the response arrived
     /// (`expires_in` of zero or less, or a response slower than the lifetime).
     ExpiredOnArrival,
+    /// The server answered a DPoP token request with an unbound Bearer token,
+    /// and the client requires bound tokens
+    /// ([`ClientConfig::require_dpop_bound`](crate::ClientConfig::require_dpop_bound)):
+    /// a stolen Bearer token can be replayed, a DPoP-bound one cannot.
+    NotDPoPBound,
 }
 
 impl fmt::Display for ResponseProblem {
@@ -218,6 +225,10 @@ impl fmt::Display for ResponseProblem {
             ResponseProblem::ExpiredOnArrival => {
                 f.write_str("the token had expired by the time the response arrived")
             }
+            ResponseProblem::NotDPoPBound => f.write_str(
+                "the server issued an unbound Bearer token although DPoP was required \
+                 (check that the authorization server supports DPoP for this client)",
+            ),
         }
     }
 }
@@ -242,7 +253,8 @@ impl InvalidResponse {
     }
 
     /// The start of the body, for diagnosis: at most 160 characters, control
-    /// characters replaced, and absent when the body might hold a credential.
+    /// characters replaced, format characters (bidi controls, zero-width
+    /// characters) escaped as `\u{…}`, and absent when the body might hold a credential.
     pub fn excerpt(&self) -> Option<&str> {
         self.excerpt.as_deref()
     }
@@ -342,7 +354,10 @@ impl fmt::Display for UnknownRequest {
 impl std::error::Error for UnknownRequest {}
 
 /// Text from the network, made safe to show: at most `max_chars` characters,
-/// control characters replaced by `�`.
+/// control characters replaced by `�`, and invisible format characters
+/// (bidi overrides and isolates, zero-width characters, tags …, see
+/// [`is_format_char`]) written as `\u{…}` escapes, so a server cannot reorder
+/// or hide what a log line says.
 pub(crate) fn clean_text(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars * 2));
     for (count, c) in text.chars().enumerate() {
@@ -350,9 +365,49 @@ pub(crate) fn clean_text(text: &str, max_chars: usize) -> String {
             out.push('…');
             break;
         }
-        out.push(if c.is_control() { '\u{FFFD}' } else { c });
+        if c.is_control() {
+            out.push('\u{FFFD}');
+        } else if is_format_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
     }
     out
+}
+
+/// Whether `c` is an invisible character that changes how the text around it
+/// is shown: Unicode general category Cf (format: the bidi embeddings,
+/// overrides, isolates and marks U+202A–U+202E, U+2066–U+2069, U+200E,
+/// U+200F, U+061C; zero-width space, joiners and word joiner; the soft hyphen;
+/// the BOM; tag characters; prefixed number signs …), plus the line and
+/// paragraph separators U+2028 and U+2029, which some log viewers break lines on.
+/// The list is Cf as of Unicode 15.1.
+fn is_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 #[cfg(test)]
@@ -364,6 +419,30 @@ mod tests {
         assert_eq!(clean_text("a\r\nb", 10), "a\u{FFFD}\u{FFFD}b");
         assert_eq!(clean_text("abcdef", 3), "abc…");
         assert_eq!(clean_text("ééé", 2), "éé…");
+    }
+
+    #[test]
+    fn clean_text_escapes_bidi_and_format_characters() {
+        let bidi = "\u{202A}\u{202B}\u{202C}\u{202D}\u{202E}\u{2066}\u{2067}\u{2068}\u{2069}\
+                    \u{200E}\u{200F}\u{061C}";
+        let format = "\u{200B}\u{200C}\u{200D}\u{2060}\u{2061}\u{2064}\u{FEFF}\u{00AD}\u{180E}\
+                      \u{E0001}\u{E0020}\u{E007F}\u{0600}\u{FFF9}\u{2028}\u{2029}";
+        for c in bidi.chars().chain(format.chars()) {
+            let cleaned = clean_text(&format!("a{c}b"), 10);
+            assert_eq!(cleaned, format!("a\\u{{{:x}}}b", c as u32), "{c:?}");
+        }
+        // Visible text, including other scripts and emoji, is left alone.
+        for text in ["Grüße", "مرحبا", "שלום", "日本語", "👍🏽", "a\\u{202e}b"] {
+            assert_eq!(clean_text(text, 20), text);
+        }
+        // An escape counts as one character of the limit.
+        assert_eq!(clean_text("\u{202E}\u{202E}abc", 3), "\\u{202e}\\u{202e}a…");
+    }
+
+    #[test]
+    fn transport_messages_are_cleaned_too() {
+        let e = TransportError::new(TransportErrorKind::Io, "reset by \u{202E}reep");
+        assert_eq!(e.message(), "reset by \\u{202e}reep");
     }
 
     #[test]

@@ -98,8 +98,20 @@ pub enum Event {
         key: KeyId,
     },
     /// The client asked for a DPoP-bound token but the server issued a Bearer
-    /// token (RFC 9449 §7.1 allows it): it is used as a Bearer token.
+    /// token (RFC 9449 §7.1 allows it): it is used as a Bearer token. (With
+    /// [`ClientConfig::require_dpop_bound`](crate::ClientConfig::require_dpop_bound)
+    /// the answer is refused instead, and `RequestFailed` says so.)
     TokenNotBound {
+        /// The key.
+        key: KeyId,
+    },
+    /// A protected resource answered 401 to the key's current token, which was
+    /// fetched after an earlier 401 had thrown the previous one away, within
+    /// [`ManagerConfig::resource_rejection_damping`](crate::ManagerConfig::resource_rejection_damping):
+    /// the token was kept and the 401 handed to the caller without a retry.
+    /// The API rejects fresh tokens too (a wrong audience, scope or clock, say);
+    /// worth a warning, since a new token would not have helped.
+    RejectionDamped {
         /// The key.
         key: KeyId,
     },

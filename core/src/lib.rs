@@ -50,7 +50,14 @@
 //! expiry off the callers' path, ends backoffs and gives up on lost requests.
 //! When an API answers 401, [`TokenManager::handle_resource_response`]
 //! invalidates the token only if it is the one that request carried, and
-//! allows one retry.
+//! allows one retry; if a token fetched after such a 401 is rejected too,
+//! within [`ManagerConfig::resource_rejection_damping`], the 401 goes to the
+//! caller instead, so an API that rejects every token cannot make each call
+//! cost a token request.
+//!
+//! The `jti`s of signed JWTs and the jitter come from a generator seeded in
+//! [`TokenManager::new`]; adapters inject a secure [`RandomSource`] with
+//! [`TokenManager::set_random_source`].
 //!
 //! ## The life of a cached token (per key)
 //!
@@ -131,7 +138,7 @@
 //! [`challenge`] (`WWW-Authenticate`), [`retry_after`], [`discovery`]
 //! (issuer metadata), [`jose`] (signers, JWKs, thumbprints, JWS), [`dpop`]
 //! (proofs and nonces), [`snapshot`] (the lock-free read path), [`event`],
-//! [`error`] and [`time`].
+//! [`error`], [`time`] and [`random`] (the injected source of `jti`s and jitter).
 //!
 //! ## DPoP and `private_key_jwt`
 //!
@@ -156,6 +163,8 @@ pub mod jose;
 pub mod key;
 mod lifecycle;
 mod manager;
+pub mod proxy;
+pub mod random;
 pub mod request;
 pub mod response;
 pub mod retry_after;
@@ -176,6 +185,8 @@ pub use manager::{
     Attach, Authorization, ClientHandle, ForcedRefresh, ResourceOutcome, ResourceResponse,
     TimeoutReason, TokenManager, TokenState, TokenView,
 };
+pub use proxy::{Proxy, ProxyDecision, ProxyError, ProxySettings};
+pub use random::RandomSource;
 pub use request::{RequestId, TokenRequest};
 pub use response::{AccessToken, TokenResponse, TokenType};
 pub use snapshot::Snapshot;

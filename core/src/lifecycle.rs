@@ -85,9 +85,11 @@ pub(crate) fn backoff_delay(
     jittered.max(asked)
 }
 
-/// A small deterministic random source (SplitMix64), seeded by the adapter.
-/// The core needs randomness only to spread refreshes and retries in time;
-/// keeping it seeded makes every test reproducible.
+/// A small deterministic generator (SplitMix64), seeded by
+/// [`TokenManager::new`](crate::TokenManager::new): the default source of the
+/// jitter and of `jti`s until an adapter injects a secure
+/// [`RandomSource`](crate::RandomSource). Keeping it seeded makes every test
+/// reproducible; it is not unpredictable (see [`crate::random`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Jitter(u64);
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use zeroize::Zeroizing;
 
 use crate::challenge::parse_www_authenticate;
 use crate::config::{ClientAuth, ClientConfig, ManagerConfig};
@@ -15,8 +16,11 @@ use crate::error::{
 use crate::event::{Event, InvalidationReason, RequestReason};
 use crate::jose::SignError;
 use crate::key::{KeyDescriptor, KeyId, KeyOverrides};
-use crate::lifecycle::{backoff_delay, schedule, Jitter, Schedule};
-use crate::request::{basic_credentials, build_token_request, Attempt, RequestId, TokenRequest};
+use crate::lifecycle::{backoff_delay, schedule, Schedule};
+use crate::random::{RandomSource, Randomness};
+use crate::request::{
+    basic_token68, build_token_request, form_encoded, Attempt, RequestId, TokenRequest,
+};
 use crate::response::{parse_token_response, AccessToken, TokenResponse, TokenType};
 use crate::retry_after::retry_after_from_headers;
 use crate::snapshot::Snapshot;
@@ -196,8 +200,9 @@ struct Client {
     name: String,
     config: ClientConfig,
     default_key: KeyId,
-    /// Strings that must never appear in an error excerpt.
-    sensitive: Vec<String>,
+    /// Strings that must never appear in an error excerpt (the secret and its
+    /// encodings), wiped on drop.
+    sensitive: Vec<Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -219,6 +224,9 @@ struct CachedToken {
     scope: Option<String>,
     schedule: Schedule,
     generation: u64,
+    /// Whether it was requested after the key's latest invalidation by a 401
+    /// (see [`ManagerConfig::resource_rejection_damping`]).
+    after_rejection: bool,
 }
 
 #[derive(Debug)]
@@ -228,6 +236,8 @@ struct Flight {
     deadline: Instant,
     /// Whether this flight already retried after `use_dpop_nonce` (at most once).
     nonce_retried: bool,
+    /// [`Slot::rejections`] when the request was made.
+    rejections: u64,
 }
 
 #[derive(Debug)]
@@ -243,6 +253,9 @@ struct Slot {
     flight: Option<Flight>,
     backoff: Option<Backoff>,
     failures: u32,
+    /// How many times a 401 invalidated this key's token, and when it last did.
+    rejections: u64,
+    rejected_at: Option<Instant>,
     snapshot: Option<Arc<Snapshot>>,
     publish_pending: bool,
 }
@@ -260,14 +273,17 @@ pub struct TokenManager {
     published: VecDeque<KeyId>,
     next_request: u64,
     next_generation: u64,
-    jitter: Jitter,
+    random: Randomness,
     latest: Instant,
     nonces: NonceStore,
 }
 
 impl TokenManager {
-    /// A manager with no clients. `seed` feeds the jitter that spreads
-    /// refreshes and retries; adapters pass a random value, tests a fixed one.
+    /// A manager with no clients. `seed` feeds the generator that spreads
+    /// refreshes and retries and makes the `jti`s of signed JWTs; tests pass
+    /// a fixed one to be reproducible. Adapters pass a random value and also
+    /// inject a secure source with [`TokenManager::set_random_source`] (see
+    /// [`random`](crate::random)): a seeded generator is predictable.
     pub fn new(config: ManagerConfig, seed: u64) -> TokenManager {
         TokenManager {
             config,
@@ -280,10 +296,19 @@ impl TokenManager {
             published: VecDeque::new(),
             next_request: 0,
             next_generation: 0,
-            jitter: Jitter::new(seed),
+            random: Randomness::new(seed),
             latest: Instant::ZERO,
             nonces: NonceStore::default(),
         }
+    }
+
+    /// Draws every `jti` (16 bytes each) and the refresh and backoff jitter
+    /// from `source` from now on, instead of from the generator seeded in
+    /// [`TokenManager::new`], whose output can be predicted from one `jti` and
+    /// repeats in forked processes. Adapters pass the operating system's
+    /// generator; tests may keep the seed, or pass a source of known bytes.
+    pub fn set_random_source(&mut self, source: Box<dyn RandomSource>) {
+        self.random.set_source(source);
     }
 
     /// The manager-wide limits.
@@ -292,6 +317,9 @@ impl TokenManager {
     }
 
     /// Registers a named client; its configured request becomes its default key.
+    ///
+    /// Refused when the name is taken, when there are too many clients, and
+    /// when the client requires DPoP-bound tokens without a DPoP key.
     pub fn add_client(
         &mut self,
         name: impl Into<String>,
@@ -301,6 +329,11 @@ impl TokenManager {
         if self.clients.iter().any(|c| c.name == name) {
             return Err(ConfigError::new(
                 "a client with this name is already registered",
+            ));
+        }
+        if config.require_dpop_bound && config.dpop.is_none() {
+            return Err(ConfigError::new(
+                "require_dpop_bound needs a DPoP key (ClientConfig::dpop)",
             ));
         }
         let index =
@@ -362,6 +395,8 @@ impl TokenManager {
             flight: None,
             backoff: None,
             failures: 0,
+            rejections: 0,
+            rejected_at: None,
             snapshot: None,
             publish_pending: false,
         });
@@ -486,7 +521,7 @@ impl TokenManager {
         if token.token_type != TokenType::DPoP {
             return None;
         }
-        let jti = next_jti(&mut self.jitter);
+        let jti = self.random.jti();
         let Some(signer) = self.clients[slot.descriptor.client as usize]
             .config
             .dpop
@@ -604,7 +639,7 @@ impl TokenManager {
                 t,
                 self.config.dpop_nonce_lifetime,
             );
-        let sensitive: Vec<&str> = client.sensitive.iter().map(String::as_str).collect();
+        let sensitive: Vec<&str> = client.sensitive.iter().map(|s| s.as_str()).collect();
         let parsed = parse_token_response(
             response.status(),
             response.body().as_ref(),
@@ -654,6 +689,15 @@ impl TokenManager {
     /// On a 401, the cached token is invalidated only if it is the one the
     /// request carried (compare-and-invalidate): a 401 for an older token must
     /// not throw away the newer one. One retry is allowed (`attempt == 0`).
+    ///
+    /// A 401 that does not call for a new token is delivered as it is: a
+    /// Bearer `insufficient_scope`, and a DPoP `use_dpop_nonce` (retried once
+    /// when the response carried a new nonce). And a 401 for a token that was
+    /// itself fetched after the key's last 401 invalidation is damped: within
+    /// [`ManagerConfig::resource_rejection_damping`] of that invalidation the
+    /// token is kept, the response is delivered without a retry and
+    /// [`Event::RejectionDamped`] is emitted, so that an API that rejects
+    /// every token costs one token request per window instead of two per call.
     pub fn handle_resource_response(
         &mut self,
         key: KeyId,
@@ -691,9 +735,23 @@ impl TokenManager {
         {
             return ResourceOutcome::Deliver;
         }
+        let damping = self.config.resource_rejection_damping;
         let slot = &mut self.slots[key.index()];
-        if slot.token.as_ref().is_some_and(|t| t.header == *sent) {
+        if let Some(token) = slot.token.as_ref().filter(|tok| tok.header == *sent) {
+            // A token fetched after the last 401 is rejected too: the API
+            // rejects every token. Within the window, keep it and hand the 401
+            // to the caller rather than pay a token request per call.
+            let damped = token.after_rejection
+                && slot
+                    .rejected_at
+                    .is_some_and(|at| t < at.saturating_add(damping));
+            if damped {
+                self.events.push_back(Event::RejectionDamped { key });
+                return ResourceOutcome::Deliver;
+            }
             slot.token = None;
+            slot.rejections += 1;
+            slot.rejected_at = Some(t);
             self.events.push_back(Event::TokenInvalidated {
                 key,
                 reason: InvalidationReason::RejectedByResource,
@@ -795,8 +853,8 @@ impl TokenManager {
         let t = self.latest;
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        let assertion_jti = next_jti(&mut self.jitter);
-        let proof_jti = next_jti(&mut self.jitter);
+        let assertion_jti = self.random.jti();
+        let proof_jti = self.random.jti();
         let slot = &self.slots[key.index()];
         let client = &self.clients[slot.descriptor.client as usize];
         let nonce = match &client.config.dpop {
@@ -823,6 +881,7 @@ impl TokenManager {
             requested_at: t,
             deadline: t.saturating_add(self.config.request_timeout),
             nonce_retried: false,
+            rejections: self.slots[key.index()].rejections,
         });
         self.in_flight.insert(id, key);
         self.requests.push_back(TokenRequest { id, key, request });
@@ -858,14 +917,17 @@ impl TokenManager {
                 excerpt: None,
             })
         };
-        let has_dpop = self.clients[self.slots[key.index()].descriptor.client as usize]
-            .config
-            .dpop
-            .is_some();
+        let config = &self.clients[self.slots[key.index()].descriptor.client as usize].config;
+        let (has_dpop, require_bound) = (config.dpop.is_some(), config.require_dpop_bound);
         match (response.token_type, has_dpop) {
             (TokenType::Bearer, false) | (TokenType::DPoP, true) => {}
-            // RFC 9449 §7.1 allows a server to issue a Bearer token anyway: use it
-            // as such, and say so.
+            // RFC 9449 §7.1 allows a server to issue a Bearer token anyway: refuse
+            // it when the client requires bound tokens (a stolen Bearer token can
+            // be replayed) ...
+            (TokenType::Bearer, true) if require_bound => {
+                return Err(invalid(ResponseProblem::NotDPoPBound));
+            }
+            // ... otherwise use it as such, and say so.
             (TokenType::Bearer, true) => self.events.push_back(Event::TokenNotBound { key }),
             (TokenType::DPoP, false) => {
                 // A DPoP-bound token needs a key to sign proofs with; none is configured.
@@ -880,7 +942,7 @@ impl TokenManager {
             policy,
             flight.requested_at,
             response.expires_in,
-            self.jitter.next_f64(),
+            self.random.unit(),
         );
         if t >= schedule.attach_until {
             return Err(invalid(ResponseProblem::ExpiredOnArrival));
@@ -902,6 +964,7 @@ impl TokenManager {
             scope: response.scope,
             schedule,
             generation,
+            after_rejection: slot.rejections > 0 && flight.rejections == slot.rejections,
         });
         slot.failures = 0;
         slot.backoff = None;
@@ -921,7 +984,7 @@ impl TokenManager {
         slot.failures = slot.failures.saturating_add(1);
         let failures = slot.failures;
         let policy = &self.clients[slot.descriptor.client as usize].config.backoff;
-        let delay = backoff_delay(policy, failures, retry_after, self.jitter.next_f64());
+        let delay = backoff_delay(policy, failures, retry_after, self.random.unit());
         let until = t.saturating_add(delay);
         let serving_cached = slot
             .token
@@ -991,14 +1054,6 @@ impl TokenManager {
     }
 }
 
-/// A unique JWT id: 128 bits from the manager's random source, base64url.
-fn next_jti(jitter: &mut Jitter) -> String {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&jitter.next_u64().to_le_bytes());
-    bytes[8..].copy_from_slice(&jitter.next_u64().to_le_bytes());
-    crate::jose::base64url(&bytes)
-}
-
 /// The cache key of `config`'s request changed by `overrides`: everything that
 /// changes the token, including the thumbprint of the DPoP key it is bound to.
 fn descriptor(client: u32, config: &ClientConfig, overrides: &KeyOverrides) -> KeyDescriptor {
@@ -1020,29 +1075,63 @@ fn descriptor(client: u32, config: &ClientConfig, overrides: &KeyOverrides) -> K
 /// `Authorization: <scheme> <token>`, marked sensitive. The token was checked
 /// to be visible ASCII, so this cannot fail.
 fn authorization_header(token_type: TokenType, token: &AccessToken) -> HeaderValue {
-    let text =
-        zeroize::Zeroizing::new(format!("{} {}", token_type.scheme(), token.expose_secret()));
+    let (scheme, secret) = (token_type.scheme(), token.expose_secret());
+    // Sized up front: a growing buffer would leave an unwiped copy behind.
+    let mut text = Zeroizing::new(String::with_capacity(scheme.len() + 1 + secret.len()));
+    text.push_str(scheme);
+    text.push(' ');
+    text.push_str(secret);
     let mut value = HeaderValue::from_str(&text).expect("token checked to be visible ASCII");
     value.set_sensitive(true);
     value
 }
 
 /// The secret and the forms it travels in, to keep out of error excerpts.
-fn sensitive_strings(config: &ClientConfig) -> Vec<String> {
+/// Held for the client's lifetime, so wiped on drop like the secret itself.
+fn sensitive_strings(config: &ClientConfig) -> Vec<Zeroizing<String>> {
     let Some(secret) = config.auth.secret() else {
         return Vec::new();
     };
-    let raw = secret.expose_secret().to_owned();
-    let form: String = form_urlencoded::byte_serialize(raw.as_bytes()).collect();
-    let mut out = vec![raw, form];
+    let raw = secret.expose_secret();
+    let mut out = vec![Zeroizing::new(raw.to_owned()), form_encoded(raw)];
     if matches!(config.auth, ClientAuth::Basic(_) | ClientAuth::BasicRaw(_)) {
         for encode in [true, false] {
-            let header = basic_credentials(&config.client_id, secret.expose_secret(), encode);
-            if let Some(b64) = header.to_str().ok().and_then(|h| h.strip_prefix("Basic ")) {
-                out.push(b64.to_owned());
-            }
+            out.push(basic_token68(&config.client_id, raw, encode));
         }
     }
     out.retain(|s| !s.is_empty());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClientSecret;
+
+    /// Only compiles while the strings kept to scrub error excerpts are wiped on drop.
+    fn zeroizing(forms: &[Zeroizing<String>]) -> Vec<&str> {
+        forms.iter().map(|s| s.as_str()).collect()
+    }
+
+    #[test]
+    fn the_secret_forms_kept_for_scrubbing_are_zeroized() {
+        let mut m = TokenManager::new(ManagerConfig::default(), 1);
+        let config = ClientConfig::new(
+            "https://as.example/token",
+            "m2m",
+            ClientAuth::Basic(ClientSecret::new("s e:c")),
+        )
+        .unwrap();
+        m.add_client("basic", config).unwrap();
+        let forms = zeroizing(&m.clients[0].sensitive);
+        assert!(forms.contains(&"s e:c"), "the secret itself");
+        assert!(forms.contains(&"s+e%3Ac"), "its form encoding");
+        let b64 = |s: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(s)
+        };
+        assert!(forms.contains(&b64("m2m:s+e%3Ac").as_str()), "basic");
+        assert!(forms.contains(&b64("m2m:s e:c").as_str()), "basic, raw");
+        assert!(!format!("{m:?}").contains("s e:c"));
+    }
 }

@@ -16,6 +16,7 @@ use http::{HeaderValue, Method};
 use std::time::SystemTime;
 
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use crate::config::{AssertionAudience, ClientAuth, ClientConfig, PrivateKeyJwt};
 use crate::dpop::{self, unix_seconds};
@@ -91,18 +92,46 @@ impl fmt::Debug for TokenRequest {
 /// assert_eq!(header.to_str().unwrap(), "Basic YSUzQWI6Yytk"); // base64("a%3Ab:c+d")
 /// ```
 pub fn basic_credentials(client_id: &str, secret: &str, form_encode: bool) -> HeaderValue {
-    let joined = if form_encode {
-        let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
-        let secret: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        zeroize::Zeroizing::new(format!("{id}:{secret}"))
-    } else {
-        zeroize::Zeroizing::new(format!("{client_id}:{secret}"))
-    };
-    let encoded = zeroize::Zeroizing::new(format!("Basic {}", BASE64.encode(joined.as_bytes())));
+    let token68 = basic_token68(client_id, secret, form_encode);
+    let mut text = Zeroizing::new(String::with_capacity("Basic ".len() + token68.len()));
+    text.push_str("Basic ");
+    text.push_str(&token68);
     let mut value =
-        HeaderValue::from_str(&encoded).expect("base64 output is always a valid header value");
+        HeaderValue::from_str(&text).expect("base64 output is always a valid header value");
     value.set_sensitive(true);
     value
+}
+
+/// The credentials of `client_secret_basic` after `Basic `:
+/// `base64(id ":" secret)`, each form-urlencoded first when `form_encode`.
+/// Held in memory that is wiped on drop, since it decodes to the secret.
+pub(crate) fn basic_token68(client_id: &str, secret: &str, form_encode: bool) -> Zeroizing<String> {
+    // Every buffer is sized up front: a buffer that grows moves, and the copy
+    // it leaves behind would not be wiped.
+    let mut joined = Zeroizing::new(String::with_capacity(
+        3 * (client_id.len() + secret.len()) + 1,
+    ));
+    if form_encode {
+        joined.push_str(&form_encoded(client_id));
+        joined.push(':');
+        joined.push_str(&form_encoded(secret));
+    } else {
+        joined.push_str(client_id);
+        joined.push(':');
+        joined.push_str(secret);
+    }
+    let mut encoded = Zeroizing::new(String::with_capacity(joined.len().div_ceil(3) * 4));
+    BASE64.encode_string(joined.as_bytes(), &mut encoded);
+    encoded
+}
+
+/// `value` as `application/x-www-form-urlencoded` (a space becomes `+`), in
+/// memory that is wiped on drop: used for the client secret.
+pub(crate) fn form_encoded(value: &str) -> Zeroizing<String> {
+    // Three bytes out for each byte in at most, so the buffer never moves.
+    let mut out = Zeroizing::new(String::with_capacity(value.len() * 3));
+    out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+    out
 }
 
 /// What differs between two attempts of the same token request: the time
@@ -188,9 +217,16 @@ pub(crate) fn build_token_request(
             form.push(("client_assertion", &assertion));
         }
     }
-    let body = serde_urlencoded::to_string(&form)
-        .expect("pairs of strings always serialize")
-        .into_bytes();
+    // Sized up front (three bytes out per byte in, at most): with
+    // `client_secret_post` the body holds the secret, and a buffer that grows
+    // leaves copies behind in freed memory. The body itself goes to the adapter.
+    let capacity = form
+        .iter()
+        .map(|(name, value)| 3 * (name.len() + value.len()) + 2)
+        .sum();
+    let mut serializer = form_urlencoded::Serializer::new(String::with_capacity(capacity));
+    serializer.extend_pairs(&form);
+    let body = serializer.finish().into_bytes();
 
     let mut builder = http::Request::builder()
         .method(Method::POST)
@@ -260,6 +296,31 @@ mod tests {
             assert_eq!(decode_basic(&value), expected, "{id} / {secret}");
             assert!(value.is_sensitive());
         }
+    }
+
+    /// The forms the secret takes on its way out are held in memory that is
+    /// wiped on drop, like the secret itself: these only compile while the
+    /// helpers return `Zeroizing<String>`.
+    #[test]
+    fn the_encoded_forms_of_the_secret_are_zeroized() {
+        fn zeroizing(value: Zeroizing<String>) -> String {
+            value.as_str().to_owned()
+        }
+        assert_eq!(zeroizing(form_encoded("p&ss w:rd%")), "p%26ss+w%3Ard%25");
+        assert_eq!(
+            zeroizing(basic_token68("a:b", "c d", true)),
+            BASE64.encode("a%3Ab:c+d")
+        );
+        assert_eq!(
+            zeroizing(basic_token68("my client", "p:w d%", false)),
+            BASE64.encode("my client:p:w d%")
+        );
+        // The header is built from the same form.
+        let header = basic_credentials("a:b", "c d", true);
+        assert_eq!(
+            header.to_str().unwrap(),
+            format!("Basic {}", *basic_token68("a:b", "c d", true))
+        );
     }
 
     #[test]

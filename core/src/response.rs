@@ -713,6 +713,54 @@ mod tests {
         assert_eq!(problem(302, ""), ResponseProblem::UnexpectedStatus);
     }
 
+    /// Bidi overrides and isolates (RLO, LRI) and invisible format characters
+    /// (ZWJ) from a server could reorder or hide text in a log line: they
+    /// come back as `\u{…}` escapes, in the description, the excerpt and Display.
+    #[test]
+    fn bidi_and_format_characters_are_escaped() {
+        // JSON escapes for RLO, LRI, PDI, ZWJ and a tag character.
+        let body = r#"{"error":"invalid_client","error_description":"ok \u202Egnp.exe\u2066x\u2069 a\u200Db \udb40\udc41"}"#;
+        let err =
+            parse_token_response(StatusCode::UNAUTHORIZED, body.as_bytes(), MAX, &[]).unwrap_err();
+        let TokenError::OAuth(e) = &err else {
+            panic!("{err:?}")
+        };
+        let expected = r"ok \u{202e}gnp.exe\u{2066}x\u{2069} a\u{200d}b \u{e0041}";
+        assert_eq!(e.description(), Some(expected));
+        let display = err.to_string();
+        assert!(display.contains(expected), "{display}");
+        for c in ['\u{202E}', '\u{2066}', '\u{2069}', '\u{200D}', '\u{E0041}'] {
+            assert!(!display.contains(c), "{c:?} in {display}");
+        }
+
+        let html = "<html>\u{202E}\u{2067}evil\u{200D}\u{FEFF}\u{00AD}</html>";
+        let err =
+            parse_token_response(StatusCode::BAD_GATEWAY, html.as_bytes(), MAX, &[]).unwrap_err();
+        let TokenError::InvalidResponse(e) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            e.excerpt(),
+            Some(r"<html>\u{202e}\u{2067}evil\u{200d}\u{feff}\u{ad}</html>")
+        );
+        let display = err.to_string();
+        assert!(
+            !display.contains(['\u{202E}', '\u{2067}', '\u{200D}', '\u{FEFF}', '\u{00AD}']),
+            "{display}"
+        );
+        assert!(display.contains("evil"), "{display}");
+
+        // An unsupported token_type is server text too.
+        let err = parse_token_response(
+            StatusCode::OK,
+            r#"{"access_token":"x","token_type":"m\u202Eac"}"#.as_bytes(),
+            MAX,
+            &[],
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains('\u{202E}'), "{err}");
+    }
+
     #[test]
     fn excerpts_never_carry_credentials() {
         let body = r#"{"access_token":"SECRET-TOKEN","token_type":"mac"}"#;

@@ -5,6 +5,7 @@
 //! claims, nonces, retries, origins. Real signatures are verified by an
 //! independent JOSE implementation in the adapters' and the testkit's tests.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use token_keeper::jose::{sha256_base64url, Algorithm, PublicJwk, SignError, Sign
 use token_keeper::request::JWT_BEARER_ASSERTION;
 use token_keeper::{
     AssertionAudience, Authorization, ClientAuth, ClientConfig, ClientSecret, Event, KeyId,
-    ManagerConfig, Now, PrivateKeyJwt, RequestReason, ResourceOutcome, ResourceResponse,
-    TokenError, TokenManager, TokenRequest,
+    ManagerConfig, Now, PrivateKeyJwt, RandomSource, RequestReason, ResourceOutcome,
+    ResourceResponse, ResponseProblem, TokenError, TokenManager, TokenRequest,
 };
 
 #[derive(Debug)]
@@ -328,6 +329,40 @@ fn resource_nonces_are_per_origin_and_retried_once() {
 }
 
 #[test]
+fn use_dpop_nonce_is_retried_even_while_rejections_are_damped() {
+    let (mut m, key, _) = dpop_manager(secret());
+    let request = fetch(&mut m, key, at(0));
+    respond(&mut m, &request, 200, DPOP_TOKEN, None, at(0));
+    let api: Uri = "https://api.example/orders".parse().unwrap();
+    // A plain 401 throws the token away; the next one is fetched after it.
+    assert_eq!(
+        resource(&mut m, key, &api, 401, &HeaderMap::new(), 0),
+        ResourceOutcome::Retry
+    );
+    let request = fetch(&mut m, key, at(2));
+    respond(&mut m, &request, 200, DPOP_TOKEN, None, at(2));
+    while m.poll_event().is_some() {}
+    // A nonce challenge asks for a new proof, not a new token: retried as always.
+    let mut challenge = HeaderMap::new();
+    challenge.insert(
+        "www-authenticate",
+        HeaderValue::from_static(r#"DPoP error="use_dpop_nonce""#),
+    );
+    challenge.insert("dpop-nonce", HeaderValue::from_static("api-nonce"));
+    assert_eq!(
+        resource(&mut m, key, &api, 401, &challenge, 0),
+        ResourceOutcome::Retry
+    );
+    assert!(std::iter::from_fn(|| m.poll_event()).next().is_none());
+    // A plain 401 within the window is damped.
+    assert_eq!(
+        resource(&mut m, key, &api, 401, &HeaderMap::new(), 0),
+        ResourceOutcome::Deliver
+    );
+    assert_eq!(m.poll_event(), Some(Event::RejectionDamped { key }));
+}
+
+#[test]
 fn a_bearer_answer_to_a_dpop_client_is_used_as_bearer_and_reported() {
     let (mut m, key, _) = dpop_manager(secret());
     let request = fetch(&mut m, key, at(0));
@@ -347,6 +382,82 @@ fn a_bearer_answer_to_a_dpop_client_is_used_as_bearer_and_reported() {
     };
     assert_eq!(attach.header(), "Bearer plain");
     assert!(attach.dpop_proof().unwrap().is_none());
+}
+
+#[test]
+fn a_client_that_requires_dpop_refuses_an_unbound_bearer_answer() {
+    let mut m = TokenManager::new(ManagerConfig::default(), 9);
+    let config = ClientConfig::new(TOKEN_URL, "m2m", secret())
+        .unwrap()
+        .dpop(FakeSigner::new("dpop-key"))
+        .require_dpop_bound(true);
+    assert!(config.requires_dpop_bound());
+    let client = m.add_client("m2m", config).unwrap();
+    let key = m.default_key(client);
+    let request = fetch(&mut m, key, at(0));
+    respond(
+        &mut m,
+        &request,
+        200,
+        r#"{"access_token":"plain-secret-token","token_type":"Bearer","expires_in":3600}"#,
+        None,
+        at(0),
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::TokenAcquired { .. } | Event::TokenNotBound { .. })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::BackoffEntered { failures: 1, .. })));
+    let Some(Event::RequestFailed { error, .. }) = events
+        .iter()
+        .find(|e| matches!(e, Event::RequestFailed { .. }))
+    else {
+        panic!("no failure in {events:?}")
+    };
+    let TokenError::InvalidResponse(invalid) = error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(invalid.problem(), &ResponseProblem::NotDPoPBound);
+    assert_eq!(invalid.status(), StatusCode::OK);
+    assert_eq!(invalid.excerpt(), None, "the body holds a token");
+    let text = format!("{error} {error:?}");
+    assert!(
+        text.contains("unbound Bearer token") && text.contains("DPoP was required"),
+        "{text}"
+    );
+    assert!(!text.contains("plain-secret-token"), "{text}");
+    // Neither cached nor attached: the caller fails fast until the backoff ends.
+    assert!(m.token(key, at(0)).is_none());
+    assert!(m.snapshot(key).is_none());
+    match m.authorize(key, at(0)) {
+        Authorization::Unavailable { error: e, .. } => assert_eq!(e, error),
+        other => panic!("{other:?}"),
+    }
+    // After the backoff, a bound token is taken.
+    let request = fetch(&mut m, key, at(60));
+    respond(&mut m, &request, 200, DPOP_TOKEN, None, at(60));
+    let uri: Uri = "https://api.example/".parse().unwrap();
+    let Authorization::Attach(attach) = m.authorize_request(key, &Method::GET, &uri, at(61)) else {
+        panic!()
+    };
+    assert_eq!(attach.header(), "DPoP dpop-tok");
+}
+
+#[test]
+fn requiring_bound_tokens_needs_a_dpop_key() {
+    let mut m = TokenManager::new(ManagerConfig::default(), 9);
+    let config = ClientConfig::new(TOKEN_URL, "m2m", secret())
+        .unwrap()
+        .require_dpop_bound(true);
+    let error = m.add_client("m2m", config).unwrap_err();
+    assert!(error.to_string().contains("DPoP"), "{error}");
+    let default = ClientConfig::new(TOKEN_URL, "m2m", secret()).unwrap();
+    assert!(
+        !default.requires_dpop_bound(),
+        "off by default, for interop"
+    );
 }
 
 fn assertion_claims(request: &http::Request<Vec<u8>>) -> Map<String, Value> {
@@ -404,6 +515,215 @@ fn private_key_jwt_assertions() {
     respond(&mut m, &first, 500, "", None, at(10));
     let again = fetch(&mut m, ka, at(100));
     assert_ne!(assertion_claims(again.request())["jti"], claims["jti"]);
+}
+
+fn pkjwt(audience: AssertionAudience) -> ClientAuth {
+    ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(FakeSigner::new("client-key")).audience(audience))
+}
+
+fn issuer_audience(issuer: &str) -> ClientAuth {
+    pkjwt(AssertionAudience::Issuer(issuer.to_owned()))
+}
+
+#[test]
+fn an_issuer_audience_must_be_an_issuer_identifier() {
+    const ENDPOINT: &str = "https://as.example/token";
+    for issuer in [
+        "https://as.example",
+        "https://as.example/realms/acme",
+        "http://127.0.0.1:8080/realms/acme",
+        "http://localhost:9000",
+    ] {
+        assert!(
+            ClientConfig::new(ENDPOINT, "m2m", issuer_audience(issuer)).is_ok(),
+            "{issuer}"
+        );
+    }
+    for (issuer, why) in [
+        ("", "not a valid URL"),
+        ("as.example", "https"),
+        ("/realms/acme", "no host"),
+        ("http://as.example", "https"),
+        ("ftp://as.example", "https"),
+        ("https://as.example/?tenant=1", "query"),
+        ("https://as.example/#x", "fragment"),
+        ("https://:443/", "no host"),
+    ] {
+        let error = ClientConfig::new(ENDPOINT, "m2m", issuer_audience(issuer)).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("assertion audience") && text.contains(why),
+            "{issuer:?}: {text}"
+        );
+    }
+}
+
+#[test]
+fn an_issuer_audience_is_sent_as_a_single_string() {
+    let mut m = TokenManager::new(ManagerConfig::default(), 5);
+    let config = ClientConfig::new(
+        "https://as.example/token",
+        "m2m",
+        issuer_audience("https://as.example/realms/acme"),
+    )
+    .unwrap();
+    let client = m.add_client("m2m", config).unwrap();
+    let key = m.default_key(client);
+    let claims = assertion_claims(fetch(&mut m, key, at(0)).request());
+    // draft-ietf-oauth-rfc7523bis: `aud` is the issuer identifier, as a string, never an array.
+    assert_eq!(claims["aud"], Value::from("https://as.example/realms/acme"));
+}
+
+#[test]
+fn a_client_is_checked_against_discovered_metadata() {
+    let metadata = token_keeper::discovery::parse_metadata(
+        br#"{"issuer":"https://as.example/realms/acme",
+             "token_endpoint":"https://as.example/realms/acme/token"}"#,
+        "https://as.example/realms/acme",
+    )
+    .unwrap();
+    let endpoint = "https://as.example/realms/acme/token";
+    let check = |endpoint: &str, auth: ClientAuth| {
+        ClientConfig::new(endpoint, "m2m", auth)
+            .unwrap()
+            .check_against(&metadata)
+    };
+    // Agreeing configurations pass.
+    assert_eq!(check(endpoint, secret()), Ok(()));
+    assert_eq!(
+        check(endpoint, pkjwt(AssertionAudience::TokenEndpoint)),
+        Ok(())
+    );
+    assert_eq!(
+        check(endpoint, issuer_audience("https://as.example/realms/acme")),
+        Ok(())
+    );
+    // An assertion for another issuer would be refused by this server (or,
+    // worse, accepted by the other one): refuse it here.
+    for other in [
+        "https://as.example/realms/other",
+        "https://as.example/realms/acme/",
+        "https://AS.example/realms/acme",
+    ] {
+        let error = check(endpoint, issuer_audience(other)).unwrap_err();
+        assert!(error.to_string().contains("issuer"), "{other}: {error}");
+        assert!(!error.to_string().contains(other), "{error}");
+    }
+    // So is a token endpoint other than the discovered one.
+    for other in [
+        "https://as.example/realms/other/token",
+        "https://evil.example/realms/acme/token",
+        "https://as.example:8443/realms/acme/token",
+        "https://as.example/realms/acme/token?x=1",
+    ] {
+        for auth in [secret(), issuer_audience("https://as.example/realms/acme")] {
+            let error = check(other, auth).unwrap_err();
+            assert!(
+                error.to_string().contains("token endpoint"),
+                "{other}: {error}"
+            );
+        }
+    }
+}
+
+/// A source of known bytes: the `n`-th call fills its buffer with `n`.
+#[derive(Default)]
+struct CountingSource(AtomicU8);
+
+impl RandomSource for CountingSource {
+    fn fill(&self, dest: &mut [u8]) {
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        dest.fill(n);
+    }
+}
+
+/// A source that always gives the same byte.
+struct ConstantSource(u8);
+
+impl RandomSource for ConstantSource {
+    fn fill(&self, dest: &mut [u8]) {
+        dest.fill(self.0);
+    }
+}
+
+/// The jtis of the first token request (assertion, proof) and of the first
+/// API proof of a DPoP + private_key_jwt client.
+fn first_jtis(m: &mut TokenManager, key: KeyId) -> [String; 3] {
+    let request = fetch(m, key, at(0));
+    let assertion = assertion_claims(request.request())["jti"].clone();
+    let proof = proof_of(request.request()).1["jti"].clone();
+    respond(m, &request, 200, DPOP_TOKEN, None, at(0));
+    let uri: Uri = "https://api.example/".parse().unwrap();
+    let Authorization::Attach(attach) = m.authorize_request(key, &Method::GET, &uri, at(1)) else {
+        panic!()
+    };
+    let api = decode(attach.dpop_proof().unwrap().unwrap().to_str().unwrap()).1["jti"].clone();
+    [assertion, proof, api].map(|v| v.as_str().unwrap().to_owned())
+}
+
+fn pkjwt_dpop_manager() -> (TokenManager, KeyId) {
+    let (m, key, _) = dpop_manager(pkjwt(AssertionAudience::TokenEndpoint));
+    (m, key)
+}
+
+#[test]
+fn jtis_come_from_the_injected_random_source() {
+    let (mut m, key) = pkjwt_dpop_manager();
+    m.set_random_source(Box::new(CountingSource::default()));
+    let [assertion, proof, api] = first_jtis(&mut m, key);
+    // 16 bytes each, base64url without padding: the 1st and 2nd draws go to the
+    // token request, the 3rd to the refresh jitter, the 4th to the API proof.
+    assert_eq!(assertion, "AQEBAQEBAQEBAQEBAQEBAQ");
+    assert_eq!(proof, B64URL.encode([2u8; 16]));
+    assert_eq!(api, B64URL.encode([4u8; 16]));
+    assert_eq!(B64URL.decode(&api).unwrap().len(), 16, "128 bits");
+}
+
+#[test]
+fn jitter_comes_from_the_injected_random_source() {
+    // A one-hour token requested at 0: usable for 3540 s, refreshed between
+    // 70 % and 80 % of that, the point drawn from the source whatever the seed.
+    let refresh_point = |seed: u64, byte: u8| {
+        let mut m = TokenManager::new(ManagerConfig::default(), seed);
+        m.set_random_source(Box::new(ConstantSource(byte)));
+        let client = m
+            .add_client(
+                "m2m",
+                ClientConfig::new(TOKEN_URL, "m2m", secret()).unwrap(),
+            )
+            .unwrap();
+        let key = m.default_key(client);
+        let request = fetch(&mut m, key, at(0));
+        let body = r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#;
+        respond(&mut m, &request, 200, body, None, at(0));
+        m.snapshot(key).unwrap().fresh_until()
+    };
+    for seed in [1, 2, 3] {
+        assert_eq!(refresh_point(seed, 0), Now::from_secs(2832).monotonic());
+        let latest_jitter = refresh_point(seed, 0xFF);
+        assert!(
+            latest_jitter > Now::from_secs(2477).monotonic()
+                && latest_jitter < Now::from_secs(2479).monotonic(),
+            "{latest_jitter:?}"
+        );
+    }
+}
+
+#[test]
+fn without_a_source_the_seed_still_decides_everything() {
+    let (mut a, ka) = pkjwt_dpop_manager();
+    let (mut b, kb) = pkjwt_dpop_manager();
+    let jtis = first_jtis(&mut a, ka);
+    assert_eq!(jtis, first_jtis(&mut b, kb), "same seed, same jtis");
+    // And the same values as before random sources existed (seed 9).
+    assert_eq!(
+        jtis,
+        [
+            "ZGBwvv5Sr65i6q-HXootwA",
+            "tom1ROUr7ENgYDGX1ozpyA",
+            "_muOgKX0Vh3MuKxaprhTpQ"
+        ]
+    );
 }
 
 #[test]

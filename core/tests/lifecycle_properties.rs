@@ -47,15 +47,17 @@
 //! On top of these, the harness replays every step on an exact model of the
 //! documented behaviour (which decision `authorize` returns, which events come
 //! out in which order, what `poll_timeout` asks for, how long backoffs last
-//! within their jitter bounds, whether `Retry-After` is honoured) and fails on
-//! the first difference. Jittered values (refresh points, backoff lengths)
+//! within their jitter bounds, whether `Retry-After` is honoured, which API
+//! 401s invalidate and which are damped) and fails on the first difference. Jittered values (refresh points, backoff lengths)
 //! are learned from the core's outputs after checking them against the
 //! policies' bounds.
 //!
 //! The timelines run in three mixes (everything; a flaky token endpoint; APIs
-//! rejecting tokens). Two targeted properties follow: time going backwards
-//! around one token's end of life, and a ten-minute storm of failures whose
-//! token request count must stay within what the backoff policies allow.
+//! rejecting tokens). Three targeted properties follow: time going backwards
+//! around one token's end of life; a ten-minute storm of failures whose
+//! token request count must stay within what the backoff policies allow; and
+//! an API that rejects every token, whose 401s must be damped so that it
+//! costs at most one token request per damping window.
 //!
 //! Run with `PROPTEST_CASES=5000` as CI does; every property reads its case
 //! count from the environment.
@@ -785,12 +787,17 @@ struct ModelToken {
     /// Jittered: learned from the first snapshot, after a bounds check.
     refresh_at: Instant,
     generation: u64,
+    /// Requested after the key's latest invalidation by a 401: its own 401s
+    /// are damped within the window.
+    after_rejection: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct ModelFlight {
     id: RequestId,
     requested_at: Instant,
+    /// [`KeyModel::rejections`] when the request was started.
+    rejections: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -810,6 +817,10 @@ struct KeyModel {
     flight: Option<ModelFlight>,
     backoff: Option<ModelBackoff>,
     failures: u32,
+    /// How many 401s invalidated the key's token, and when the latest did
+    /// (the start of the damping window).
+    rejections: u64,
+    rejected_at: Option<Instant>,
 }
 
 /// Why a token request failed.
@@ -849,6 +860,8 @@ struct Harness {
     keys: [KeyId; KEYS],
     specs: [KeySpec; KEYS],
     request_timeout: Duration,
+    /// `ManagerConfig::resource_rejection_damping`.
+    rejection_damping: Duration,
     /// What the adapter reads from its monotonic clock; may go backwards.
     clock: Duration,
     /// How far the wall clock is off, in seconds.
@@ -887,6 +900,7 @@ impl Harness {
             keys,
             specs: key_specs(),
             request_timeout: ManagerConfig::default().request_timeout,
+            rejection_damping: ManagerConfig::default().resource_rejection_damping,
             clock: Duration::ZERO,
             wall_skew: 0,
             latest: Instant::ZERO,
@@ -981,6 +995,8 @@ impl Harness {
                             m.backoff.map(|b| b.until),
                             m.flight
                                 .map(|f| f.requested_at.saturating_add(self.request_timeout)),
+                            m.rejected_at
+                                .map(|at| at.saturating_add(self.rejection_damping)),
                         ]
                     })
                     .flatten()
@@ -1376,6 +1392,7 @@ impl Harness {
                 self.model[k].flight = Some(ModelFlight {
                     id,
                     requested_at: self.latest,
+                    rejections: self.model[k].rejections,
                 });
                 Ok(id)
             }
@@ -1549,13 +1566,7 @@ impl Harness {
                 let attach_until = flight.requested_at.saturating_add(usable);
                 if t < attach_until {
                     let header = header.expect("a token body has a header").to_owned();
-                    return self.model_accept(
-                        k,
-                        header,
-                        flight.requested_at,
-                        lifetime,
-                        attach_until,
-                    );
+                    return self.model_accept(k, header, flight, lifetime, attach_until);
                 }
             }
         }
@@ -1573,10 +1584,11 @@ impl Harness {
         &mut self,
         k: usize,
         header: String,
-        t0: Instant,
+        flight: ModelFlight,
         lifetime: Duration,
         attach_until: Instant,
     ) -> TestResult {
+        let t0 = flight.requested_at;
         match self.next_event("TokenAcquired")? {
             Event::TokenAcquired {
                 key, lifetime: got, ..
@@ -1627,6 +1639,8 @@ impl Harness {
             attach_until,
             refresh_at,
             generation,
+            // Asked for after the latest 401 invalidation (none since it started).
+            after_rejection: m.rejections > 0 && flight.rejections == m.rejections,
         });
         m.failures = 0;
         m.backoff = None;
@@ -1713,12 +1727,36 @@ impl Harness {
                 let counts = *status == 401
                     && sent.is_some()
                     && !matches!(challenge, Challenge::InsufficientScope);
+                let carried_current =
+                    self.model[k].token.as_ref().map(|t| &t.header) == sent.as_ref();
+                // Damping: a 401 for a token asked for after the latest 401
+                // invalidation, within the window from it, keeps the token
+                // and goes to the caller.
+                let damped = counts
+                    && carried_current
+                    && self.model[k]
+                        .token
+                        .as_ref()
+                        .is_some_and(|tok| tok.after_rejection)
+                    && self.model[k]
+                        .rejected_at
+                        .is_some_and(|at| t < at.saturating_add(self.rejection_damping));
                 let expected = if !counts {
+                    ResourceOutcome::Deliver
+                } else if damped {
+                    self.expect_simple(
+                        k,
+                        "RejectionDamped",
+                        |e| matches!(e, Event::RejectionDamped { key } if key.index() == k),
+                    )?;
                     ResourceOutcome::Deliver
                 } else {
                     // Compare-and-invalidate: only the token the request carried.
-                    if self.model[k].token.as_ref().map(|t| &t.header) == sent.as_ref() {
-                        self.model[k].token = None;
+                    if carried_current {
+                        let m = &mut self.model[k];
+                        m.token = None;
+                        m.rejections += 1;
+                        m.rejected_at = Some(t);
                         self.expect_simple(k, "TokenInvalidated(RejectedByResource)", |e| {
                             matches!(e, Event::TokenInvalidated { key, reason: InvalidationReason::RejectedByResource } if key.index() == k)
                         })?;
@@ -1937,7 +1975,8 @@ proptest! {
     /// The same invariants when APIs keep rejecting tokens: a 401 drops
     /// the cached token only if the request carried exactly that token
     /// (never an older one, another key's, a forged one or none, and never
-    /// for `insufficient_scope`), and allows one retry.
+    /// for `insufficient_scope`), and allows one retry; a 401 for a token
+    /// fetched after the last such drop, within the damping window, keeps it.
     #[test]
     fn api_rejection_timelines_uphold_every_invariant(
         seed in any::<u64>(),
@@ -2254,6 +2293,165 @@ proptest! {
                 started[k] >= fewest,
                 "key {} made only {} token requests in {:?}; its backoff policy promises {}",
                 k, started[k], horizon, fewest
+            );
+        }
+    }
+}
+
+// ─────────────── an API that rejects every token: damping ───────────────
+
+/// One step of an adapter whose API answers 401 to every token.
+#[derive(Clone, Debug)]
+enum RejectStep {
+    /// A call: authorize (sending the token request the core asks for, which
+    /// succeeds), the API's 401, and the one retry if the core allows it.
+    Call,
+    /// The clock moves forwards.
+    Advance(Duration),
+}
+
+fn reject_step() -> impl Strategy<Value = RejectStep> {
+    prop_oneof![
+        3 => Just(RejectStep::Call),
+        2 => (0u64..=15_000).prop_map(|ms| RejectStep::Advance(Duration::from_millis(ms))),
+    ]
+}
+
+/// The header of the token `authorize` attaches, sending (and counting) the
+/// token request it asks for first, if any.
+fn attach_fetching(
+    manager: &mut TokenManager,
+    key: KeyId,
+    now: Now,
+    requests: &mut u64,
+) -> Result<String, TestCaseError> {
+    if let Authorization::Fetch(id) = manager.authorize(key, now) {
+        prop_assert!(manager.poll_request().is_some(), "Fetch without a request");
+        *requests += 1;
+        let body = format!(
+            r#"{{"access_token":"tok-{requests}","token_type":"Bearer","expires_in":3600}}"#
+        );
+        let response = http::Response::builder()
+            .status(200)
+            .body(body)
+            .expect("valid response");
+        prop_assert_eq!(manager.handle_response(id, response, now), Ok(()));
+    }
+    match decide(manager, key, now) {
+        Decision::Attach { header, .. } => Ok(header),
+        other => Err(TestCaseError::fail(format!(
+            "expected a token, got {other:?}"
+        ))),
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `ManagerConfig::resource_rejection_damping`: against an API that
+    /// rejects every token, a 401 invalidates the token (and allows one
+    /// retry) unless the token was fetched after the last such invalidation
+    /// and the window from it is still open; then the 401 goes to the caller,
+    /// the token stays and `RejectionDamped` says so. Invalidations are
+    /// therefore at least a window apart, and token requests number at most
+    /// two plus one per window elapsed (two per call with damping off).
+    #[test]
+    fn an_api_rejecting_every_token_costs_one_token_request_per_window(
+        seed in any::<u64>(),
+        window_ms in prop_oneof![Just(0u64), Just(1_000), Just(10_000), 0u64..=20_000],
+        steps in proptest::collection::vec(reject_step(), 1..80),
+    ) {
+        let window = Duration::from_millis(window_ms);
+        let mut manager = TokenManager::new(
+            ManagerConfig { resource_rejection_damping: window, ..ManagerConfig::default() },
+            seed,
+        );
+        let client = manager
+            .add_client("alpha", ClientConfig::new(ALPHA_ENDPOINT, "alpha", ClientAuth::None).expect("valid"))
+            .expect("client");
+        let key = manager.default_key(client);
+        let headers = HeaderMap::new();
+        let mut clock = Duration::ZERO;
+        let mut requests = 0u64;
+        let mut calls = 0u64;
+        // The model: when a 401 last invalidated, and whether the cached
+        // token was fetched after that.
+        let mut last_invalidation: Option<Duration> = None;
+        let mut after_rejection = false;
+        for step in steps {
+            let RejectStep::Call = step else {
+                if let RejectStep::Advance(d) = step {
+                    clock += d;
+                }
+                continue;
+            };
+            calls += 1;
+            let now = Now::from_duration(clock);
+            for attempt in 0..=1 {
+                let before = requests;
+                let header = attach_fetching(&mut manager, key, now, &mut requests)?;
+                if requests > before {
+                    after_rejection = last_invalidation.is_some();
+                }
+                while manager.poll_event().is_some() {}
+                let sent = HeaderValue::from_str(&header).expect("header-safe");
+                let outcome = manager.handle_resource_response(
+                    key,
+                    &ResourceResponse {
+                        status: StatusCode::UNAUTHORIZED,
+                        headers: &headers,
+                        sent_authorization: Some(&sent),
+                        uri: None,
+                        attempt,
+                    },
+                    now,
+                );
+                let events: Vec<Event> = std::iter::from_fn(|| manager.poll_event()).collect();
+                let damped = after_rejection
+                    && last_invalidation.is_some_and(|at| clock < at + window);
+                if damped {
+                    prop_assert_eq!(outcome, ResourceOutcome::Deliver);
+                    prop_assert_eq!(events, vec![Event::RejectionDamped { key }]);
+                    prop_assert_eq!(
+                        decide(&mut manager, key, now),
+                        Decision::Attach {
+                            header: header.clone(),
+                            generation: requests - 1,
+                            state: TokenState::Fresh,
+                        },
+                        "a damped 401 keeps the token"
+                    );
+                    break;
+                }
+                prop_assert_eq!(
+                    events,
+                    vec![Event::TokenInvalidated { key, reason: InvalidationReason::RejectedByResource }]
+                );
+                if let Some(at) = last_invalidation {
+                    prop_assert!(
+                        window.is_zero() || clock >= at + window,
+                        "invalidated again {:?} after the last invalidation, within the {:?} window",
+                        clock - at,
+                        window
+                    );
+                }
+                last_invalidation = Some(clock);
+                let expected = if attempt == 0 { ResourceOutcome::Retry } else { ResourceOutcome::Deliver };
+                prop_assert_eq!(outcome, expected);
+                if outcome == ResourceOutcome::Deliver {
+                    break;
+                }
+            }
+        }
+        prop_assert!(requests <= 2 * calls, "{} token requests for {} calls", requests, calls);
+        if !window.is_zero() {
+            let windows = (clock.as_nanos() / window.as_nanos()) as u64;
+            prop_assert!(
+                requests <= 2 + windows,
+                "{} token requests in {:?} with a {:?} window",
+                requests,
+                clock,
+                window
             );
         }
     }

@@ -663,6 +663,215 @@ fn responses_that_a_new_token_cannot_fix_are_delivered() {
     assert_eq!(attached(&mut m, key, at(2.0)).0, "Bearer t");
 }
 
+/// A 401 from an API to a request that carried `sent`, at `now`.
+fn rejected(
+    m: &mut TokenManager,
+    key: KeyId,
+    sent: &str,
+    attempt: u32,
+    now: Now,
+) -> ResourceOutcome {
+    let headers = HeaderMap::new();
+    let sent = HeaderValue::from_str(sent).unwrap();
+    m.handle_resource_response(
+        key,
+        &ResourceResponse {
+            status: StatusCode::UNAUTHORIZED,
+            headers: &headers,
+            sent_authorization: Some(&sent),
+            uri: None,
+            attempt,
+        },
+        now,
+    )
+}
+
+/// Plays an adapter calling an API that answers 401 to every token: one
+/// call and, if allowed, its one retry, fetching tokens (`t1`, `t2`, …) as
+/// the core asks. Returns the outcome of each attempt.
+fn call_rejecting_api(
+    m: &mut TokenManager,
+    key: KeyId,
+    now: Now,
+    token_requests: &mut u32,
+) -> Vec<ResourceOutcome> {
+    let mut outcomes = Vec::new();
+    for attempt in 0..=1 {
+        if let Authorization::Fetch(id) = m.authorize(key, now) {
+            m.poll_request().expect("a token request");
+            *token_requests += 1;
+            let token = format!("t{token_requests}");
+            respond(m, id, 200, &token_body(&token, 3600), now);
+        }
+        let (header, _) = attached(m, key, now);
+        let outcome = rejected(m, key, &header, attempt, now);
+        outcomes.push(outcome);
+        if outcome == ResourceOutcome::Deliver {
+            break;
+        }
+    }
+    outcomes
+}
+
+fn count(events: &[Event], wanted: impl Fn(&Event) -> bool) -> usize {
+    events.iter().filter(|e| wanted(e)).count()
+}
+
+fn rejected_by_resource(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::TokenInvalidated {
+            reason: InvalidationReason::RejectedByResource,
+            ..
+        }
+    )
+}
+
+fn damped(e: &Event) -> bool {
+    matches!(e, Event::RejectionDamped { .. })
+}
+
+#[test]
+fn an_api_that_rejects_every_token_costs_two_token_requests_per_damping_window() {
+    let (mut m, key) = manager();
+    assert_eq!(
+        m.config().resource_rejection_damping,
+        Duration::from_secs(10)
+    );
+    let mut requests = 0;
+    // 100 calls between t = 1 s and t = 5.95 s: all within one window.
+    let outcomes: Vec<_> = (0..100)
+        .map(|call| call_rejecting_api(&mut m, key, at(1.0 + call as f64 * 0.05), &mut requests))
+        .collect();
+    assert_eq!(requests, 2, "the first token, and one after the first 401");
+    // The first 401 throws t1 away and allows the retry; t2 was fetched after
+    // it, so its 401s are handed to the callers, with no retry and no new token.
+    assert_eq!(
+        outcomes[0],
+        [ResourceOutcome::Retry, ResourceOutcome::Deliver]
+    );
+    for call in &outcomes[1..] {
+        assert_eq!(call, &[ResourceOutcome::Deliver]);
+    }
+    let seen = events(&mut m);
+    assert_eq!(count(&seen, rejected_by_resource), 1);
+    assert_eq!(count(&seen, damped), 100);
+    assert!(seen.contains(&Event::RejectionDamped { key }));
+    assert_eq!(attached(&mut m, key, at(6.0)).0, "Bearer t2", "kept");
+
+    // The window runs from the first 401 (t = 1 s) for 10 s.
+    assert_eq!(
+        rejected(&mut m, key, "Bearer t2", 0, at(10.999)),
+        ResourceOutcome::Deliver
+    );
+    assert_eq!(
+        rejected(&mut m, key, "Bearer t2", 0, at(11.0)),
+        ResourceOutcome::Retry,
+        "after the window a 401 invalidates again"
+    );
+    let seen = events(&mut m);
+    assert_eq!(count(&seen, rejected_by_resource), 1);
+    assert_eq!(count(&seen, damped), 1, "the one at 10.999 s");
+    // ... and opens a new window, from 11 s to 21 s.
+    let id = fetch(&mut m, key, at(11.0));
+    respond(&mut m, id, 200, &token_body("t3", 3600), at(11.2));
+    assert_eq!(
+        rejected(&mut m, key, "Bearer t3", 1, at(11.5)),
+        ResourceOutcome::Deliver
+    );
+    assert_eq!(
+        rejected(&mut m, key, "Bearer t3", 0, at(20.9)),
+        ResourceOutcome::Deliver
+    );
+    assert_eq!(count(&events(&mut m), damped), 2);
+    assert_eq!(attached(&mut m, key, at(20.9)).0, "Bearer t3");
+    assert_eq!(
+        rejected(&mut m, key, "Bearer t3", 0, at(21.0)),
+        ResourceOutcome::Retry
+    );
+    assert_eq!(count(&events(&mut m), rejected_by_resource), 1);
+}
+
+#[test]
+fn rejection_damping_leaves_other_answers_alone() {
+    let (mut m, key) = manager();
+    let mut requests = 0;
+    call_rejecting_api(&mut m, key, at(1.0), &mut requests);
+    events(&mut m);
+    // A 401 for an older token: nothing to invalidate, the retry carries t2.
+    assert_eq!(
+        rejected(&mut m, key, "Bearer t1", 0, at(2.0)),
+        ResourceOutcome::Retry
+    );
+    // insufficient_scope: delivered, as always, and not a damped rejection.
+    assert_eq!(
+        resource_401(
+            &mut m,
+            key,
+            Some("Bearer t2"),
+            0,
+            Some(r#"Bearer error="insufficient_scope""#)
+        ),
+        ResourceOutcome::Deliver
+    );
+    assert!(events(&mut m).is_empty());
+    assert_eq!(attached(&mut m, key, at(3.0)).0, "Bearer t2");
+}
+
+#[test]
+fn rejection_damping_can_be_turned_off() {
+    let mut m = TokenManager::new(
+        ManagerConfig {
+            resource_rejection_damping: Duration::ZERO,
+            ..ManagerConfig::default()
+        },
+        42,
+    );
+    let client = m_add(&mut m);
+    let key = m.default_key(client);
+    let mut requests = 0;
+    for call in 0..10 {
+        let outcomes = call_rejecting_api(&mut m, key, at(1.0 + call as f64), &mut requests);
+        assert_eq!(outcomes, [ResourceOutcome::Retry, ResourceOutcome::Deliver]);
+    }
+    assert_eq!(
+        requests, 20,
+        "two token requests per call, as before damping"
+    );
+    assert_eq!(count(&events(&mut m), damped), 0);
+}
+
+#[test]
+fn a_token_requested_before_the_rejection_is_not_damped() {
+    let (mut m, key) = manager();
+    with_token(&mut m, key, "a");
+    // Stale: a refresh is requested at 3000 s ...
+    let (_, state) = attached(&mut m, key, at(3000.0));
+    assert_eq!(state, TokenState::Stale);
+    let refresh = m.poll_request().expect("a refresh").id();
+    // ... and the API rejects the current token while it is in flight.
+    assert_eq!(
+        rejected(&mut m, key, "Bearer a", 0, at(3000.5)),
+        ResourceOutcome::Retry
+    );
+    respond(&mut m, refresh, 200, &token_body("b", 3600), at(3001.0));
+    events(&mut m);
+    // `b` was asked for before that 401: its own 401 is not damped.
+    assert_eq!(
+        rejected(&mut m, key, "Bearer b", 0, at(3001.5)),
+        ResourceOutcome::Retry
+    );
+    assert_eq!(count(&events(&mut m), rejected_by_resource), 1);
+    // `c`, asked for after it, is.
+    let id = fetch(&mut m, key, at(3002.0));
+    respond(&mut m, id, 200, &token_body("c", 3600), at(3002.0));
+    assert_eq!(
+        rejected(&mut m, key, "Bearer c", 0, at(3003.0)),
+        ResourceOutcome::Deliver
+    );
+    assert_eq!(count(&events(&mut m), damped), 1);
+}
+
 #[test]
 fn force_refresh_and_invalidate() {
     let (mut m, key) = manager();

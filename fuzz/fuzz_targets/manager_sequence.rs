@@ -269,6 +269,9 @@ struct Expect {
     /// A resource 401 for this key carried this header (and no insufficient_scope),
     /// and whether it was the cached token then.
     rejected: Option<(usize, Vec<u8>, bool)>,
+    /// The core answered Deliver where, undamped, it would have allowed a
+    /// retry: only a `RejectionDamped` event for this key explains that.
+    damped: Option<usize>,
 }
 
 struct Harness {
@@ -884,7 +887,14 @@ impl Harness {
         } else {
             ResourceOutcome::Deliver
         };
-        assert_eq!(outcome, expected, "wrong outcome for a resource response");
+        // 401 damping: a 401 for a token fetched after the key's last
+        // rejection, within the window, is delivered without a retry; the
+        // event check below insists on the `RejectionDamped` event then.
+        if expected == ResourceOutcome::Retry && outcome == ResourceOutcome::Deliver {
+            expect.damped = Some(k);
+        } else {
+            assert_eq!(outcome, expected, "wrong outcome for a resource response");
+        }
         if status == StatusCode::UNAUTHORIZED && !insufficient_scope && !wants_nonce {
             if let Some(sent) = sent {
                 let bytes = sent.as_bytes().to_vec();
@@ -933,6 +943,7 @@ impl Harness {
         let mut acquired = None;
         let mut backoff_delay = None;
         let mut invalidated_by_resource = None;
+        let mut damped = None;
         while let Some(event) = self.manager.poll_event() {
             let text = format!("{event:?}");
             self.assert_no_secret(&text, "an event");
@@ -1023,6 +1034,10 @@ impl Harness {
                     );
                     self.retired.insert(old);
                 }
+                Event::RejectionDamped { key } => {
+                    assert!(damped.is_none(), "two damped rejections for one response");
+                    damped = Some(self.key_index(key));
+                }
                 other => panic!("unknown event {other:?}"),
             }
         }
@@ -1046,7 +1061,22 @@ impl Harness {
                 "Retry-After asked for {asked:?}, the backoff is only {delay:?}"
             );
         }
-        if let Some((k, sent, was_cached)) = expect.rejected.take() {
+        if let Some(k) = expect.damped.take() {
+            assert_eq!(damped, Some(k), "a 401 was neither retried nor damped");
+        }
+        if let Some(k) = damped {
+            // Damped: only the cached token of that key, and nothing invalidated.
+            let (rk, _, was_cached) = expect
+                .rejected
+                .take()
+                .expect("a damped rejection without a 401");
+            assert_eq!(rk, k, "the damped key is not the rejected one");
+            assert!(was_cached, "a 401 for an old token was damped");
+            assert!(
+                invalidated_by_resource.is_none(),
+                "a damped 401 invalidated the token"
+            );
+        } else if let Some((k, sent, was_cached)) = expect.rejected.take() {
             // Compare-and-invalidate: exactly when the request carried the cached token.
             if was_cached {
                 assert_eq!(

@@ -385,11 +385,19 @@ pub fn unauthorized_current_token_retries_once(factory: &dyn AdapterFactory) {
     assert_eq!(w.server.api_requests(), 2);
     assert_eq!(w.server.tokens_issued(), 2);
     assert_ne!(w.adapter.header().unwrap(), first);
-    // A 401 on the retry too is handed back: one retry only.
+    // The token just fetched was itself obtained after a 401: within the
+    // damping window (10 s) a 401 for it is handed back, neither
+    // invalidated nor retried.
+    w.server.push_api_fault(ApiFault::UnauthorizedOnce);
+    assert_eq!(w.adapter.get(&w.server.api_url()).unwrap(), 401);
+    assert_eq!(w.server.api_requests(), 3);
+    assert_eq!(w.server.tokens_issued(), 2);
+    // Past the window: a 401 on the retry too is handed back: one retry only.
+    w.clock.advance(Duration::from_secs(11));
     w.server.push_api_fault(ApiFault::UnauthorizedOnce);
     w.server.push_api_fault(ApiFault::UnauthorizedOnce);
     assert_eq!(w.adapter.get(&w.server.api_url()).unwrap(), 401);
-    assert_eq!(w.server.api_requests(), 4);
+    assert_eq!(w.server.api_requests(), 5);
 }
 
 /// A 401 reported for an older token leaves the newer cached one alone.
@@ -420,6 +428,8 @@ pub fn non_replayable_body_is_not_retried(factory: &dyn AdapterFactory) {
         200
     );
     assert_eq!(w.server.api_requests(), 2);
+    // Past the damping window, so that the next 401 invalidates again.
+    w.clock.advance(Duration::from_secs(11));
     // Over the limit (1 KiB in scenarios): one attempt, the 401 comes back.
     w.server.push_api_fault(ApiFault::UnauthorizedOnce);
     assert_eq!(
