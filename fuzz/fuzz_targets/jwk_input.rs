@@ -23,7 +23,14 @@
 //!   those bytes also appear in the thumbprint (a hash of public members) or
 //!   in a non-secret part of the input (a member name, another member's
 //!   value, a BEGIN/END line, or their `Debug`-escaped forms), which errors
-//!   may quote.
+//!   may quote;
+//! - every `from_pem` error's `Display` is under `MAX_PEM_ERROR` (300)
+//!   characters, whatever the input (errors quote at most a few labels, cut
+//!   short).
+//!
+//! PEM bodies are lines as rustls-pki-types' PEM reader (which `from_pem`
+//! uses) splits them: at CR or LF, a block starting at a line that starts
+//! with `-----BEGIN `.
 //!
 //! A bug once tolerated here, fixed since (`TOLERATE_RSA_CRT_BUG`): an RSA key
 //! (PKCS#8 or JWK) whose `dp`/`dq` do not match its primes loads, and every
@@ -48,6 +55,8 @@ const ALGS: [Algorithm; 4] = [
     Algorithm::PS256,
 ];
 const WINDOW: usize = 16;
+/// The longest `from_pem` error `Display` allowed, in characters.
+const MAX_PEM_ERROR: usize = 300;
 /// See `check_key`: a known bug in keys.rs, reported, not fixed yet.
 const TOLERATE_RSA_CRT_BUG: bool = false;
 
@@ -99,9 +108,10 @@ impl Secrets {
             }
         }
         if let Some(text) = text {
-            // PEM bodies as pem_blocks reads them: lines between BEGIN and END, headers excepted.
+            // PEM bodies as rustls-pki-types reads them: lines (split at CR
+            // or LF) between a BEGIN line and an END line, headers excepted.
             let mut inside = false;
-            for line in text.lines().map(str::trim) {
+            for line in text.split(['\n', '\r']) {
                 if line.starts_with("-----BEGIN ") {
                     inside = true;
                     s.public.push(line.to_owned());
@@ -255,6 +265,17 @@ fn check_error(secrets: &Secrets, error: &impl std::fmt::Debug, display: String)
     secrets.assert_not_in("an error's Debug", &format!("{error:?}"));
 }
 
+/// `check_error`, and a PEM error is short whatever the input.
+fn check_pem_error(secrets: &Secrets, error: &impl std::fmt::Debug, display: String) {
+    let chars = display.chars().count();
+    assert!(
+        chars < MAX_PEM_ERROR,
+        "a from_pem error has {chars} characters: {}",
+        display.chars().take(MAX_PEM_ERROR).collect::<String>()
+    );
+    check_error(secrets, error, display);
+}
+
 fuzz_target!(|data: &[u8]| {
     let map: Option<Map<String, Value>> = serde_json::from_slice(data).ok();
     let text = std::str::from_utf8(data).ok();
@@ -350,11 +371,11 @@ fuzz_target!(|data: &[u8]| {
                     }
                     Err(error) => {
                         assert!(!expected, "PEM key refused for {alg}: {error}");
-                        check_error(&secrets, &error, error.to_string());
+                        check_pem_error(&secrets, &error, error.to_string());
                     }
                 }
             }
         }
-        Err(error) => check_error(&secrets, &error, error.to_string()),
+        Err(error) => check_pem_error(&secrets, &error, error.to_string()),
     }
 });
