@@ -20,8 +20,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api_server;
+pub mod recording_proxy;
 pub mod scenarios;
 pub mod server;
+pub mod tls_front;
 
 pub use server::{
     ApiFault, Endpoint, Gate, JwsVerifier, LocalAuthServer, RecordedCall, RecordedRequest,

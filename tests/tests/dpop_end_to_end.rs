@@ -221,8 +221,10 @@ impl Client {
                         connect_timeout: timeout,
                         clock: Arc::new(clock.clone()),
                         seed: 7,
+                        ..Default::default()
                     },
-                );
+                )
+                .unwrap();
                 tokens.add_client(CLIENT_ID, config).unwrap();
                 let agent = token_keeper_ureq::TokenMiddleware::new(tokens.clone())
                     .route(api_origin, CLIENT_ID)
@@ -238,8 +240,10 @@ impl Client {
                         timeout,
                         clock: Arc::new(clock.clone()),
                         seed: 7,
+                        ..Default::default()
                     },
-                );
+                )
+                .unwrap();
                 tokens.add_client(CLIENT_ID, config).unwrap();
                 let middleware = token_keeper_surf::TokenMiddleware::new(tokens.clone())
                     .route(api_origin, CLIENT_ID)
@@ -1260,7 +1264,9 @@ fn ureq_agent_with_default_status_errors_keeps_api_nonces() {
         connect_timeout: Duration::from_secs(10),
         clock: Arc::new(clock.clone()),
         seed: 7,
-    });
+        ..Default::default()
+    })
+    .unwrap();
     let config = ClientConfig::new(
         &server.token_url(),
         CLIENT_ID,

@@ -1096,14 +1096,16 @@ fn build(adapter: Adapter, token_url: &str, clock: &ManualClock, setup: &Setup) 
                     connect_timeout: TIMEOUT,
                     clock: Arc::new(clock.clone()),
                     seed: 7,
-                });
+                    ..Default::default()
+                })
+                .unwrap();
             client.add_client("m2m", config).unwrap();
             client.add_client("other", other).unwrap();
             Arc::new(UreqTokens(client))
         }
         Adapter::Surf | Adapter::SurfBackend => {
             let transport: token_keeper_surf::TokenTransport = match adapter {
-                Adapter::SurfBackend => token_http().into(),
+                Adapter::SurfBackend => token_http(),
                 _ => token_keeper_surf::DirectHttp::new().into(),
             };
             let client = token_keeper_surf::AsyncTokenClient::with_options(
@@ -1113,8 +1115,10 @@ fn build(adapter: Adapter, token_url: &str, clock: &ManualClock, setup: &Setup) 
                     timeout: TIMEOUT,
                     clock: Arc::new(clock.clone()),
                     seed: 7,
+                    ..Default::default()
                 },
-            );
+            )
+            .unwrap();
             client.add_client("m2m", config).unwrap();
             client.add_client("other", other).unwrap();
             Arc::new(SurfTokens(client))
@@ -2061,10 +2065,7 @@ fn the_leak_markers_are_right() {
     assert!(secret.starts_with(&secret_core()) && secret.ends_with("/x+y z"));
 }
 
-/// A surf client for token requests: keep-alive off, as `AsyncTokenClient::new` asks.
-fn token_http() -> surf::Client {
-    surf::Config::new()
-        .set_http_keep_alive(false)
-        .try_into()
-        .expect("a surf client")
+/// A surf backend for token requests, as `TokenTransport::surf` builds it.
+fn token_http() -> token_keeper_surf::TokenTransport {
+    token_keeper_surf::TokenTransport::surf(surf::Config::new()).expect("a surf backend")
 }

@@ -220,6 +220,70 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
         .unwrap();
     show("surf TokenMiddleware", format!("{surf_middleware:?}"), None);
 
+    // Proxies (the password in the proxy URL) and TLS settings.
+    let proxy_url = format!("http://corp:{SECRET}@127.0.0.1:9");
+    let from_env =
+        token_keeper::ProxySettings::from_env_vars([("HTTPS_PROXY", proxy_url.as_str())]);
+    show("ProxySettings (environment)", format!("{from_env:?}"), None);
+    let explicit = token_keeper::ProxySettings::explicit(&proxy_url, "").unwrap();
+    show("ProxySettings (explicit)", format!("{explicit:?}"), None);
+    let remote: http::Uri = "https://idp.test/token".parse().unwrap();
+    if let token_keeper::ProxyDecision::Tunnel(via) = explicit.decide(&remote) {
+        show(
+            "Proxy",
+            format!("{via:?}"),
+            Some(via.url_without_credentials()),
+        );
+    } else {
+        panic!("an explicit proxy tunnels a remote destination");
+    }
+    let socks = format!("socks5://corp:{SECRET}@127.0.0.1:9");
+    let unsupported = token_keeper::ProxySettings::from_env_vars([("ALL_PROXY", socks.as_str())]);
+    show(
+        "ProxyDecision (unsupported)",
+        format!("{:?}", unsupported.decide(&remote)),
+        None,
+    );
+    let refused = token_keeper::ProxySettings::explicit(&socks, "").unwrap_err();
+    show(
+        "ProxyError",
+        format!("{refused:?}"),
+        Some(refused.to_string()),
+    );
+    let options = token_keeper_ureq::ClientOptions {
+        proxy: explicit.clone(),
+        ..Default::default()
+    };
+    show("ureq ClientOptions", format!("{options:?}"), None);
+    let proxied = token_keeper_ureq::TokenClient::with_options(options).unwrap();
+    show("ureq TokenClient (proxied)", format!("{proxied:?}"), None);
+    let surf_options = token_keeper_surf::ClientOptions {
+        proxy: explicit,
+        ..Default::default()
+    };
+    show("surf ClientOptions", format!("{surf_options:?}"), None);
+    let tls = token_keeper_ureq::TlsSettings::webpki();
+    show("TlsSettings", format!("{tls:?}"), None);
+    let tls_error = token_keeper_ureq::TlsSettings::webpki()
+        .with_ca_pem(SECRET.as_bytes())
+        .unwrap_err();
+    show(
+        "TlsError",
+        format!("{tls_error:?}"),
+        Some(tls_error.to_string()),
+    );
+    let backend = token_keeper_surf::TokenTransport::surf(surf::Config::new()).unwrap();
+    show(
+        "surf TokenTransport (surf backend)",
+        format!("{backend:?}"),
+        None,
+    );
+    show(
+        "OsRandom",
+        format!("{:?}", token_keeper_common::OsRandom::new()),
+        None,
+    );
+
     texts.push(captured_logs());
     let mut forbidden: Vec<String> = vec![
         SECRET.to_owned(),

@@ -31,8 +31,10 @@ impl AdapterFactory for SurfFactory {
             timeout: setup.timeout,
             clock: Arc::new(setup.clock.clone()),
             seed: 7,
+            ..Default::default()
         };
-        let tokens = AsyncTokenClient::with_options(token_keeper_surf::DirectHttp::new(), options);
+        let tokens =
+            AsyncTokenClient::with_options(token_keeper_surf::DirectHttp::new(), options).unwrap();
         let config = ClientConfig::new(
             &setup.token_url,
             &setup.client_id,

@@ -80,3 +80,34 @@ fn unknown_clients_and_bad_routes_are_errors() {
         .is_err());
     assert!(middleware.route("https://api.example.com", "m2m").is_ok());
 }
+
+#[test]
+fn an_issuer_audience_is_checked_against_the_discovered_issuer() {
+    use std::sync::Arc;
+    use token_keeper::jose::Algorithm;
+    use token_keeper::{AssertionAudience, PrivateKeyJwt};
+    use token_keeper_common::keys::PrivateKey;
+
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let tokens = TokenClient::new();
+    let metadata = tokens.discover(&server.base_url()).unwrap();
+    let key = Arc::new(PrivateKey::generate(Algorithm::ES256).unwrap());
+    let with_audience = |issuer: &str| {
+        let auth =
+            PrivateKeyJwt::new(key.clone()).audience(AssertionAudience::Issuer(issuer.to_owned()));
+        ClientConfig::new(
+            metadata.token_endpoint(),
+            "m2m",
+            ClientAuth::PrivateKeyJwt(auth),
+        )
+    };
+    // Made out to another issuer: refused when the client is added.
+    let wrong = with_audience("https://other.example").unwrap();
+    match tokens.add_client("wrong", wrong) {
+        Err(Error::Config(e)) => assert!(e.to_string().contains("issuer"), "{e}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    tokens
+        .add_client("right", with_audience(metadata.issuer()).unwrap())
+        .unwrap();
+}

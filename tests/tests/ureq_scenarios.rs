@@ -34,8 +34,9 @@ impl AdapterFactory for UreqFactory {
             connect_timeout: setup.timeout,
             clock: Arc::new(setup.clock.clone()),
             seed: 7,
+            ..Default::default()
         };
-        let client = TokenClient::with_options(options);
+        let client = TokenClient::with_options(options).unwrap();
         let config = ClientConfig::new(
             &setup.token_url,
             &setup.client_id,

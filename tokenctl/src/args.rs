@@ -56,6 +56,22 @@ pub struct ClientFlags {
     pub resources: Vec<String>,
     pub audience: Option<String>,
     pub params: Vec<(String, String)>,
+    /// Extra CA certificates (PEM) for token, discovery and API requests.
+    pub cacert: Option<std::path::PathBuf>,
+    /// Where TLS trust starts.
+    pub tls_roots: TlsRootsFlag,
+    /// `--proxy URL` or `--proxy none`; the environment otherwise.
+    pub proxy: Option<String>,
+}
+
+/// `--tls-roots`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsRootsFlag {
+    /// The Mozilla roots (webpki-roots).
+    #[default]
+    Webpki,
+    /// The operating system's store (rustls-platform-verifier).
+    Platform,
 }
 
 #[derive(Debug)]
@@ -115,6 +131,14 @@ CLIENT FLAGS:
                              RFC 7523 client assertion signed with FILE (JWK or PKCS#8 PEM)
     --dpop                   bind tokens with DPoP (RFC 9449), ephemeral ES256 key
     --dpop-key FILE          bind tokens with DPoP, key from FILE (JWK or PKCS#8 PEM)
+    --cacert FILE            also trust the CA certificates in FILE (PEM), for token,
+                             discovery and API requests
+    --tls-roots webpki|platform
+                             start trust from the Mozilla roots (default) or the
+                             operating system's store (honours SSL_CERT_FILE on Linux)
+    --proxy URL|none         tunnel through this http:// proxy, or through none; default:
+                             https_proxy/HTTPS_PROXY, all_proxy/ALL_PROXY and no_proxy/NO_PROXY
+                             as curl reads them. A loopback host is never proxied
 
 KEYGEN FLAGS: a new private key to keep (a DPoP key that survives restarts)
     --alg ES256|EdDSA        P-256 (default) or Ed25519; RSA keys come from
@@ -223,6 +247,19 @@ fn client_flag(
             }
         }
         "resource" => client.resources.push(value(parser, &flag)?),
+        "cacert" => client.cacert = Some(value(parser, &flag)?.into()),
+        "tls-roots" => {
+            client.tls_roots = match value(parser, &flag)?.as_str() {
+                "webpki" => TlsRootsFlag::Webpki,
+                "platform" => TlsRootsFlag::Platform,
+                other => {
+                    return Err(Usage(format!(
+                        "--tls-roots: {other:?} is not one of webpki, platform"
+                    )))
+                }
+            }
+        }
+        "proxy" => client.proxy = Some(value(parser, &flag)?),
         "audience" => client.audience = Some(value(parser, &flag)?),
         "param" => {
             let pair = value(parser, &flag)?;

@@ -3,12 +3,12 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
 use token_keeper_testkit::{LocalAuthServer, ServerConfig};
-use token_keeper_ureq::{Error, TokenClient, TokenMiddleware};
+use token_keeper_ureq::{Error, TlsSettings, TokenClient, TokenMiddleware};
 
 use crate::Managed;
 
@@ -44,67 +44,250 @@ fn origin_of(url: &str) -> Result<String, Failure> {
 /// One API call's failure: what to say and the exit code it implies.
 type CallFailure = (String, u8);
 
-/// Builds, for the chosen adapter, a function that makes one authenticated GET.
+/// One worker's way of making an authenticated GET, called again and again on
+/// that worker's thread.
+type Call = Box<dyn FnMut() -> Result<(), CallFailure>>;
+
+/// The most of an answer's body tokenctl reads. Every body is read (and
+/// discarded) so that its connection can carry the next request; a longer one
+/// fails the call, and its connection is closed, not reused.
+const MAX_BODY: u64 = 1024 * 1024;
+
+/// How long one call may take, its answer's body included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A body over [`MAX_BODY`] fails the call (exit 1, like an error status)
+/// rather than counting as a success read in part: the call did not finish,
+/// its connection is thrown away, and its latency would not be that of the
+/// whole answer. `length`: the announced `Content-Length`, if any.
+fn body_too_large(length: Option<u64>) -> CallFailure {
+    let length = length.map_or_else(String::new, |n| format!(" ({n} bytes)"));
+    (
+        format!(
+            "the API answered with a body over 1 MiB{length}; tokenctl reads at most 1 MiB of an answer"
+        ),
+        1,
+    )
+}
+
+/// An answer with a status other than 2xx (its body read all the same).
+fn status_failure(status: u16) -> CallFailure {
+    (format!("the API answered HTTP {status}"), 1)
+}
+
+/// Builds, for the chosen adapter, a maker of per-worker calls (each an authenticated GET).
+///
+/// API requests trust what `tls` says too: on ureq exactly as token requests
+/// do; on surf (native TLS) the platform's store plus `tls`'s extra CAs.
 fn caller(
     tokens: &Managed,
     client: &str,
     url: &str,
     concurrency: usize,
-) -> Result<Box<dyn Fn() -> Result<(), CallFailure> + Sync + Send>, Failure> {
+    tls: &TlsSettings,
+) -> Result<Box<dyn Fn() -> Call + Sync + Send>, Failure> {
     let origin = origin_of(url)?;
     let url = url.to_owned();
     match tokens {
         Managed::Ureq(tokens) => {
+            let tls = token_keeper_ureq::tls_config(tls)?;
             let agent = TokenMiddleware::new(tokens.clone())
                 .route(&origin, client)?
                 .build_agent(|| {
                     ureq::Agent::config_builder()
+                        .tls_config(tls.clone())
                         .http_status_as_error(false)
-                        .timeout_global(Some(Duration::from_secs(30)))
+                        .timeout_global(Some(CALL_TIMEOUT))
                         .max_idle_connections_per_host(concurrency.max(3))
                 });
-            Ok(Box::new(move || match agent.get(&url).call() {
-                Ok(response) if response.status().is_success() => Ok(()),
-                Ok(response) => Err((
-                    format!("the API answered HTTP {}", response.status().as_u16()),
-                    1,
-                )),
-                Err(ureq::Error::Other(inner)) => Err(match inner.downcast::<Error>() {
-                    Ok(token_error) => (token_error.to_string(), token_exit_code(&token_error)),
-                    Err(other) => (other.to_string(), 1),
-                }),
-                Err(other) => Err((format!("calling the API: {other}"), 4)),
+            // One agent, one pool: ureq never hands back a connection whose
+            // answer was not read to its end.
+            Ok(Box::new(move || {
+                let (agent, url) = (agent.clone(), url.clone());
+                Box::new(move || ureq_call(&agent, &url))
             }))
         }
         Managed::Surf(tokens) => {
             let middleware =
                 token_keeper_surf::TokenMiddleware::new(tokens.clone()).route(&origin, client)?;
-            let api = surf::Client::new().with(middleware);
+            // Each worker has a surf client, and so a connection pool, of its
+            // own (the token client behind the middleware is shared). A pool
+            // takes back every connection whose answer is dropped, read or
+            // not; when an exchange does not end cleanly, the worker drops
+            // its whole pool, the only way to keep that connection from
+            // being handed out again, and no other worker can be using it.
+            let connector = native_tls_connector(tls)?;
             Ok(Box::new(move || {
-                let call = async { api.get(&url).await };
-                let timed = futures_lite::FutureExt::or(call, async {
-                    async_io::Timer::after(Duration::from_secs(30)).await;
-                    Err(surf::Error::from_str(
-                        surf::StatusCode::RequestTimeout,
-                        "no answer within 30 s",
-                    ))
-                });
-                match async_std::task::block_on(timed) {
-                    Ok(response) if response.status().is_success() => Ok(()),
-                    Ok(response) => Err((
-                        format!("the API answered HTTP {}", u16::from(response.status())),
-                        1,
-                    )),
-                    Err(error) => Err(match error.downcast_ref::<Error>() {
-                        Some(token_error) => {
-                            (token_error.to_string(), token_exit_code(token_error))
+                let fresh = {
+                    let (middleware, connector) = (middleware.clone(), connector.clone());
+                    move || {
+                        let config = surf::Config::new().set_tls_config(Some(connector.clone()));
+                        match surf::Client::try_from(config) {
+                            Ok(client) => client.with(middleware.clone()),
+                            Err(never) => match never {},
                         }
-                        None => (format!("calling the API: {error}"), 4),
-                    }),
-                }
+                    }
+                };
+                let url = url.clone();
+                let mut api = fresh();
+                Box::new(move || {
+                    let (outcome, reusable) = async_std::task::block_on(surf_call(&api, &url));
+                    if !reusable {
+                        api = fresh();
+                    }
+                    outcome
+                })
             }))
         }
     }
+}
+
+/// One GET through ureq, its answer's body read to the end (at most [`MAX_BODY`]).
+fn ureq_call(agent: &ureq::Agent, url: &str) -> Result<(), CallFailure> {
+    match agent.get(url).call() {
+        Ok(response) => {
+            let status = response.status();
+            let read = ureq_read_body(response.into_body());
+            if !status.is_success() {
+                return Err(status_failure(status.as_u16()));
+            }
+            read
+        }
+        Err(ureq::Error::Other(inner)) => Err(match inner.downcast::<Error>() {
+            Ok(token_error) => (token_error.to_string(), token_exit_code(&token_error)),
+            Err(other) => (other.to_string(), 1),
+        }),
+        Err(other) => Err((format!("calling the API: {other}"), 4)),
+    }
+}
+
+/// Reads and discards a body of at most [`MAX_BODY`] bytes. A longer one is
+/// left unread; dropping it closes its connection.
+fn ureq_read_body(body: ureq::Body) -> Result<(), CallFailure> {
+    if let Some(length) = body.content_length().filter(|&n| n > MAX_BODY) {
+        return Err(body_too_large(Some(length)));
+    }
+    let mut reader = std::io::Read::take(body.into_reader(), MAX_BODY + 1);
+    match std::io::copy(&mut reader, &mut std::io::sink()) {
+        Ok(read) if read > MAX_BODY => Err(body_too_large(None)),
+        Ok(_) => Ok(()),
+        Err(error) => Err((format!("calling the API: reading the answer: {error}"), 4)),
+    }
+}
+
+/// One GET through surf, its answer's body read to the end (at most
+/// [`MAX_BODY`]): the outcome, and whether the connection may carry another request.
+async fn surf_call(api: &surf::Client, url: &str) -> (Result<(), CallFailure>, bool) {
+    let exchange = async {
+        let mut response = api.get(url).await?;
+        let status = response.status();
+        let read = surf_read_body(&mut response).await;
+        Ok((status, read))
+    };
+    let timed = futures_lite::FutureExt::or(exchange, async {
+        async_io::Timer::after(CALL_TIMEOUT).await;
+        Err(surf::Error::from_str(
+            surf::StatusCode::RequestTimeout,
+            format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+        ))
+    });
+    match timed.await {
+        Err(error) => (Err(surf_failure(&error)), false),
+        Ok((status, read)) => {
+            let reusable = read == Ok(true);
+            let outcome = if !status.is_success() {
+                Err(status_failure(status.into()))
+            } else {
+                read.map(|_| ())
+            };
+            (outcome, reusable)
+        }
+    }
+}
+
+/// Reads and discards a body of at most [`MAX_BODY`] bytes: whether the
+/// connection may carry another request, or why the call failed.
+async fn surf_read_body(response: &mut surf::Response) -> Result<bool, CallFailure> {
+    // async-h1 reads a body framed by Content-Length or by chunking (its own
+    // test, spelled as here); any other body, one that runs until the
+    // connection closes, it gives as empty (length 0), leaving the body on
+    // the connection.
+    let length = match response.header("Content-Length") {
+        Some(_) => response.len().map(|n| n as u64),
+        None => None,
+    };
+    if let Some(length) = length.filter(|&n| n > MAX_BODY) {
+        return Err(body_too_large(Some(length)));
+    }
+    let framed = length.is_some()
+        || response
+            .header("Transfer-Encoding")
+            .is_some_and(|te| te.last().as_str() == "chunked");
+    let body = futures_lite::AsyncReadExt::take(response.take_body(), MAX_BODY + 1);
+    match futures_lite::io::copy(body, futures_lite::io::sink()).await {
+        Ok(read) if read > MAX_BODY => Err(body_too_large(None)),
+        Ok(read) => match length {
+            // async-h1 takes a connection closed early for the end of the body.
+            Some(length) if read < length => Err((
+                format!(
+                    "calling the API: the connection closed after {read} of the answer's {length} bytes"
+                ),
+                4,
+            )),
+            _ => Ok(reusable_after(response.status(), framed)),
+        },
+        Err(error) => Err((format!("calling the API: reading the answer: {error}"), 4)),
+    }
+}
+
+/// Whether a connection may carry another request once an answer with this
+/// status, its body read, has gone: not after an interim `1xx` (async-h1
+/// takes it for the answer; the real one follows on the connection), nor
+/// after a body it could not read; `204` and `304` have none (RFC 9112 §6.3).
+fn reusable_after(status: surf::StatusCode, framed: bool) -> bool {
+    match u16::from(status) {
+        100..=199 => false,
+        204 | 304 => true,
+        _ => framed,
+    }
+}
+
+/// What to say about a failed surf exchange, and the exit code.
+fn surf_failure(error: &surf::Error) -> CallFailure {
+    if let Some(token_error) = error.downcast_ref::<Error>() {
+        return (token_error.to_string(), token_exit_code(token_error));
+    }
+    if is_http10_refusal(error) {
+        return (
+            "calling the API: the server answered with HTTP/1.0, which surf's HTTP/1 client \
+             (async-h1) does not support; use --adapter ureq"
+                .to_owned(),
+            4,
+        );
+    }
+    (format!("calling the API: {error}"), 4)
+}
+
+/// surf's native TLS (the platform's store), plus the extra CAs of `tls`.
+fn native_tls_connector(tls: &TlsSettings) -> Result<Arc<async_native_tls::TlsConnector>, Failure> {
+    let mut connector = async_native_tls::TlsConnector::new();
+    for der in tls.extra_certificates() {
+        let certificate = async_native_tls::Certificate::from_der(der.as_ref()).map_err(|e| {
+            Failure::Usage(format!(
+                "--cacert: the platform's TLS refused a certificate: {e}"
+            ))
+        })?;
+        connector = connector.add_root_certificate(certificate);
+    }
+    Ok(Arc::new(connector))
+}
+
+/// async-h1 (surf's `h1-client`) accepts only `HTTP/1.1` answers: its response
+/// parser (httparse) reads `HTTP/1.0` and `HTTP/1.1` and nothing else, and the
+/// client then refuses version 0 with exactly this ad-hoc error, status 500.
+fn is_http10_refusal(error: &surf::Error) -> bool {
+    error.status() == surf::StatusCode::InternalServerError
+        && error.to_string() == "Unsupported HTTP version"
 }
 
 /// Makes the calls and measures them.
@@ -115,8 +298,9 @@ pub fn run_calls(
     amount: Amount,
     concurrency: usize,
     progress: bool,
+    tls: &TlsSettings,
 ) -> Result<Summary, Failure> {
-    let call = caller(tokens, client, url, concurrency)?;
+    let new_call = caller(tokens, client, url, concurrency, tls)?;
     let started = Instant::now();
     let issued = AtomicU64::new(0);
     let done = AtomicU64::new(0);
@@ -132,6 +316,7 @@ pub fn run_calls(
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
                 scope.spawn(|| {
+                    let mut call = new_call();
                     let mut mine = Vec::new();
                     while more(&issued) {
                         let t0 = Instant::now();
@@ -232,9 +417,10 @@ pub fn call(
     amount: Amount,
     concurrency: usize,
     json: bool,
+    tls: &TlsSettings,
 ) -> Result<ExitCode, Failure> {
     let progress = !json && std::io::stderr().is_terminal();
-    let summary = run_calls(tokens, client, url, amount, concurrency, progress)?;
+    let summary = run_calls(tokens, client, url, amount, concurrency, progress, tls)?;
     print_summary(&summary, json)?;
     match &summary.first_failure {
         None => Ok(ExitCode::SUCCESS),
@@ -286,6 +472,7 @@ pub fn demo(duration: Duration) -> Result<ExitCode, Failure> {
         Amount::Duration(duration),
         THREADS,
         std::io::stderr().is_terminal(),
+        &TlsSettings::default(),
     )?;
     print_summary(&summary, false)?;
     let lifetimes = duration.as_secs_f64() / TTL as f64;
@@ -312,4 +499,38 @@ pub fn demo(duration: Duration) -> Result<ExitCode, Failure> {
         )));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_async_h1_refusing_http10() {
+        // How async-h1's client decoder builds the error (`ensure_eq!` → `format_err!`).
+        let refusal = surf::http::format_err!("Unsupported HTTP version");
+        assert!(is_http10_refusal(&refusal));
+        let (message, code) = surf_failure(&refusal);
+        assert_eq!(code, 4);
+        assert!(message.ends_with("use --adapter ureq"), "{message}");
+        for other in [
+            surf::http::format_err!("invalid HTTP version"),
+            surf::Error::from_str(surf::StatusCode::BadRequest, "Unsupported HTTP version"),
+        ] {
+            assert!(!is_http10_refusal(&other), "{other}");
+            assert_eq!(surf_failure(&other).0, format!("calling the API: {other}"));
+        }
+    }
+
+    #[test]
+    fn connections_are_reused_only_after_a_whole_answer() {
+        use surf::StatusCode as S;
+        assert!(reusable_after(S::Ok, true));
+        assert!(!reusable_after(S::Ok, false));
+        assert!(reusable_after(S::NotFound, true));
+        assert!(reusable_after(S::NoContent, false));
+        assert!(reusable_after(S::NotModified, false));
+        assert!(!reusable_after(S::Continue, true));
+        assert!(!reusable_after(S::Continue, false));
+    }
 }

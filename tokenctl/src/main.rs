@@ -15,12 +15,13 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use token_keeper::jose::{Algorithm, Signer};
-use token_keeper::{ClientAuth, ClientConfig, ClientSecret, PrivateKeyJwt};
+use token_keeper::{ClientAuth, ClientConfig, ClientSecret, PrivateKeyJwt, ProxySettings};
 use token_keeper_common::keys::PrivateKey;
+use token_keeper_common::tls::TlsSettings;
 use token_keeper_surf::AsyncTokenClient;
 use token_keeper_ureq::{Error, TokenClient, TokenInfo};
 
-use crate::args::{AdapterKind, AuthMethod, ClientFlags, Command, Usage};
+use crate::args::{AdapterKind, AuthMethod, ClientFlags, Command, TlsRootsFlag, Usage};
 
 /// The name the command line's client is registered under.
 const CLIENT: &str = "cli";
@@ -58,6 +59,7 @@ pub fn token_exit_code(error: &Error) -> u8 {
         },
         Error::Config(_) => 2,
         Error::Signing(_) => 1,
+        Error::Tls(_) => 2,
         _ => 1,
     }
 }
@@ -124,7 +126,8 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             json,
         } => {
             let tokens = build_client(&client)?;
-            call::call(&tokens, CLIENT, &url, amount, concurrency, json)
+            let tls = tls_settings(&client)?;
+            call::call(&tokens, CLIENT, &url, amount, concurrency, json, &tls)
         }
         Command::Demo { duration } => call::demo(duration),
         Command::Keygen { alg, out } => keygen(alg, out.as_deref()),
@@ -203,13 +206,24 @@ pub enum Managed {
 }
 
 impl Managed {
-    fn new(kind: AdapterKind) -> Managed {
-        match kind {
-            AdapterKind::Ureq => Managed::Ureq(TokenClient::new()),
-            AdapterKind::Surf => {
-                Managed::Surf(AsyncTokenClient::new(token_keeper_surf::DirectHttp::new()))
-            }
-        }
+    fn new(kind: AdapterKind, tls: &TlsSettings, proxy: ProxySettings) -> Result<Managed, Error> {
+        Ok(match kind {
+            AdapterKind::Ureq => Managed::Ureq(TokenClient::with_options(
+                token_keeper_ureq::ClientOptions {
+                    tls: tls.clone(),
+                    proxy,
+                    ..Default::default()
+                },
+            )?),
+            AdapterKind::Surf => Managed::Surf(AsyncTokenClient::with_options(
+                token_keeper_surf::DirectHttp::new(),
+                token_keeper_surf::ClientOptions {
+                    tls: tls.clone(),
+                    proxy,
+                    ..Default::default()
+                },
+            )?),
+        })
     }
 
     fn discover(&self, issuer: &str) -> Result<String, Error> {
@@ -290,7 +304,9 @@ pub fn build_client(flags: &ClientFlags) -> Result<Managed, Failure> {
         )),
         (None, false) => None,
     };
-    let tokens = Managed::new(flags.adapter);
+    let tls = tls_settings(flags)?;
+    let proxy = proxy_settings(flags)?;
+    let tokens = Managed::new(flags.adapter, &tls, proxy)?;
     let token_url = match (&flags.token_url, &flags.issuer) {
         (Some(url), _) => url.clone(),
         (None, Some(issuer)) => tokens.discover(issuer)?,
@@ -320,6 +336,31 @@ pub fn build_client(flags: &ClientFlags) -> Result<Managed, Failure> {
     }
     tokens.add_client(CLIENT, config)?;
     Ok(tokens)
+}
+
+/// `--tls-roots` and `--cacert` as TLS settings.
+pub fn tls_settings(flags: &ClientFlags) -> Result<TlsSettings, Failure> {
+    let roots = match flags.tls_roots {
+        TlsRootsFlag::Webpki => TlsSettings::webpki(),
+        TlsRootsFlag::Platform => TlsSettings::platform(),
+    };
+    match &flags.cacert {
+        Some(path) => roots
+            .with_ca_file(path)
+            .map_err(|e| Failure::Usage(format!("--cacert: {e}"))),
+        None => Ok(roots),
+    }
+}
+
+/// `--proxy URL|none`, or the environment read with curl's rules.
+fn proxy_settings(flags: &ClientFlags) -> Result<ProxySettings, Failure> {
+    match flags.proxy.as_deref() {
+        None => Ok(token_keeper_common::proxy_from_env()),
+        Some("none") => Ok(ProxySettings::none()),
+        Some(url) => {
+            ProxySettings::explicit(url, "").map_err(|e| Failure::Usage(format!("--proxy: {e}")))
+        }
+    }
 }
 
 fn token(flags: &ClientFlags, json: bool) -> Result<ExitCode, Failure> {

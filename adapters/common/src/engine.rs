@@ -103,10 +103,14 @@ impl Engine {
         send: Box<BlockingSend>,
         on_flight_end: Box<dyn Fn() + Send + Sync>,
     ) -> EngineHandle {
+        let mut core = TokenManager::new(manager, seed);
+        // `jti`s and jitter from the OS generator, not from the seed.
+        core.set_random_source(Box::new(crate::OsRandom::new()));
+        let (request_deadline, max_keys) = (core.config().request_timeout, core.config().max_keys);
         let engine = Arc::new(Engine {
-            request_deadline: manager.request_timeout,
-            registry: Registry::new(manager.max_keys),
-            core: Mutex::new(TokenManager::new(manager, seed)),
+            request_deadline,
+            registry: Registry::new(max_keys),
+            core: Mutex::new(core),
             timers: Condvar::new(),
             flight_ended: Condvar::new(),
             on_flight_end,

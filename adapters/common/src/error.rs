@@ -7,6 +7,8 @@ use token_keeper::discovery::DiscoveryError;
 use token_keeper::jose::SignError;
 use token_keeper::{ConfigError, InvalidResponse, OAuthError, TokenError, TransportError};
 
+use crate::tls::TlsError;
+
 /// Why a token (or a header) could not be had. Messages say what to do and
 /// never contain a secret or a token.
 #[derive(Clone, Debug)]
@@ -34,6 +36,9 @@ pub enum Error {
     UnknownClient(String),
     /// A client assertion or DPoP proof could not be signed.
     Signing(SignError),
+    /// A TLS setting (a CA certificate, the operating system's store) could
+    /// not be used.
+    Tls(TlsError),
 }
 
 impl Error {
@@ -74,6 +79,7 @@ impl fmt::Display for Error {
             Error::Config(e) => e.fmt(f),
             Error::UnknownClient(name) => write!(f, "no client named {name:?} is registered"),
             Error::Signing(e) => e.fmt(f),
+            Error::Tls(e) => e.fmt(f),
         }
     }
 }
@@ -89,7 +95,14 @@ impl std::error::Error for Error {
             Error::Config(e) => Some(e),
             Error::UnknownClient(_) => None,
             Error::Signing(e) => Some(e),
+            Error::Tls(e) => Some(e),
         }
+    }
+}
+
+impl From<TlsError> for Error {
+    fn from(e: TlsError) -> Self {
+        Error::Tls(e)
     }
 }
 

@@ -15,6 +15,8 @@
 //! - [`Engine`]: the core behind its lock, the timer thread, and the threads
 //!   that send token requests off the callers' path;
 //! - [`Routes`]: which origins get which client's tokens;
+//! - [`proxy_from_env`]: the proxy environment, read once for the core's
+//!   proxy decision;
 //! - [`keys::PrivateKey`]: the default [`Signer`](token_keeper::jose::Signer)
 //!   for DPoP proofs and `private_key_jwt`, on `ring`;
 //! - [`http1::ResponseReader`]: a bounded, sans-IO HTTP/1.1 response reader,
@@ -28,13 +30,18 @@ pub mod engine;
 pub mod error;
 pub mod http1;
 pub mod keys;
+pub mod proxy;
+pub mod random;
 pub mod registry;
 pub mod routes;
 pub mod step;
+pub mod tls;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{BlockingSend, Engine, EngineHandle};
 pub use error::Error;
+pub use proxy::proxy_from_env;
+pub use random::OsRandom;
 pub use registry::{random_seed, ClientStats, Registry, TokenInfo};
 pub use routes::{may_carry_body, Routes};
 pub use step::{start_forced_refresh, step, Authorized, Step};

@@ -140,6 +140,11 @@ impl Registry {
                 "too many named clients (at most 256)",
             )));
         }
+        // A client of a server discovered earlier is checked against its
+        // metadata: an issuer audience for private_key_jwt must name that issuer.
+        if let Some(metadata) = self.discovered_for(config.token_endpoint()) {
+            config.check_against(&metadata)?;
+        }
         let handle = core.add_client(name, config)?;
         let key = core.default_key(handle);
         let entry = NameEntry {
@@ -238,6 +243,20 @@ impl Registry {
             .cloned()
     }
 
+    /// The discovery result whose token endpoint is `endpoint`, if any.
+    fn discovered_for(&self, endpoint: &http::Uri) -> Option<ServerMetadata> {
+        self.discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|m| {
+                m.token_endpoint()
+                    .parse::<http::Uri>()
+                    .is_ok_and(|u| u == *endpoint)
+            })
+            .cloned()
+    }
+
     /// Remembers a discovery result.
     pub fn remember_discovery(&self, issuer: &str, metadata: ServerMetadata) {
         self.discovered
@@ -286,6 +305,10 @@ pub fn log_event(event: &Event) {
             log::info!("{key}: token invalidated ({reason:?})")
         }
         Event::TokenExpired { key } => log::debug!("{key}: token expired"),
+        Event::RejectionDamped { key } => log::warn!(
+            "{key}: the API rejected a token fetched after its last rejection; \
+             not fetching another within the damping window (check the audience, scope or resource)"
+        ),
         other => log::debug!("{other:?}"),
     }
 }

@@ -8,14 +8,18 @@ use futures_lite::FutureExt;
 use http::{HeaderValue, Method, Uri};
 use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
 use token_keeper::{
-    Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, RequestId, ResourceOutcome,
+    Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, RequestId,
+    ResourceOutcome,
 };
 use token_keeper_common::{
-    random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats, Clock, Engine,
-    EngineHandle, Error, Step, SystemClock, TokenInfo,
+    proxy_from_env, random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats,
+    Clock, Engine, EngineHandle, Error, Step, SystemClock, TokenInfo,
 };
 
 use crate::transport::{self, TokenTransport};
+use crate::DirectHttp;
+use token_keeper::ConfigError;
+use token_keeper_common::tls::TlsSettings;
 
 /// Options of an [`AsyncTokenClient`].
 #[derive(Clone)]
@@ -28,6 +32,18 @@ pub struct ClientOptions {
     pub clock: Arc<dyn Clock>,
     /// Seed for the core's jitter (default: random per process).
     pub seed: u64,
+    /// Which proxy [`DirectHttp`](crate::DirectHttp) tunnels token and
+    /// discovery requests through (HTTP `CONNECT`). Default: the environment,
+    /// read once when the options are made, with curl's rules
+    /// ([`proxy_from_env`](token_keeper_common::proxy_from_env)). A loopback
+    /// destination is never proxied, whatever this says. A surf backend
+    /// ([`TokenTransport::surf`]) makes its own proxy choice.
+    pub proxy: ProxySettings,
+    /// Which certificates [`DirectHttp`](crate::DirectHttp) trusts for token
+    /// and discovery requests (default: the Mozilla roots). Refused by
+    /// [`AsyncTokenClient::with_options`] with a surf backend (its TLS is its
+    /// own) or a `DirectHttp` that has roots of its own.
+    pub tls: TlsSettings,
 }
 
 impl Default for ClientOptions {
@@ -37,6 +53,8 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock::new()),
             seed: random_seed(),
+            proxy: proxy_from_env(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -46,6 +64,8 @@ impl std::fmt::Debug for ClientOptions {
         f.debug_struct("ClientOptions")
             .field("manager", &self.manager)
             .field("timeout", &self.timeout)
+            .field("proxy", &self.proxy)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -61,7 +81,7 @@ impl std::fmt::Debug for ClientOptions {
 ///
 /// Every token and discovery request (the middleware's too) goes through the
 /// [`TokenTransport`] given here: [`DirectHttp`](crate::DirectHttp)
-/// (recommended: bounded reads, rustls) or a surf client of your choice (see
+/// (recommended: bounded reads, rustls) or a surf backend of your choice (see
 /// [`AsyncTokenClient::new`]).
 ///
 /// ```no_run
@@ -89,6 +109,8 @@ pub struct AsyncTokenClient {
 struct AsyncIo {
     /// Token and discovery requests go through this transport.
     http: TokenTransport,
+    /// The proxy decision `DirectHttp` applies.
+    proxy: Arc<ProxySettings>,
     timeout: Duration,
     /// Notified by the engine whenever a token request ends: waiting tasks re-ask the core.
     flight_ended: Arc<Event>,
@@ -113,13 +135,16 @@ impl AsyncTokenClient {
     /// let tokens = token_keeper_surf::AsyncTokenClient::new(token_keeper_surf::DirectHttp::new());
     /// ```
     ///
-    /// To keep token requests on your surf backend instead (its TLS, its
-    /// proxy settings), give a surf client **with keep-alive off**:
+    /// To keep token requests on a surf backend instead (its TLS settings),
+    /// build the transport from a surf configuration with
+    /// [`TokenTransport::surf`]: this crate builds a surf client of its own
+    /// from it, with no middleware (token requests never pass through surf's
+    /// `Redirect` or a logger) and keep-alive off:
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let http: surf::Client = surf::Config::new().set_http_keep_alive(false).try_into()?;
-    /// let tokens = token_keeper_surf::AsyncTokenClient::new(http);
+    /// use token_keeper_surf::{AsyncTokenClient, TokenTransport};
+    /// let tokens = AsyncTokenClient::new(TokenTransport::surf(surf::Config::new())?);
     /// # Ok(()) }
     /// ```
     ///
@@ -135,21 +160,49 @@ impl AsyncTokenClient {
     /// does none of these).
     pub fn new(http: impl Into<TokenTransport>) -> AsyncTokenClient {
         AsyncTokenClient::with_options(http, ClientOptions::default())
+            .expect("the default options are valid with every transport")
     }
 
-    /// A client with these options.
+    /// A client with these options. Refuses TLS settings the transport
+    /// cannot apply (see [`ClientOptions::tls`]).
     pub fn with_options(
         http: impl Into<TokenTransport>,
         options: ClientOptions,
-    ) -> AsyncTokenClient {
-        let http = http.into();
+    ) -> Result<AsyncTokenClient, Error> {
+        let mut http = http.into();
+        if options.tls != TlsSettings::default() {
+            http =
+                match http {
+                    TokenTransport::Direct(direct) if !direct.has_own_roots() => {
+                        TokenTransport::Direct(DirectHttp::with_tls(&options.tls)?)
+                    }
+                    TokenTransport::Direct(_) => return Err(Error::Config(ConfigError::new(
+                        "ClientOptions::tls and DirectHttp::with_root_certificates both set the \
+                         roots of token requests: choose one",
+                    ))),
+                    _ => {
+                        return Err(Error::Config(ConfigError::new(
+                            "ClientOptions::tls applies to DirectHttp only: a surf backend's TLS \
+                         is its own",
+                        )))
+                    }
+                };
+        }
         let flight_ended = Arc::new(Event::new());
         let notify = Arc::clone(&flight_ended);
         let sender = http.clone();
+        let proxy = Arc::new(options.proxy);
+        let sender_proxy = Arc::clone(&proxy);
         let timeout = options.timeout;
         // Background requests run on the engine's own threads, driven by async-io.
         let send: Box<BlockingSend> = Box::new(move |request, max_body| {
-            async_io::block_on(transport::send(&sender, request, max_body, timeout))
+            async_io::block_on(transport::send(
+                &sender,
+                &sender_proxy,
+                request,
+                max_body,
+                timeout,
+            ))
         });
         let engine = Engine::start(
             options.manager,
@@ -160,14 +213,15 @@ impl AsyncTokenClient {
                 notify.notify(usize::MAX);
             }),
         );
-        AsyncTokenClient {
+        Ok(AsyncTokenClient {
             engine,
             io: Arc::new(AsyncIo {
                 http,
+                proxy,
                 timeout,
                 flight_ended,
             }),
-        }
+        })
     }
 
     /// Registers a named client.
@@ -186,6 +240,7 @@ impl AsyncTokenClient {
         let metadata = loop {
             let response = transport::send(
                 &self.io.http,
+                &self.io.proxy,
                 discovery.request(),
                 MAX_DISCOVERY_DOCUMENT,
                 self.io.timeout,
@@ -378,6 +433,7 @@ impl AsyncTokenClient {
                     let max_body = engine.lock_core().config().max_response_body;
                     let outcome = transport::send(
                         &self.io.http,
+                        &self.io.proxy,
                         own.into_request(),
                         max_body,
                         self.io.timeout,

@@ -18,12 +18,16 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
-use token_keeper::{TransportError, TransportErrorKind};
+use token_keeper::{ProxyDecision, ProxySettings, TransportError, TransportErrorKind};
 use token_keeper_common::http1::{Http1Error, ResponseLimits, ResponseReader};
+use token_keeper_common::tls::{TlsError, TlsRoots, TlsSettings};
 use zeroize::Zeroizing;
 
 /// The size of one read from the connection.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// The most a proxy's answer to `CONNECT` may hold before its blank line.
+const MAX_CONNECT_ANSWER: usize = 16 * 1024;
 
 /// Sends token and discovery requests itself: a new connection per request
 /// (`Connection: close`), TLS through rustls (ring, the webpki roots, TLS 1.2
@@ -140,14 +144,91 @@ impl DirectHttp {
         })
     }
 
+    /// Whether this transport has roots of its own (anything but the default).
+    pub(crate) fn has_own_roots(&self) -> bool {
+        self.custom_roots
+    }
+
+    /// Trusts what `tls` says: the Mozilla roots, plus the CAs it adds, or the
+    /// operating system's store and verifier (with the `platform-verifier`
+    /// feature), plus the CAs it adds.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_keeper_surf::{DirectHttp, TlsSettings};
+    /// # let ca_der: &[u8] = include_bytes!("../tests/fixtures/test-ca.der");
+    /// let http = DirectHttp::with_tls(&TlsSettings::webpki().with_ca_der(ca_der)?)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_tls(tls: &TlsSettings) -> Result<DirectHttp, TlsError> {
+        let extra = tls.extra_certificates();
+        let config = match tls.roots() {
+            TlsRoots::Webpki => {
+                let mut roots = RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                };
+                for certificate in extra {
+                    roots
+                        .add(certificate.clone())
+                        .map_err(|e| TlsError::new(format!("unusable CA certificate: {e}")))?;
+                }
+                client_config(roots)
+            }
+            #[cfg(feature = "platform-verifier")]
+            TlsRoots::Platform => {
+                let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
+                let verifier = if extra.is_empty() {
+                    rustls_platform_verifier::Verifier::new(Arc::clone(&provider))
+                } else {
+                    rustls_platform_verifier::Verifier::new_with_extra_roots(
+                        extra.iter().cloned(),
+                        Arc::clone(&provider),
+                    )
+                }
+                .map_err(|e| {
+                    TlsError::new(format!("the operating system's certificate store: {e}"))
+                })?;
+                ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| TlsError::new(e.to_string()))?
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
+                    .with_no_client_auth()
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(TlsError::new(
+                    "these TLS roots are not supported by this build",
+                ))
+            }
+        };
+        Ok(DirectHttp {
+            tls: Arc::new(config),
+            custom_roots: *tls != TlsSettings::default(),
+        })
+    }
+
     /// Sends `request` and reads its answer, the body cut at `max_body + 1`
-    /// bytes. The caller bounds the time.
+    /// bytes, directly or through an HTTP `CONNECT` tunnel as `proxy`
+    /// decides for its destination (a loopback one never goes through a
+    /// proxy). The caller bounds the time.
     pub(crate) async fn send(
         &self,
+        proxy: &ProxySettings,
         request: http::Request<Vec<u8>>,
         max_body: usize,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
         let target = Target::of(request.uri())?;
+        let via = match proxy.decide(request.uri()) {
+            ProxyDecision::Direct => None,
+            ProxyDecision::Tunnel(via) => Some(via),
+            ProxyDecision::Unsupported(reason) => {
+                return Err(TransportError::new(
+                    TransportErrorKind::Connect,
+                    reason.to_owned(),
+                ))
+            }
+        };
         // One write for head and body (one segment, one TLS record for a
         // token request); the body may hold the client secret, so the copy is wiped.
         let mut message = Zeroizing::new(request_head(&request, &target));
@@ -168,16 +249,24 @@ impl DirectHttp {
         } else {
             None
         };
-        let tcp = async_net::TcpStream::connect((target.host.as_str(), target.port))
+        let (host, port) = match via {
+            Some(via) => (via.host(), via.port()),
+            None => (target.host.as_str(), target.port),
+        };
+        let mut tcp = async_net::TcpStream::connect((host, port))
             .await
             .map_err(|e| {
+                let what = if via.is_some() { "the proxy " } else { "" };
                 TransportError::new(
                     TransportErrorKind::Connect,
-                    format!("connecting to {}:{}: {e}", target.host, target.port),
+                    format!("connecting to {what}{host}:{port}: {e}"),
                 )
             })?;
         // Token requests are one write each way: no point waiting for more to send.
         let _ = tcp.set_nodelay(true);
+        if let Some(via) = via {
+            open_tunnel(&mut tcp, via, &target).await?;
+        }
         let reader = ResponseReader::new(limits, head_request);
         if let Some(name) = server_name {
             let tls = TlsConnector::from(Arc::clone(&self.tls))
@@ -298,6 +387,76 @@ fn request_head(request: &http::Request<Vec<u8>>, target: &Target) -> Vec<u8> {
     }
     head.extend_from_slice(b"Connection: close\r\n\r\n");
     head
+}
+
+/// Asks the proxy for a tunnel to `target` (HTTP `CONNECT`, with
+/// `Proxy-Authorization` when the proxy URL has credentials) and reads its
+/// answer up to the blank line, one byte at a time so that nothing of what
+/// follows (the TLS handshake) is taken, and at most [`MAX_CONNECT_ANSWER`]
+/// bytes. Only a `2xx` opens the tunnel.
+async fn open_tunnel(
+    tcp: &mut async_net::TcpStream,
+    via: &token_keeper::Proxy,
+    target: &Target,
+) -> Result<(), TransportError> {
+    let proxy = via.url_without_credentials();
+    let broke = |e: std::io::Error| {
+        TransportError::new(
+            TransportErrorKind::Connect,
+            format!("opening a tunnel through the proxy {proxy}: {e}"),
+        )
+    };
+    // The head may hold the proxy password: wipe the copy.
+    let head = Zeroizing::new(token_keeper::proxy::connect_request_head(
+        via,
+        &target.host,
+        target.port,
+    ));
+    tcp.write_all(&head).await.map_err(broke)?;
+    tcp.flush().await.map_err(broke)?;
+    let mut answer = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        if answer.len() >= MAX_CONNECT_ANSWER {
+            return Err(TransportError::new(
+                TransportErrorKind::Connect,
+                format!("the proxy {proxy} sent over {MAX_CONNECT_ANSWER} bytes without ending its answer to CONNECT"),
+            ));
+        }
+        if tcp.read(&mut byte).await.map_err(broke)? == 0 {
+            return Err(TransportError::new(
+                TransportErrorKind::Connect,
+                format!("the proxy {proxy} closed the connection before answering CONNECT"),
+            ));
+        }
+        answer.push(byte[0]);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    match parsed.parse(&answer) {
+        Ok(httparse::Status::Complete(_)) => match parsed.code {
+            Some(200..=299) => Ok(()),
+            Some(407) => Err(TransportError::new(
+                TransportErrorKind::Connect,
+                format!(
+                    "the proxy {proxy} asks for credentials (HTTP 407): give them in the proxy URL"
+                ),
+            )),
+            code => Err(TransportError::new(
+                TransportErrorKind::Connect,
+                format!(
+                    "the proxy {proxy} refused a tunnel to {}:{} (HTTP {})",
+                    target.host,
+                    target.port,
+                    code.unwrap_or(0)
+                ),
+            )),
+        },
+        _ => Err(TransportError::new(
+            TransportErrorKind::Connect,
+            format!("the proxy {proxy} answered CONNECT with something that is not HTTP"),
+        )),
+    }
 }
 
 /// Writes the request, then feeds the reader until it has the whole answer.

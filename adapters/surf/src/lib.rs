@@ -73,5 +73,6 @@ mod transport;
 pub use client::{AsyncTokenClient, ClientOptions};
 pub use direct::{CertificateError, DirectHttp};
 pub use middleware::TokenMiddleware;
+pub use token_keeper_common::tls::{TlsError, TlsRoots, TlsSettings};
 pub use token_keeper_common::{ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo};
-pub use transport::TokenTransport;
+pub use transport::{SurfBackend, SurfBackendError, TokenTransport};

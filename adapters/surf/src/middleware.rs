@@ -4,12 +4,11 @@
 //!
 //! 1. Only requests to a configured origin (scheme, host, port) get a token;
 //!    an origin must be `https`, or `http` on a loopback host.
-//! 2. A request that already has an `Authorization` header is left alone, and
-//!    so are this crate's own token and discovery requests.
+//! 2. A request that already has an `Authorization` header is left alone.
 //! 3. Otherwise the client's header is attached (cached, or fetched once for
 //!    all tasks). Token requests go through the [`AsyncTokenClient`]'s own
-//!    transport ([`DirectHttp`](crate::DirectHttp), or a keep-alive-free surf
-//!    client), not the client the middleware is handed: an API client keeps
+//!    transport ([`DirectHttp`](crate::DirectHttp), or a middleware-free,
+//!    keep-alive-free surf backend), not the client the middleware is handed: an API client keeps
 //!    connections alive, and surf's pool hands a connection back after a
 //!    cancelled or cut-off exchange, so a later token request could read an
 //!    earlier request's late answer (see [`AsyncTokenClient::new`]).
@@ -19,9 +18,14 @@
 //!    drops the body, so the body is buffered first, up to the replay limit
 //!    (default 64 KiB). A larger body is sent once and the 401 handed back.
 //!
-//! surf follows no redirects unless its `Redirect` middleware is added; that
-//! middleware forwards `Authorization` to any host, so do not combine it with
-//! this one for cross-origin redirects.
+//! **Redirects.** surf follows none unless its `Redirect` middleware is added.
+//! `Redirect` re-sends the request it was handed, headers included, to any
+//! `Location`, through the whole client. Add it **before** this middleware
+//! (`Client::new().with(Redirect::default()).with(token_middleware)`): then
+//! every hop passes through this middleware as a request of its own, and
+//! gets a token (and a proof) only if its own origin is configured. Added
+//! after it, `Redirect` would carry this request's `Authorization` and `DPoP`
+//! to whatever host the server names: never do that.
 
 use std::sync::Arc;
 
@@ -33,7 +37,7 @@ use token_keeper::ResourceOutcome;
 use token_keeper_common::{Authorized, Error, Routes};
 
 use crate::client::AsyncTokenClient;
-use crate::transport::{to_http_headers, TokenEndpointRequest};
+use crate::transport::to_http_headers;
 
 /// A surf middleware that attaches managed tokens. See the [module docs](self).
 ///
@@ -100,6 +104,18 @@ fn set_headers(request: &mut Request, auth: &Authorized) -> surf::Result<()> {
     Ok(())
 }
 
+/// The most of a 401's body read (and thrown away) before the retry.
+const MAX_DISCARDED_BODY: u64 = 256 * 1024;
+
+/// Reads a response's body to its end (at most [`MAX_DISCARDED_BODY`]) and
+/// drops it. surf's HTTP/1 pool takes a connection back when its response is
+/// dropped, read or not: the retry, sent on that connection, would read the
+/// 401's body as its own status line.
+async fn discard_body(mut response: Response) {
+    let body = response.take_body().take(MAX_DISCARDED_BODY);
+    let _ = futures_lite::io::copy(body, &mut futures_lite::io::sink()).await;
+}
+
 fn surf_error(error: Error) -> surf::Error {
     surf::Error::new(surf::StatusCode::InternalServerError, error)
 }
@@ -112,9 +128,7 @@ impl Middleware for TokenMiddleware {
         client: Client,
         next: Next<'_>,
     ) -> surf::Result<Response> {
-        if request.ext::<TokenEndpointRequest>().is_some()
-            || request.header("Authorization").is_some()
-        {
+        if request.header("Authorization").is_some() {
             return next.run(request, client).await;
         }
         let url = request.url();
@@ -198,7 +212,7 @@ impl Middleware for TokenMiddleware {
         let (ResourceOutcome::Retry, Some(mut retry)) = (outcome, replay) else {
             return Ok(response);
         };
-        drop(response);
+        discard_body(response).await;
         // `Next` is `Copy`: run the rest of the chain once more, with a new
         // token (after an invalidation) or a new proof (after a nonce).
         let auth = self

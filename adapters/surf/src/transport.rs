@@ -1,7 +1,7 @@
 //! Sending the core's `http` requests, within bounds.
 //!
-//! A [`TokenTransport`] is either the application's surf client or
-//! [`DirectHttp`]. surf speaks `http-types`, the core speaks `http`: requests
+//! A [`TokenTransport`] is either [`DirectHttp`] or a surf backend behind a
+//! middleware-free surf client of this crate's own. surf speaks `http-types`, the core speaks `http`: requests
 //! and responses are converted here, header by header. Every send is bounded
 //! by a timer (`async-io`, which runs under any executor), whatever the
 //! backend's own timeouts are, and bodies are read up to the core's cap plus
@@ -10,28 +10,120 @@
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, FutureExt};
-use token_keeper::{TransportError, TransportErrorKind};
+use token_keeper::{ProxySettings, TransportError, TransportErrorKind};
 
 use crate::DirectHttp;
 
-/// Marks token and discovery requests, so that this crate's middleware lets
-/// them through untouched when they travel through a client it is part of.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct TokenEndpointRequest;
-
 /// How an [`AsyncTokenClient`](crate::AsyncTokenClient) sends token and
-/// discovery requests. Both convert from their inner type, so
-/// `AsyncTokenClient::new(DirectHttp::new())` and
-/// `AsyncTokenClient::new(surf_client)` both work.
+/// discovery requests: `AsyncTokenClient::new(DirectHttp::new())`
+/// (recommended), or `AsyncTokenClient::new(TokenTransport::surf(config)?)`
+/// to keep them on a surf backend.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum TokenTransport {
     /// token-keeper's own bounded HTTP/1.1 connections (recommended).
     Direct(DirectHttp),
-    /// A surf client of the application's, with its backend and TLS. Give it
-    /// keep-alive off (see [`AsyncTokenClient::new`](crate::AsyncTokenClient::new));
-    /// its backend's limits apply (async-h1: see [`DirectHttp`]).
-    Surf(surf::Client),
+    /// A surf backend of the application's choice, behind a surf client of
+    /// this crate's own that has **no middleware** (so nothing in it can follow
+    /// a redirect or log a request) and keep-alive off. Built by
+    /// [`TokenTransport::surf`]; the backend's own limits apply (async-h1: see
+    /// [`DirectHttp`]).
+    Surf(SurfBackend),
+}
+
+/// A surf client without middleware, for token and discovery requests.
+#[derive(Clone)]
+pub struct SurfBackend(surf::Client);
+
+impl std::fmt::Debug for SurfBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SurfBackend")
+    }
+}
+
+/// Why [`TokenTransport::surf`] could not build a surf backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SurfBackendError(String);
+
+impl std::fmt::Display for SurfBackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot build the surf backend for token requests: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for SurfBackendError {}
+
+impl TokenTransport {
+    /// Token and discovery requests through a surf backend: the one `config`
+    /// names with [`surf::Config::set_http_client`], or else surf's default
+    /// backend (enable one of surf's client features, such as `h1-client`).
+    ///
+    /// The client is built here, from the configuration, so it has none of
+    /// your middleware: token requests must never pass through surf's
+    /// `Redirect` (which re-sends `Authorization: Basic` to any `Location`)
+    /// or a logger. Keep-alive is turned off for the default backend: surf's
+    /// HTTP/1 pool can hand back a connection after a cancelled exchange, and
+    /// a later token request would read an earlier one's late answer. A
+    /// backend you set with `set_http_client` keeps its own settings: give it
+    /// keep-alive off too.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_keeper_surf::{AsyncTokenClient, TokenTransport};
+    /// let tokens = AsyncTokenClient::new(TokenTransport::surf(surf::Config::new())?);
+    /// # Ok(()) }
+    /// ```
+    pub fn surf(config: surf::Config) -> Result<TokenTransport, SurfBackendError> {
+        let config = config.set_http_keep_alive(false);
+        if config.http_client.is_none() && !surf_has_default_backend() {
+            return Err(SurfBackendError(
+                "surf was built without a default backend: enable one of its client features \
+                 (such as h1-client) or give one with Config::set_http_client"
+                    .to_owned(),
+            ));
+        }
+        let client = surf::Client::try_from(config).map_err(|e| SurfBackendError(e.to_string()))?;
+        Ok(TokenTransport::Surf(SurfBackend(client)))
+    }
+}
+
+/// Whether `$type` implements `Default`, decided where the macro is used
+/// (so for a concrete type, with the features of this build). Autoref
+/// specialisation: method lookup tries the receiver `&Probe` before
+/// `&&Probe`, so the first impl wins whenever the bound holds.
+macro_rules! implements_default {
+    ($type:ty) => {{
+        // One of the two traits is never used, depending on the answer.
+        #[allow(dead_code)]
+        struct Probe<T>(std::marker::PhantomData<T>);
+        #[allow(dead_code)]
+        trait WithDefault {
+            fn has_default(&self) -> bool {
+                true
+            }
+        }
+        impl<T: Default> WithDefault for Probe<T> {}
+        #[allow(dead_code)]
+        trait WithoutDefault {
+            fn has_default(&self) -> bool {
+                false
+            }
+        }
+        impl<T> WithoutDefault for &Probe<T> {}
+        (&Probe::<$type>(std::marker::PhantomData)).has_default()
+    }};
+}
+
+/// Whether surf was built with a default backend (one of its client
+/// features), in the build this crate is part of: exactly then does
+/// `surf::Client` implement `Default`. Without one, `surf::Client::try_from`
+/// panics when the configuration names no backend.
+fn surf_has_default_backend() -> bool {
+    implements_default!(surf::Client)
 }
 
 impl From<DirectHttp> for TokenTransport {
@@ -40,23 +132,23 @@ impl From<DirectHttp> for TokenTransport {
     }
 }
 
-impl From<surf::Client> for TokenTransport {
-    fn from(http: surf::Client) -> Self {
-        TokenTransport::Surf(http)
-    }
-}
-
 /// Sends `request` and reads at most `max_body + 1` bytes of the answer, within `timeout`.
+///
+/// [`DirectHttp`] applies `proxy` (the core's decision for the destination);
+/// a surf backend makes its own choice (async-h1 never uses a proxy).
 pub(crate) async fn send(
     transport: &TokenTransport,
+    proxy: &ProxySettings,
     request: http::Request<Vec<u8>>,
     max_body: usize,
     timeout: Duration,
 ) -> Result<http::Response<Vec<u8>>, TransportError> {
     let exchange = async {
         match transport {
-            TokenTransport::Direct(direct) => direct.send(request, max_body).await,
-            TokenTransport::Surf(client) => send_with_surf(client, request, max_body).await,
+            TokenTransport::Direct(direct) => direct.send(proxy, request, max_body).await,
+            TokenTransport::Surf(SurfBackend(client)) => {
+                send_with_surf(client, request, max_body).await
+            }
         }
     };
     let deadline = async {
@@ -157,7 +249,6 @@ fn to_surf(request: http::Request<Vec<u8>>) -> Result<surf::Request, TransportEr
             out.set_content_type(mime);
         }
     }
-    out.set_ext(TokenEndpointRequest);
     Ok(out)
 }
 
@@ -179,4 +270,16 @@ pub(crate) fn classify(error: surf::Error) -> TransportError {
         .downcast_ref::<std::io::Error>()
         .map_or(TransportErrorKind::Other, io_kind);
     TransportError::new(kind, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_detection_follows_the_trait() {
+        struct NoDefault;
+        assert!(implements_default!(String));
+        assert!(!implements_default!(NoDefault));
+        // The dev-dependencies enable surf's h1 client, hence a default backend.
+        assert!(super::surf_has_default_backend());
+    }
 }

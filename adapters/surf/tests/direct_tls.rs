@@ -138,7 +138,8 @@ fn client(transport: impl Into<TokenTransport>, token_url: &str) -> AsyncTokenCl
             timeout: Duration::from_secs(10),
             ..ClientOptions::default()
         },
-    );
+    )
+    .unwrap();
     tokens
         .add_client(
             "tls",

@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Uri};
 use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
-use token_keeper::{Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ResourceOutcome};
+use token_keeper::{
+    Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, ResourceOutcome,
+};
+use token_keeper_common::tls::TlsSettings;
 use token_keeper_common::{
-    random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats, Engine,
-    EngineHandle, Step, TokenInfo,
+    proxy_from_env, random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats,
+    Engine, EngineHandle, Step, TokenInfo,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -28,6 +31,16 @@ pub struct ClientOptions {
     pub clock: Arc<dyn Clock>,
     /// Seed for the core's jitter (default: random per process).
     pub seed: u64,
+    /// Which proxy token and discovery requests (and the API requests of
+    /// agents built by [`TokenMiddleware::build_agent`](crate::TokenMiddleware::build_agent))
+    /// go through. Default: the environment, read once when the options are
+    /// made, with curl's rules ([`proxy_from_env`](token_keeper_common::proxy_from_env)).
+    /// A loopback destination is never proxied, whatever this says.
+    pub proxy: ProxySettings,
+    /// Which certificates token and discovery requests trust (default: the
+    /// Mozilla roots). The OS store needs the `platform-verifier` feature;
+    /// ureq cannot add CAs to it (refused by [`TokenClient::with_options`]).
+    pub tls: TlsSettings,
 }
 
 impl Default for ClientOptions {
@@ -38,6 +51,8 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock::new()),
             seed: random_seed(),
+            proxy: proxy_from_env(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -48,6 +63,8 @@ impl std::fmt::Debug for ClientOptions {
             .field("manager", &self.manager)
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
+            .field("proxy", &self.proxy)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +95,13 @@ pub struct TokenClient {
     engine: EngineHandle,
     /// Sends discovery requests; the engine sends token requests with a clone.
     /// Behind an `Arc` so the client stays two pointers wide.
-    agent: Arc<ureq::Agent>,
+    io: Arc<UreqIo>,
+}
+
+/// What the blocking side adds to the engine.
+struct UreqIo {
+    agent: ureq::Agent,
+    proxy: Arc<ProxySettings>,
 }
 
 impl std::fmt::Debug for TokenClient {
@@ -98,15 +121,19 @@ impl Default for TokenClient {
 impl TokenClient {
     /// A client with default options.
     pub fn new() -> TokenClient {
-        TokenClient::with_options(ClientOptions::default())
+        TokenClient::with_options(ClientOptions::default()).expect("the default options are valid")
     }
 
-    /// A client with these options.
-    pub fn with_options(options: ClientOptions) -> TokenClient {
-        let agent = transport::token_agent(options.connect_timeout, options.timeout);
+    /// A client with these options; refuses TLS settings this build cannot
+    /// apply (see [`ClientOptions::tls`]).
+    pub fn with_options(options: ClientOptions) -> Result<TokenClient, Error> {
+        let agent = transport::token_agent(options.connect_timeout, options.timeout, &options.tls)?;
+        let proxy = Arc::new(options.proxy);
         let sender = agent.clone();
-        let send: Box<BlockingSend> =
-            Box::new(move |request, max_body| transport::send(&sender, request, max_body));
+        let sender_proxy = Arc::clone(&proxy);
+        let send: Box<BlockingSend> = Box::new(move |request, max_body| {
+            transport::send(&sender, &sender_proxy, request, max_body)
+        });
         // Blocked callers wait on the engine's condition variable; nothing else to wake.
         let engine = Engine::start(
             options.manager,
@@ -115,10 +142,10 @@ impl TokenClient {
             send,
             Box::new(|| {}),
         );
-        TokenClient {
+        Ok(TokenClient {
             engine,
-            agent: Arc::new(agent),
-        }
+            io: Arc::new(UreqIo { agent, proxy }),
+        })
     }
 
     /// Registers a named client.
@@ -135,9 +162,13 @@ impl TokenClient {
         }
         let mut discovery = Discovery::new(issuer)?;
         let metadata = loop {
-            let response =
-                transport::send(&self.agent, discovery.request(), MAX_DISCOVERY_DOCUMENT)
-                    .map_err(Error::Transport)?;
+            let response = transport::send(
+                &self.io.agent,
+                &self.io.proxy,
+                discovery.request(),
+                MAX_DISCOVERY_DOCUMENT,
+            )
+            .map_err(Error::Transport)?;
             match discovery.handle_response(&response) {
                 DiscoveryStep::Done(metadata) => break metadata,
                 DiscoveryStep::TryNext => continue,
@@ -306,6 +337,11 @@ impl TokenClient {
     /// The clock this client reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         self.engine.clock()
+    }
+
+    /// The proxy settings this client applies (see [`ClientOptions::proxy`]).
+    pub fn proxy(&self) -> &ProxySettings {
+        &self.io.proxy
     }
 }
 

@@ -68,6 +68,9 @@ mod transport;
 
 pub use client::{ClientOptions, TokenClient};
 pub use middleware::TokenMiddleware;
+pub use token_keeper_common::tls::{TlsError, TlsRoots, TlsSettings};
 pub use token_keeper_common::{
     clock, error, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
 };
+#[cfg(any(feature = "rustls", feature = "native-tls"))]
+pub use transport::tls_config;

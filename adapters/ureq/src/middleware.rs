@@ -26,9 +26,24 @@
 //! and a `401` with `WWW-Authenticate: DPoP error="use_dpop_nonce"` is retried
 //! once with a proof carrying the new nonce.
 //!
-//! The agent's own redirect policy applies; ureq's default drops
-//! `Authorization` when a redirect leaves the origin, but would carry `DPoP`
-//! along, so agents built for DPoP clients follow no redirects.
+//! **Redirects.** A request that carries a token (and a proof) follows no
+//! redirect, whatever the agent's policy: ureq follows redirects inside the
+//! chain, after this middleware, drops `Authorization` on every hop but would
+//! carry `DPoP` to any host, and would charge the final server's 401 or
+//! `DPoP-Nonce` to the first origin. The 3xx is handed back to you; send the
+//! request to its `Location` through the same agent, and it gets a token only
+//! if that origin is configured. Requests without a token keep the agent's
+//! redirect policy. A `401` or `DPoP-Nonce` is charged to the origin that
+//! actually answered (ureq's final URI).
+//!
+//! **Proxies.** Agents built with [`TokenMiddleware::build_agent`] apply the
+//! token client's proxy decision ([`ClientOptions::proxy`](crate::ClientOptions::proxy),
+//! by default the environment read with curl's rules) to every request they
+//! send, in place of ureq's own reading of the environment (which tunnels
+//! loopback destinations too). A proxy you set yourself on the configuration
+//! (`ConfigBuilder::proxy`) is yours and is kept, except that a request
+//! carrying a token to a loopback host never goes through any proxy, on any
+//! agent this middleware is part of.
 
 use std::io::{Cursor, Read};
 use std::sync::Arc;
@@ -39,8 +54,10 @@ use token_keeper::ResourceOutcome;
 use ureq::config::ConfigBuilder;
 use ureq::middleware::{Middleware, MiddlewareNext};
 use ureq::typestate::AgentScope;
-use ureq::{Body, SendBody};
+use ureq::{Body, RequestExt, ResponseExt, SendBody};
 
+use token_keeper::proxy::is_loopback_host;
+use token_keeper::{ProxyDecision, TransportError, TransportErrorKind};
 use token_keeper_common::{may_carry_body, Routes};
 
 use crate::client::TokenClient;
@@ -77,6 +94,10 @@ pub struct TokenMiddleware {
     /// setting asked: [`TokenMiddleware::build_agent`] turns ureq's off so that
     /// this middleware sees the headers of a 401 (`WWW-Authenticate`, `DPoP-Nonce`).
     status_as_error: bool,
+    /// Whether to apply the client's proxy decision to every request: set by
+    /// [`TokenMiddleware::build_agent`] when the configuration's proxy came
+    /// from the environment (ureq's default) or was none.
+    apply_proxy: bool,
 }
 
 impl std::fmt::Debug for TokenMiddleware {
@@ -99,6 +120,7 @@ impl TokenMiddleware {
             retry_agent: None,
             dpop: false,
             status_as_error: false,
+            apply_proxy: false,
         }
     }
 
@@ -121,12 +143,23 @@ impl TokenMiddleware {
     /// Builds an agent with this middleware, and a second agent from the same
     /// configuration for the one retry after a 401. `make_config` is called twice.
     ///
-    /// When a routed client uses DPoP, the agents follow no redirects: ureq
-    /// would carry the `DPoP` header to whatever host a redirect names.
+    /// Requests that carry a token follow no redirects (see the [module
+    /// docs](self)). When a routed client uses DPoP, the agents follow none at
+    /// all. Unless the configuration names a proxy of its own, the agents
+    /// apply the token client's proxy decision to every request (a loopback
+    /// destination is never proxied).
     pub fn build_agent(self, make_config: impl Fn() -> ConfigBuilder<AgentScope>) -> ureq::Agent {
-        let status_as_error = make_config().build().http_status_as_error();
+        let user = make_config().build();
+        let status_as_error = user.http_status_as_error();
+        // ureq's default configuration reads the environment its own way
+        // (ALL_PROXY first, loopback tunnelled too): replace that with the
+        // core's decision; a proxy set explicitly is the user's.
+        let apply_proxy = user.proxy().is_none_or(|p| p.is_from_env());
         let config = || {
-            let config = make_config().http_status_as_error(false);
+            let mut config = make_config().http_status_as_error(false);
+            if apply_proxy {
+                config = config.proxy(None);
+            }
             if self.dpop {
                 config.max_redirects(0)
             } else {
@@ -136,12 +169,14 @@ impl TokenMiddleware {
         let for_retries = TokenMiddleware {
             retry_agent: None,
             status_as_error,
+            apply_proxy,
             ..self.clone()
         };
         let retry_agent = config().middleware(for_retries).build().new_agent();
         let first = TokenMiddleware {
             retry_agent: Some(retry_agent),
             status_as_error,
+            apply_proxy,
             ..self.clone()
         };
         config().middleware(first).build().new_agent()
@@ -180,16 +215,17 @@ impl TokenMiddleware {
         next: MiddlewareNext,
     ) -> Result<Response<Body>, ureq::Error> {
         let Some(key) = self.routes.key_for(request.uri()) else {
-            return next.handle(request);
+            return next.handle(self.configure(request, false)?);
         };
         if request.headers().contains_key(AUTHORIZATION) {
-            return next.handle(request);
+            return next.handle(self.configure(request, false)?);
         }
         let attempt = u32::from(request.extensions().get::<Retried>().is_some());
         let auth = self
             .client
             .authorize_request(key, request.method(), request.uri())
             .map_err(|e| ureq::Error::Other(Box::new(e)))?;
+        let request = self.configure(request, true)?;
         let (mut parts, body) = request.into_parts();
         parts
             .headers
@@ -248,14 +284,20 @@ impl TokenMiddleware {
         // origin's next nonce. With http_status_as_error(true), a 401 arrives
         // as an error without headers.
         let dpop = auth.dpop.is_some();
+        // Charged to the origin that answered (no redirect is followed with a
+        // token, so it is the one asked; the final URI says so either way).
         let report = match &result {
-            Ok(response) if response.status() == StatusCode::UNAUTHORIZED || dpop => {
-                Some((response.status(), response.headers().clone()))
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED || dpop => Some((
+                response.status(),
+                response.headers().clone(),
+                response.get_uri().clone(),
+            )),
+            Err(ureq::Error::StatusCode(401)) => {
+                Some((StatusCode::UNAUTHORIZED, HeaderMap::new(), uri.clone()))
             }
-            Err(ureq::Error::StatusCode(401)) => Some((StatusCode::UNAUTHORIZED, HeaderMap::new())),
             _ => None,
         };
-        let Some((status, headers)) = report else {
+        let Some((status, headers, answered)) = report else {
             return result;
         };
         let outcome = self.client.handle_resource_response(
@@ -263,7 +305,7 @@ impl TokenMiddleware {
             status,
             &headers,
             &auth.authorization,
-            &uri,
+            &answered,
             attempt,
         );
         let retry = status == StatusCode::UNAUTHORIZED && outcome == ResourceOutcome::Retry;
@@ -290,5 +332,51 @@ impl TokenMiddleware {
             }
             _ => result,
         }
+    }
+}
+
+impl TokenMiddleware {
+    /// `request` with its per-request settings: the client's proxy decision
+    /// (on agents from [`TokenMiddleware::build_agent`]), no proxy for a
+    /// token going to a loopback host, and no redirects for a request that
+    /// carries a token.
+    fn configure<'a>(
+        &self,
+        request: Request<SendBody<'a>>,
+        carries_token: bool,
+    ) -> Result<Request<SendBody<'a>>, ureq::Error> {
+        let proxy = if self.apply_proxy {
+            match self.client.proxy().decide(request.uri()) {
+                // The agent has no proxy of its own.
+                ProxyDecision::Direct => None,
+                ProxyDecision::Tunnel(via) => Some(Some(crate::transport::ureq_proxy(via)?)),
+                ProxyDecision::Unsupported(reason) => {
+                    let error = TransportError::new(TransportErrorKind::Connect, reason.to_owned());
+                    return Err(ureq::Error::Other(Box::new(Error::Transport(error))));
+                }
+            }
+        } else if carries_token && request.uri().host().is_some_and(is_loopback_host) {
+            Some(None)
+        } else {
+            None
+        };
+        if proxy.is_none() && !carries_token {
+            return Ok(request);
+        }
+        let Some(mut config) = request.middleware_config() else {
+            // Only a request outside a ureq agent has no agent to configure.
+            let error = TransportError::new(
+                TransportErrorKind::Other,
+                "the request is not being sent by a ureq agent",
+            );
+            return Err(ureq::Error::Other(Box::new(Error::Transport(error))));
+        };
+        if let Some(proxy) = proxy {
+            config = config.proxy(proxy);
+        }
+        if carries_token {
+            config = config.max_redirects(0);
+        }
+        Ok(config.build())
     }
 }

@@ -3,30 +3,142 @@
 use std::io::Read;
 use std::time::Duration;
 
-use token_keeper::{TransportError, TransportErrorKind};
+use token_keeper::{
+    ConfigError, Proxy, ProxyDecision, ProxySettings, TransportError, TransportErrorKind,
+};
+#[cfg(any(feature = "rustls", feature = "native-tls"))]
+use token_keeper_common::tls::TlsRoots;
+use token_keeper_common::tls::TlsSettings;
+use token_keeper_common::Error;
 
 /// An agent for token and discovery requests: 4xx/5xx are responses, not
 /// errors (their headers and OAuth error bodies matter); no redirects are
 /// followed (a token endpoint that redirects is misconfigured, and following
-/// could carry credentials elsewhere); every call is bounded in time.
-pub(crate) fn token_agent(connect_timeout: Duration, timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+/// could carry credentials elsewhere); every call is bounded in time. It has
+/// no proxy of its own (ureq's default would read the environment and tunnel
+/// even loopback destinations): [`send`] applies the core's proxy decision
+/// to each request.
+pub(crate) fn token_agent(
+    connect_timeout: Duration,
+    timeout: Duration,
+    tls: &TlsSettings,
+) -> Result<ureq::Agent, Error> {
+    let config = ureq::Agent::config_builder();
+    #[cfg(any(feature = "rustls", feature = "native-tls"))]
+    let config = config.tls_config(tls_config(tls)?);
+    #[cfg(not(any(feature = "rustls", feature = "native-tls")))]
+    if *tls != TlsSettings::default() {
+        return Err(Error::Config(ConfigError::new(
+            "TLS settings need the rustls or native-tls feature of token-keeper-ureq",
+        )));
+    }
+    Ok(config
+        .proxy(None)
         .http_status_as_error(false)
         .max_redirects(0)
         .timeout_connect(Some(connect_timeout))
         .timeout_global(Some(timeout))
         .user_agent(concat!("token-keeper/", env!("CARGO_PKG_VERSION")))
         .build()
-        .new_agent()
+        .new_agent())
 }
 
-/// Sends `request` and reads at most `max_body + 1` bytes of the answer, so
-/// the core can tell an over-long body from one that fits.
+/// ureq's TLS configuration for `tls`: the Mozilla roots (ureq's default),
+/// the Mozilla roots plus the user's CAs, or the platform verifier. The
+/// token client applies it to its own requests; give it to the agents you
+/// build for your APIs too (`ConfigBuilder::tls_config`) when they should
+/// trust the same CAs:
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use token_keeper_ureq::TlsSettings;
+/// let tls = TlsSettings::webpki().with_ca_file("corp-ca.pem".as_ref())?;
+/// let agent = ureq::Agent::config_builder()
+///     .tls_config(token_keeper_ureq::tls_config(&tls)?)
+///     .build()
+///     .new_agent();
+/// # Ok(()) }
+/// ```
+#[cfg(any(feature = "rustls", feature = "native-tls"))]
+pub fn tls_config(tls: &TlsSettings) -> Result<ureq::tls::TlsConfig, Error> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let extra = tls.extra_certificates();
+    let roots = match tls.roots() {
+        TlsRoots::Webpki if extra.is_empty() => RootCerts::WebPki,
+        TlsRoots::Webpki => {
+            let mozilla = webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter();
+            let all: Vec<Certificate<'static>> = mozilla
+                .chain(extra)
+                .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+                .collect();
+            RootCerts::from(all)
+        }
+        #[cfg(feature = "platform-verifier")]
+        TlsRoots::Platform if extra.is_empty() => RootCerts::PlatformVerifier,
+        #[cfg(feature = "platform-verifier")]
+        TlsRoots::Platform => {
+            return Err(Error::Config(ConfigError::new(
+                "the ureq adapter cannot add CA certificates to the operating system's store: \
+                 install the CA in the system store, or add it to the Mozilla roots \
+                 (TlsSettings::webpki().with_ca_file(..))",
+            )))
+        }
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(Error::Config(ConfigError::new(
+                "these TLS roots are not supported by this build",
+            )))
+        }
+    };
+    Ok(TlsConfig::builder().root_certs(roots).build())
+}
+
+/// ureq's form of a proxy the core decided to tunnel through.
+pub(crate) fn ureq_proxy(proxy: &Proxy) -> Result<ureq::Proxy, ureq::Error> {
+    let mut builder = ureq::Proxy::builder(ureq::ProxyProtocol::Http)
+        .host(proxy.host())
+        .port(proxy.port());
+    if let Some((user, password)) = proxy.credentials() {
+        builder = builder.username(user).password(password);
+    }
+    builder.build()
+}
+
+/// `request` with the proxy the core's decision names for its destination
+/// set on it (the agent's own is none), or the reason it cannot be sent.
+pub(crate) fn with_proxy_decision<B: ureq::AsSendBody>(
+    agent: &ureq::Agent,
+    proxy: &ProxySettings,
+    request: http::Request<B>,
+) -> Result<http::Request<B>, TransportError> {
+    match proxy.decide(request.uri()) {
+        ProxyDecision::Direct => Ok(request),
+        ProxyDecision::Tunnel(via) => {
+            let via = ureq_proxy(via).map_err(|e| {
+                TransportError::new(
+                    TransportErrorKind::Connect,
+                    format!("unusable proxy {}: {e}", via.url_without_credentials()),
+                )
+            })?;
+            Ok(agent.configure_request(request).proxy(Some(via)).build())
+        }
+        ProxyDecision::Unsupported(reason) => Err(TransportError::new(
+            TransportErrorKind::Connect,
+            reason.to_owned(),
+        )),
+    }
+}
+
+/// Sends `request` (through the proxy the core's decision names, if any) and
+/// reads at most `max_body + 1` bytes of the answer, so the core can tell an
+/// over-long body from one that fits.
 pub(crate) fn send(
     agent: &ureq::Agent,
+    proxy: &ProxySettings,
     request: http::Request<Vec<u8>>,
     max_body: usize,
 ) -> Result<http::Response<Vec<u8>>, TransportError> {
+    let request = with_proxy_decision(agent, proxy, request)?;
     let response = agent.run(request).map_err(classify)?;
     let (parts, body) = response.into_parts();
     let mut bytes = Vec::new();

@@ -1,0 +1,204 @@
+//! `DirectHttp` behind a proxy and with a private CA: a loopback destination
+//! never goes through the proxy; any other goes through exactly one HTTP
+//! `CONNECT` (with `Proxy-Authorization` from the proxy URL); a proxy we
+//! cannot honour, or one that refuses the tunnel, is a clear error; a CA is
+//! trusted only when it is added through `ClientOptions::tls`.
+//!
+//! The proxy is a recording one on 127.0.0.1 that maps `idp.test:443` to a
+//! TLS front (certificate for `idp.test`, `localhost` and `127.0.0.1` from a
+//! test CA) before the local token server: no DNS, no other address.
+
+use std::time::Duration;
+
+use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ProxySettings, TransportErrorKind};
+use token_keeper_surf::{
+    AsyncTokenClient, ClientOptions, DirectHttp, Error, TlsSettings, TokenTransport,
+};
+use token_keeper_testkit::recording_proxy::{basic_proxy_authorization, RecordingProxy};
+use token_keeper_testkit::tls_front::TlsFront;
+use token_keeper_testkit::{LocalAuthServer, ServerConfig};
+
+fn client(proxy: ProxySettings, tls: TlsSettings) -> Result<AsyncTokenClient, Error> {
+    AsyncTokenClient::with_options(
+        DirectHttp::new(),
+        ClientOptions {
+            proxy,
+            tls,
+            timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        },
+    )
+}
+
+fn with_ca() -> TlsSettings {
+    TlsSettings::webpki()
+        .with_ca_pem(TlsFront::ca_pem().as_bytes())
+        .unwrap()
+}
+
+fn secret(token_url: &str) -> ClientConfig {
+    ClientConfig::new(
+        token_url,
+        "m2m",
+        ClientAuth::Basic(ClientSecret::new("s3cret")),
+    )
+    .unwrap()
+}
+
+fn header(tokens: &AsyncTokenClient, name: &str) -> Result<http::HeaderValue, Error> {
+    async_std::task::block_on(tokens.header(name))
+}
+
+#[test]
+fn loopback_token_and_discovery_requests_never_touch_the_proxy() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let proxy = RecordingProxy::start(Vec::new()).unwrap();
+    let port = server.addr().port();
+    for settings in [
+        ProxySettings::from_env_vars([
+            ("ALL_PROXY", proxy.url()),
+            ("HTTPS_PROXY", proxy.url()),
+            ("http_proxy", proxy.url()),
+        ]),
+        ProxySettings::explicit(&proxy.url(), "").unwrap(),
+    ] {
+        let tokens = client(settings, TlsSettings::default()).unwrap();
+        async_std::task::block_on(tokens.discover(&server.base_url())).unwrap();
+        tokens
+            .add_client("ip", secret(&server.token_url()))
+            .unwrap();
+        let by_name = format!("http://localhost:{port}/token");
+        tokens.add_client("name", secret(&by_name)).unwrap();
+        header(&tokens, "ip").unwrap();
+        header(&tokens, "name").unwrap();
+    }
+    assert_eq!(server.token_requests(), 4);
+    assert_eq!(proxy.requests(), Vec::new());
+}
+
+#[test]
+fn a_remote_token_endpoint_goes_through_exactly_one_connect_with_the_proxy_credentials() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let front = TlsFront::start(server.addr()).unwrap();
+    let proxy = RecordingProxy::start_with_auth(
+        vec![("idp.test:443".to_owned(), front.addr())],
+        basic_proxy_authorization("corp user", "pw:Secret%1"),
+    )
+    .unwrap();
+    let url = proxy.url_with_credentials("corp user", "pw:Secret%1");
+    let tokens = client(
+        ProxySettings::from_env_vars([("https_proxy", url.as_str())]),
+        with_ca(),
+    )
+    .unwrap();
+    assert!(!format!("{tokens:?}").contains("Secret"));
+    tokens
+        .add_client("m2m", secret("https://idp.test/token"))
+        .unwrap();
+    let header = header(&tokens, "m2m").unwrap();
+    assert!(header.to_str().unwrap().starts_with("Bearer "));
+    assert_eq!(proxy.connects(), vec!["idp.test:443".to_owned()]);
+    assert_eq!(server.token_requests(), 1);
+}
+
+#[test]
+fn a_proxy_that_wants_credentials_or_knows_no_route_is_a_clear_error() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let front = TlsFront::start(server.addr()).unwrap();
+    let proxy = RecordingProxy::start_with_auth(
+        vec![("idp.test:443".to_owned(), front.addr())],
+        basic_proxy_authorization("u", "p"),
+    )
+    .unwrap();
+    let cases = [
+        (proxy.url(), "idp.test", "HTTP 407"),
+        (
+            proxy.url_with_credentials("u", "p"),
+            "elsewhere.test",
+            "HTTP 502",
+        ),
+    ];
+    for (proxy_url, host, says) in cases {
+        let tokens = client(ProxySettings::explicit(&proxy_url, "").unwrap(), with_ca()).unwrap();
+        tokens
+            .add_client("m2m", secret(&format!("https://{host}/token")))
+            .unwrap();
+        match header(&tokens, "m2m") {
+            Err(Error::Transport(e)) => {
+                assert_eq!(e.kind(), TransportErrorKind::Connect, "{e}");
+                assert!(e.to_string().contains(says), "{e}");
+            }
+            other => panic!("expected a transport error, got {other:?}"),
+        }
+    }
+    assert_eq!(server.token_requests(), 0);
+}
+
+#[test]
+fn a_socks_proxy_is_an_error_not_a_direct_connection() {
+    let tokens = client(
+        ProxySettings::from_env_vars([("HTTPS_PROXY", "socks5h://127.0.0.1:9")]),
+        TlsSettings::default(),
+    )
+    .unwrap();
+    tokens
+        .add_client("m2m", secret("https://idp.test/token"))
+        .unwrap();
+    match header(&tokens, "m2m") {
+        Err(Error::Transport(e)) => {
+            assert_eq!(e.kind(), TransportErrorKind::Connect);
+            assert!(e.to_string().contains("socks5h"), "{e}");
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_private_ca_is_refused_by_default_and_trusted_once_added() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let front = TlsFront::start(server.addr()).unwrap();
+    let token_url = format!("{}/token", front.url());
+
+    let tokens = client(ProxySettings::none(), TlsSettings::default()).unwrap();
+    tokens.add_client("m2m", secret(&token_url)).unwrap();
+    match header(&tokens, "m2m") {
+        Err(Error::Transport(e)) => assert!(e.to_string().contains("TLS"), "{e}"),
+        other => panic!("expected a TLS failure, got {other:?}"),
+    }
+    assert!(front.wait_for_handshakes(1, Duration::from_secs(10)));
+    assert_eq!(front.handshakes_failed(), 1);
+
+    for tls in [
+        with_ca(),
+        TlsSettings::webpki()
+            .with_ca_file(&TlsFront::ca_pem_path())
+            .unwrap(),
+    ] {
+        let tokens = client(ProxySettings::none(), tls).unwrap();
+        tokens.add_client("m2m", secret(&token_url)).unwrap();
+        header(&tokens, "m2m").unwrap();
+    }
+    assert_eq!(server.token_requests(), 2);
+}
+
+#[test]
+fn tls_settings_are_refused_where_they_cannot_apply() {
+    let surf_backend = TokenTransport::surf(surf::Config::new()).unwrap();
+    let refused = AsyncTokenClient::with_options(
+        surf_backend,
+        ClientOptions {
+            tls: with_ca(),
+            ..ClientOptions::default()
+        },
+    );
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    let own_roots = DirectHttp::with_root_certificates([TlsFront::ca_der()]).unwrap();
+    let refused = AsyncTokenClient::with_options(
+        own_roots,
+        ClientOptions {
+            tls: with_ca(),
+            ..ClientOptions::default()
+        },
+    );
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+}

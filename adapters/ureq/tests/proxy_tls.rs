@@ -1,0 +1,214 @@
+//! The blocking client behind a proxy and with a private CA: a loopback
+//! destination never goes through the proxy; any other goes through exactly
+//! one `CONNECT`; a proxy we cannot honour is an error, never a quiet direct
+//! connection; a CA is trusted only when it is added.
+//!
+//! The proxy is a recording one on 127.0.0.1 that maps `idp.test:443` to a
+//! TLS front (certificate for `idp.test`, `localhost` and `127.0.0.1` from a
+//! test CA) before the local token server: no DNS, no other address.
+
+use std::time::Duration;
+
+use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ProxySettings, TransportErrorKind};
+use token_keeper_testkit::recording_proxy::{basic_proxy_authorization, RecordingProxy};
+use token_keeper_testkit::tls_front::TlsFront;
+use token_keeper_testkit::{LocalAuthServer, ServerConfig};
+use token_keeper_ureq::{ClientOptions, Error, TlsSettings, TokenClient, TokenMiddleware};
+
+fn client(proxy: ProxySettings, tls: TlsSettings) -> Result<TokenClient, Error> {
+    TokenClient::with_options(ClientOptions {
+        proxy,
+        tls,
+        timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    })
+}
+
+fn with_ca() -> TlsSettings {
+    TlsSettings::webpki()
+        .with_ca_pem(TlsFront::ca_pem().as_bytes())
+        .unwrap()
+}
+
+fn secret(token_url: &str) -> ClientConfig {
+    ClientConfig::new(
+        token_url,
+        "m2m",
+        ClientAuth::Basic(ClientSecret::new("s3cret")),
+    )
+    .unwrap()
+}
+
+/// Every proxy variable curl and ureq read, all naming `proxy`.
+fn everything_through(proxy: &RecordingProxy) -> ProxySettings {
+    ProxySettings::from_env_vars([
+        ("ALL_PROXY", proxy.url()),
+        ("all_proxy", proxy.url()),
+        ("HTTPS_PROXY", proxy.url()),
+        ("https_proxy", proxy.url()),
+        ("HTTP_PROXY", proxy.url()),
+        ("http_proxy", proxy.url()),
+    ])
+}
+
+#[test]
+fn loopback_token_discovery_and_api_requests_never_touch_the_proxy() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let proxy = RecordingProxy::start(Vec::new()).unwrap();
+    let port = server.addr().port();
+    for settings in [
+        everything_through(&proxy),
+        ProxySettings::explicit(&proxy.url(), "").unwrap(),
+    ] {
+        let tokens = client(settings, TlsSettings::default()).unwrap();
+        tokens.discover(&server.base_url()).unwrap();
+        tokens
+            .add_client("ip", secret(&server.token_url()))
+            .unwrap();
+        let by_name = format!("http://localhost:{port}/token");
+        tokens.add_client("name", secret(&by_name)).unwrap();
+        tokens.header("ip").unwrap();
+        tokens.header("name").unwrap();
+        let agent = TokenMiddleware::new(tokens.clone())
+            .route(&server.base_url(), "ip")
+            .unwrap()
+            .build_agent(|| ureq::Agent::config_builder().http_status_as_error(false));
+        assert_eq!(agent.get(server.api_url()).call().unwrap().status(), 200);
+    }
+    assert!(server.token_requests() >= 4);
+    assert_eq!(proxy.requests(), Vec::new());
+}
+
+#[test]
+fn a_proxy_set_on_the_agent_is_kept_except_for_a_token_to_loopback() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let proxy = RecordingProxy::start(Vec::new()).unwrap();
+    let tokens = client(ProxySettings::none(), TlsSettings::default()).unwrap();
+    tokens
+        .add_client("m2m", secret(&server.token_url()))
+        .unwrap();
+    let theirs = ureq::Proxy::new(&proxy.url()).unwrap();
+    let agent = TokenMiddleware::new(tokens)
+        .route(&server.base_url(), "m2m")
+        .unwrap()
+        .build_agent(|| {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(Some(theirs.clone()))
+        });
+    // The token-carrying request to loopback goes direct…
+    assert_eq!(agent.get(server.api_url()).call().unwrap().status(), 200);
+    assert_eq!(proxy.requests(), Vec::new());
+    // …one that carries no token goes where the user said (here: a proxy
+    // that knows no route, so it fails), as the user asked.
+    let other = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    assert!(agent.get(other.api_url()).call().is_err());
+    assert_eq!(
+        proxy.connects(),
+        vec![format!("127.0.0.1:{}", other.addr().port())]
+    );
+}
+
+#[test]
+fn a_remote_token_endpoint_goes_through_exactly_one_connect_with_the_proxy_credentials() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let front = TlsFront::start(server.addr()).unwrap();
+    let proxy = RecordingProxy::start_with_auth(
+        vec![("idp.test:443".to_owned(), front.addr())],
+        basic_proxy_authorization("corp user", "pw:Secret%1"),
+    )
+    .unwrap();
+    let url = proxy.url_with_credentials("corp user", "pw:Secret%1");
+    let settings = ProxySettings::from_env_vars([("HTTPS_PROXY", url.as_str())]);
+    assert!(!format!("{settings:?}").contains("Secret"));
+    let tokens = client(settings, with_ca()).unwrap();
+    tokens
+        .add_client("m2m", secret("https://idp.test/token"))
+        .unwrap();
+    let header = tokens.header("m2m").unwrap();
+    assert!(header.to_str().unwrap().starts_with("Bearer "));
+    assert_eq!(proxy.connects(), vec!["idp.test:443".to_owned()]);
+    assert_eq!(
+        proxy.requests()[0].proxy_authorization.as_deref(),
+        Some(basic_proxy_authorization("corp user", "pw:Secret%1").as_str())
+    );
+    assert_eq!(server.token_requests(), 1);
+}
+
+#[test]
+fn a_socks_proxy_is_an_error_not_a_direct_connection() {
+    let tokens = client(
+        ProxySettings::from_env_vars([("ALL_PROXY", "socks5://127.0.0.1:9")]),
+        TlsSettings::default(),
+    )
+    .unwrap();
+    tokens
+        .add_client("m2m", secret("https://idp.test/token"))
+        .unwrap();
+    match tokens.header("m2m") {
+        Err(Error::Transport(e)) => {
+            assert_eq!(e.kind(), TransportErrorKind::Connect);
+            assert!(e.to_string().contains("socks5"), "{e}");
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_private_ca_is_refused_by_default_and_trusted_once_added() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let front = TlsFront::start(server.addr()).unwrap();
+    let token_url = format!("{}/token", front.url());
+
+    let tokens = client(ProxySettings::none(), TlsSettings::default()).unwrap();
+    tokens.add_client("m2m", secret(&token_url)).unwrap();
+    match tokens.header("m2m") {
+        Err(Error::Transport(_)) => {}
+        other => panic!("expected a TLS failure, got {other:?}"),
+    }
+    assert!(front.wait_for_handshakes(1, Duration::from_secs(10)));
+    assert_eq!(front.handshakes_failed(), 1);
+    assert_eq!(server.token_requests(), 0);
+
+    for tls in [
+        with_ca(),
+        TlsSettings::webpki()
+            .with_ca_der(TlsFront::ca_der())
+            .unwrap(),
+        TlsSettings::webpki()
+            .with_ca_file(&TlsFront::ca_pem_path())
+            .unwrap(),
+    ] {
+        let tokens = client(ProxySettings::none(), tls).unwrap();
+        tokens.add_client("m2m", secret(&token_url)).unwrap();
+        tokens.header("m2m").unwrap();
+    }
+    assert_eq!(server.token_requests(), 3);
+}
+
+#[test]
+fn unusable_ca_certificates_are_refused_when_configured() {
+    let no_certificate = TlsSettings::webpki()
+        .with_ca_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    assert!(no_certificate.is_err());
+    let garbage = TlsSettings::webpki().with_ca_der(b"\x30\x03\x02\x01\x00");
+    assert!(garbage.is_err());
+    let missing = TlsSettings::webpki().with_ca_file("/nonexistent/ca.pem".as_ref());
+    assert!(missing
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/ca.pem"));
+}
+
+#[cfg(feature = "platform-verifier")]
+#[test]
+fn ureq_cannot_add_cas_to_the_os_store_and_says_so() {
+    let tls = TlsSettings::platform()
+        .with_ca_pem(TlsFront::ca_pem().as_bytes())
+        .unwrap();
+    match client(ProxySettings::none(), tls) {
+        Err(Error::Config(e)) => assert!(e.to_string().contains("operating system"), "{e}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    assert!(client(ProxySettings::none(), TlsSettings::platform()).is_ok());
+}
