@@ -8,9 +8,9 @@
 //!
 //! **The rules.**
 //!
-//! * A loopback destination ([`is_loopback_host`]: `localhost`, names ending
-//!   in `.localhost`, `127.0.0.0/8`, `::1`, `::ffff:127.x.y.z`) is **never**
-//!   proxied, whatever the settings.
+//! * A loopback destination ([`is_loopback_host`]: `localhost`,
+//!   `127.0.0.0/8`, `::1`, `::ffff:127.x.y.z`) is **never** proxied,
+//!   whatever the settings.
 //! * Settings are [`ProxySettings::none`], [`ProxySettings::explicit`], or
 //!   [`ProxySettings::from_env_vars`], which reads the environment the way
 //!   curl does from (name, value) pairs the driver passes in (this crate
@@ -94,14 +94,17 @@ const NOT_HTTP_DESTINATION: &str =
     "the destination is not an absolute http or https URL, so no proxy rule applies to it";
 
 /// Whether `host` (as written in a URL, IPv6 with or without brackets) names
-/// this machine: `localhost` and any name ending in `.localhost` (RFC 6761),
-/// any address in `127.0.0.0/8` (also written the short ways resolvers
-/// accept, such as `127.1`), `::1`, and `::ffff:127.x.y.z`. Case and a
-/// trailing dot do not matter. This is the one definition the crate uses.
+/// this machine: `localhost`, any address in `127.0.0.0/8` (also written the
+/// short ways resolvers accept, such as `127.1`), `::1`, and
+/// `::ffff:127.x.y.z`. Case and a trailing dot do not matter. This is the one
+/// definition the crate uses, for "never proxied" and for "plain http
+/// allowed" alike. Subdomains of `localhost` (RFC 6761) are not included:
+/// not every resolver keeps them on this machine, and a plaintext secret
+/// must not depend on the resolver.
 pub fn is_loopback_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let name = bare.strip_suffix('.').unwrap_or(bare);
-    if name.eq_ignore_ascii_case("localhost") || ends_with_ignore_case(name, ".localhost") {
+    if name.eq_ignore_ascii_case("localhost") {
         return true;
     }
     parse_host_ip(bare).is_some_and(|ip| ip.to_canonical().is_loopback())
@@ -1014,11 +1017,6 @@ fn parse_ipv4_part(part: &str) -> Option<u64> {
     u64::from_str_radix(digits, radix).ok()
 }
 
-fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
-    text.len() >= suffix.len()
-        && text.as_bytes()[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1048,8 +1046,8 @@ mod tests {
             ("localhost", true),
             ("LocalHost", true),
             ("localhost.", true),
-            ("auth.localhost", true),
-            ("a.b.LOCALHOST.", true),
+            ("auth.localhost", false),
+            ("a.b.LOCALHOST.", false),
             ("127.0.0.1", true),
             ("127.255.255.254", true),
             ("127.1", true),
@@ -1137,8 +1135,6 @@ mod tests {
                 "http://[::ffff:127.0.0.1]/token",
                 "http://localhost/token",
                 "http://LOCALHOST.:9000/token",
-                "https://auth.localhost/token",
-                "https://Auth.LocalHost./token",
             ] {
                 assert_eq!(
                     settings.decide(&uri(destination)),
@@ -2002,7 +1998,6 @@ mod tests {
                 any::<u8>().prop_map(|c| format!("[::ffff:127.0.0.{c}]")),
                 Just("[::1]".to_owned()),
                 Just("localhost".to_owned()),
-                "[a-z]{1,10}".prop_map(|l| format!("{l}.localhost")),
             ]
         }
 
