@@ -287,7 +287,13 @@ fn surf_redirect_middleware_before_the_token_middleware_carries_no_credential_el
         };
         tokens.add_client("m2m", config).unwrap();
         // The order the README prescribes: Redirect first, then the token middleware.
-        let client = surf::Client::new()
+        // Keep-alive off: the scripted servers close every connection, and
+        // async-h1's pool could hand a closed one to the next hop.
+        let api_client: surf::Client = surf::Config::new()
+            .set_http_keep_alive(false)
+            .try_into()
+            .unwrap();
+        let client = api_client
             .with(surf::middleware::Redirect::default())
             .with(
                 token_keeper_surf::TokenMiddleware::new(tokens.clone())
