@@ -94,20 +94,24 @@ const NOT_HTTP_DESTINATION: &str =
     "the destination is not an absolute http or https URL, so no proxy rule applies to it";
 
 /// Whether `host` (as written in a URL, IPv6 with or without brackets) names
-/// this machine: `localhost`, any address in `127.0.0.0/8` (also written the
-/// short ways resolvers accept, such as `127.1`), `::1`, and
-/// `::ffff:127.x.y.z`. Case and a trailing dot do not matter. This is the one
+/// this machine without asking a resolver: `localhost` (any case), an IP
+/// literal in `127.0.0.0/8`, `::1`, or `::ffff:127.x.y.z`. This is the one
 /// definition the crate uses, for "never proxied" and for "plain http
-/// allowed" alike. Subdomains of `localhost` (RFC 6761) are not included:
-/// not every resolver keeps them on this machine, and a plaintext secret
-/// must not depend on the resolver.
+/// allowed" alike, so it is strict: a plaintext secret must not depend on
+/// the resolver. `localhost.` and `127.0.0.1.` (a trailing dot) go to DNS;
+/// short forms such as `127.1` are read by some resolvers' numeric parsers
+/// and not by others; subdomains of `localhost` (RFC 6761) stay on this
+/// machine only if the resolver keeps them there. None of them counts.
 pub fn is_loopback_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let name = bare.strip_suffix('.').unwrap_or(bare);
-    if name.eq_ignore_ascii_case("localhost") {
+    if host.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    parse_host_ip(bare).is_some_and(|ip| ip.to_canonical().is_loopback())
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// An HTTP proxy to tunnel through. `Debug` never shows the credentials.
@@ -1045,16 +1049,16 @@ mod tests {
         for (host, loopback) in [
             ("localhost", true),
             ("LocalHost", true),
-            ("localhost.", true),
+            ("localhost.", false),
             ("auth.localhost", false),
             ("a.b.LOCALHOST.", false),
             ("127.0.0.1", true),
             ("127.255.255.254", true),
-            ("127.1", true),
-            ("0x7f.0.0.1", true),
-            ("2130706433", true),
-            ("017700000001", true),
-            ("127.0.0.1.", true),
+            ("127.1", false),
+            ("0x7f.0.0.1", false),
+            ("2130706433", false),
+            ("017700000001", false),
+            ("127.0.0.1.", false),
             ("::1", true),
             ("[::1]", true),
             ("[0:0:0:0:0:0:0:1]", true),
@@ -1129,12 +1133,11 @@ mod tests {
                 "http://127.0.0.1/token",
                 "http://127.0.0.1:8080/token",
                 "https://127.0.0.2:8443/token",
-                "http://127.1/token",
                 "http://[::1]:8080/token",
                 "https://[::1]/token",
                 "http://[::ffff:127.0.0.1]/token",
                 "http://localhost/token",
-                "http://LOCALHOST.:9000/token",
+                "http://LOCALHOST:9000/token",
             ] {
                 assert_eq!(
                     settings.decide(&uri(destination)),

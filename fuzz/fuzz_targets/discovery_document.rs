@@ -55,54 +55,13 @@ fn secure_endpoint(endpoint: &str) -> bool {
         (Some("https"), Some(host)) => !host.is_empty() || TOLERATE_EMPTY_HOST_BUG,
         (Some("http"), Some(host)) => {
             let bare = host.trim_start_matches('[').trim_end_matches(']');
-            let bare = bare.strip_suffix('.').unwrap_or(bare);
-            bare.eq_ignore_ascii_case("localhost")
+            host.eq_ignore_ascii_case("localhost")
                 || bare
                     .parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.to_canonical().is_loopback())
-                || inet_aton(bare).is_some_and(|ip| ip >> 24 == 127)
         }
         _ => false,
     }
-}
-
-/// The IPv4 address a resolver reads from the short forms `inet_aton`
-/// accepts (`127.1`, `0x7f.0.0.1`, `2130706433`, octal with a leading 0):
-/// one to four parts, the last filling the remaining bytes. The core's own
-/// reading of loopback hosts is checked against this model.
-fn inet_aton(text: &str) -> Option<u32> {
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return None;
-    }
-    let mut values = Vec::with_capacity(4);
-    for part in &parts {
-        let (digits, radix) = if let Some(hex) = part.strip_prefix("0x").or(part.strip_prefix("0X")) {
-            (hex, 16)
-        } else if part.len() > 1 && part.starts_with('0') {
-            (&part[1..], 8)
-        } else {
-            (*part, 10)
-        };
-        if digits.is_empty() && radix != 8 {
-            return None;
-        }
-        let value = if digits.is_empty() { 0 } else { u64::from_str_radix(digits, radix).ok()? };
-        values.push(value);
-    }
-    let (last, leading) = values.split_last()?;
-    if leading.iter().any(|&v| v > 255) {
-        return None;
-    }
-    let rest_bits = 8 * (4 - leading.len()) as u32;
-    if *last >= 1u64 << rest_bits {
-        return None;
-    }
-    let mut address = 0u64;
-    for &v in leading {
-        address = address << 8 | v;
-    }
-    Some((address << rest_bits | last) as u32)
 }
 
 fn strings(value: Option<&Value>) -> Vec<String> {

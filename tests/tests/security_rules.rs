@@ -293,13 +293,11 @@ fn surf_redirect_middleware_before_the_token_middleware_carries_no_credential_el
             .set_http_keep_alive(false)
             .try_into()
             .unwrap();
-        let client = api_client
-            .with(surf::middleware::Redirect::default())
-            .with(
-                token_keeper_surf::TokenMiddleware::new(tokens.clone())
-                    .route(&api.origin(), "m2m")
-                    .unwrap(),
-            );
+        let client = api_client.with(surf::middleware::Redirect::default()).with(
+            token_keeper_surf::TokenMiddleware::new(tokens.clone())
+                .route(&api.origin(), "m2m")
+                .unwrap(),
+        );
         let status = async_std::task::block_on(async {
             client
                 .get(format!("{}/records", api.origin()))

@@ -108,6 +108,18 @@ fn caller(
             }))
         }
         Managed::Surf(tokens) => {
+            // surf's HTTP/1 client cannot use a proxy: refuse rather than
+            // call the API directly where the proxy settings say otherwise.
+            let api: http::Uri = url
+                .parse()
+                .map_err(|_| Failure::Usage(format!("{url:?} is not a valid URL")))?;
+            if tokens.proxy().decide(&api) != token_keeper::ProxyDecision::Direct {
+                return Err(Failure::Usage(format!(
+                    "the proxy settings send {url} through a proxy, which tokenctl's surf API \
+                     client cannot use: use --adapter ureq, or --proxy none (or NO_PROXY) to \
+                     call it directly"
+                )));
+            }
             let middleware =
                 token_keeper_surf::TokenMiddleware::new(tokens.clone()).route(&origin, client)?;
             // Each worker has a surf client, and so a connection pool, of its

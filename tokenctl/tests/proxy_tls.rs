@@ -200,3 +200,16 @@ fn call_trusts_the_cacert_for_the_api_too() {
     }
     assert_eq!(s.api_requests(), 6);
 }
+
+#[test]
+fn call_on_surf_refuses_an_api_the_proxy_settings_would_tunnel() {
+    let s = server();
+    let token_url = s.token_url();
+    let mut args = token_args(&token_url, "surf");
+    args[0] = "call";
+    args.insert(1, "https://idp.test/api");
+    let out = tokenctl(&args, &[("HTTPS_PROXY", "http://127.0.0.1:9")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--adapter ureq"), "{}", stderr(&out));
+    assert_eq!(s.api_requests(), 0);
+}

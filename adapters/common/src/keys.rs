@@ -870,11 +870,13 @@ fn pem_error(text: &str, error: &pem::Error) -> KeyError {
     match error {
         pem::Error::MissingSectionEnd { end_marker } => KeyError::new(format!(
             "the PEM block BEGIN {} has no END line (or one with another label)",
-            excerpt(end_marker)
+            excerpt(label_only(end_marker))
         )),
         pem::Error::IllegalSectionStart { line } => KeyError::new(format!(
             "a PEM BEGIN line does not end in five dashes: {}",
-            excerpt(line.strip_prefix(b"-----BEGIN ").unwrap_or(line))
+            excerpt(label_only(
+                line.strip_prefix(b"-----BEGIN ").unwrap_or(line)
+            ))
         )),
         pem::Error::Base64Decode(_) => {
             // The bodies of other blocks are decoded too (not only PRIVATE
@@ -891,6 +893,17 @@ fn pem_error(text: &str, error: &pem::Error) -> KeyError {
         pem::Error::SectionTooLarge => KeyError::new("a PEM block is larger than 256 MB"),
         // No I/O on a slice; NoItemsFound comes from from_pem_slice only.
         _ => KeyError::new("the PEM text cannot be read"),
+    }
+}
+
+/// The label at the start of `text`, without whatever follows its closing
+/// dashes: on a PEM text joined into one line, that would be the key's
+/// base64 body.
+fn label_only(text: &[u8]) -> &[u8] {
+    let text = text.strip_prefix(b"-----END ").unwrap_or(text);
+    match text.windows(5).position(|w| w == b"-----") {
+        Some(end) => &text[..end],
+        None => text,
     }
 }
 
@@ -1872,6 +1885,19 @@ t9C5Es5XiCAdbT2D1jB4YCw=
         assert_eq!(old_private_key_bodies(&header).len(), 1);
         let message = error_of(PrivateKey::from_pem(&header, None));
         assert!(message.contains("base64"), "{message}");
+    }
+
+    #[test]
+    fn a_pem_text_joined_into_one_line_shows_no_key_material() {
+        let (_, pem) = PrivateKey::generate_pem(Algorithm::EdDSA).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let joined = pem.replace('\n', " ");
+        let error = PrivateKey::from_pem(&joined, None).unwrap_err().to_string();
+        assert!(error.len() < 300, "{error}");
+        for window in body.as_bytes().windows(8) {
+            let window = std::str::from_utf8(window).unwrap();
+            assert!(!error.contains(window), "{window:?} of the key in: {error}");
+        }
     }
 
     #[test]

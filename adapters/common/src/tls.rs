@@ -106,8 +106,7 @@ impl TlsSettings {
     pub fn with_ca_pem(self, pem: &[u8]) -> Result<TlsSettings, TlsError> {
         let mut added = Vec::new();
         for certificate in CertificateDer::pem_slice_iter(pem) {
-            let certificate = certificate
-                .map_err(|e| TlsError(format!("the CA certificate PEM is unusable: {e}")))?;
+            let certificate = certificate.map_err(|e| pem_error(&e))?;
             if added.len() == MAX_EXTRA_CERTIFICATES {
                 return Err(TlsError(format!(
                     "more than {MAX_EXTRA_CERTIFICATES} CA certificates in one PEM text"
@@ -171,9 +170,56 @@ impl TlsSettings {
     }
 }
 
+/// What is wrong with a CA PEM text, in words of our own: the library's
+/// own messages quote whole lines (a key pasted by mistake, in full).
+fn pem_error(error: &rustls_pki_types::pem::Error) -> TlsError {
+    use rustls_pki_types::pem::Error;
+    TlsError(
+        match error {
+            Error::MissingSectionEnd { .. } => {
+                "the CA certificate PEM has a BEGIN line without its END line"
+            }
+            Error::IllegalSectionStart { .. } => {
+                "the CA certificate PEM has a BEGIN line that does not end in five dashes"
+            }
+            Error::Base64Decode(_) => "the CA certificate PEM has a body that is not base64",
+            Error::SectionTooLarge => "the CA certificate PEM has a section over 256 MB",
+            _ => "the CA certificate PEM cannot be read",
+        }
+        .to_owned(),
+    )
+}
+
 /// `certificate` if it parses as an X.509 certificate a root store takes.
 fn checked(certificate: CertificateDer<'static>) -> Result<CertificateDer<'static>, TlsError> {
     webpki::anchor_from_trusted_cert(&certificate)
         .map_err(|e| TlsError(format!("not a usable CA certificate: {e:?}")))?;
     Ok(certificate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_errors_quote_nothing_of_the_input() {
+        let key_body = "MC4CAQAwBQYDK2VwBCIEIJtSecretSeedMaterial0123456789abcdef";
+        let one_line = format!("-----BEGIN PRIVATE KEY----- {key_body} -----END PRIVATE KEY-----");
+        let long_line = format!("-----BEGIN {}", "A".repeat(1 << 20));
+        for text in [one_line, long_line] {
+            let error = TlsSettings::webpki()
+                .with_ca_pem(text.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(error.len() < 200, "{error}");
+            assert!(
+                !error.contains("MC4C") && !error.contains("AAAA"),
+                "{error}"
+            );
+        }
+        let none = TlsSettings::webpki()
+            .with_ca_pem(b"no pem here")
+            .unwrap_err();
+        assert!(none.to_string().contains("BEGIN CERTIFICATE"), "{none}");
+    }
 }

@@ -37,7 +37,9 @@ pub struct ClientOptions {
     /// read once when the options are made, with curl's rules
     /// ([`proxy_from_env`](token_keeper_common::proxy_from_env)). A loopback
     /// destination is never proxied, whatever this says. A surf backend
-    /// ([`TokenTransport::surf`]) makes its own proxy choice.
+    /// ([`TokenTransport::surf`]) cannot be told to use a proxy: a request
+    /// the settings would tunnel fails with a transport error saying so (give
+    /// `ProxySettings::none()` when the backend handles proxies itself).
     pub proxy: ProxySettings,
     /// Which certificates [`DirectHttp`](crate::DirectHttp) trusts for token
     /// and discovery requests (default: the Mozilla roots). Refused by
@@ -387,6 +389,11 @@ impl AsyncTokenClient {
     /// What the client has done so far.
     pub fn stats(&self) -> ClientStats {
         self.engine.registry().stats()
+    }
+
+    /// The proxy settings this client applies (see [`ClientOptions::proxy`]).
+    pub fn proxy(&self) -> &ProxySettings {
+        &self.io.proxy
     }
 
     /// How token and discovery requests are sent.

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, FutureExt};
-use token_keeper::{ProxySettings, TransportError, TransportErrorKind};
+use token_keeper::{ProxyDecision, ProxySettings, TransportError, TransportErrorKind};
 
 use crate::DirectHttp;
 
@@ -134,8 +134,9 @@ impl From<DirectHttp> for TokenTransport {
 
 /// Sends `request` and reads at most `max_body + 1` bytes of the answer, within `timeout`.
 ///
-/// [`DirectHttp`] applies `proxy` (the core's decision for the destination);
-/// a surf backend makes its own choice (async-h1 never uses a proxy).
+/// [`DirectHttp`] applies `proxy` (the core's decision for the destination).
+/// A surf backend cannot be told to use a proxy (async-h1 never uses one):
+/// it sends only what the decision sends direct, and refuses the rest.
 pub(crate) async fn send(
     transport: &TokenTransport,
     proxy: &ProxySettings,
@@ -146,9 +147,24 @@ pub(crate) async fn send(
     let exchange = async {
         match transport {
             TokenTransport::Direct(direct) => direct.send(proxy, request, max_body).await,
-            TokenTransport::Surf(SurfBackend(client)) => {
-                send_with_surf(client, request, max_body).await
-            }
+            TokenTransport::Surf(SurfBackend(client)) => match proxy.decide(request.uri()) {
+                ProxyDecision::Direct => send_with_surf(client, request, max_body).await,
+                // A surf backend cannot be told to use a proxy, and async-h1
+                // would connect directly: refuse rather than go around it.
+                ProxyDecision::Tunnel(via) => Err(TransportError::new(
+                    TransportErrorKind::Connect,
+                    format!(
+                        "the proxy settings send this request through {}, which a surf backend \
+                         cannot be told to use: use DirectHttp, or ProxySettings::none() if the \
+                         backend handles proxies itself",
+                        via.url_without_credentials()
+                    ),
+                )),
+                ProxyDecision::Unsupported(reason) => Err(TransportError::new(
+                    TransportErrorKind::Connect,
+                    reason.to_owned(),
+                )),
+            },
         }
     };
     let deadline = async {

@@ -202,3 +202,40 @@ fn tls_settings_are_refused_where_they_cannot_apply() {
     );
     assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
 }
+
+#[test]
+fn a_surf_backend_refuses_what_the_proxy_settings_would_tunnel() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    for (settings, says) in [
+        (
+            ProxySettings::explicit("http://127.0.0.1:9", "").unwrap(),
+            "cannot be told to use",
+        ),
+        (
+            ProxySettings::from_env_vars([("ALL_PROXY", "socks5://127.0.0.1:9")]),
+            "socks5",
+        ),
+    ] {
+        let tokens = AsyncTokenClient::with_options(
+            TokenTransport::surf(surf::Config::new()).unwrap(),
+            ClientOptions {
+                proxy: settings.clone(),
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        tokens
+            .add_client("remote", secret("https://idp.test/token"))
+            .unwrap();
+        match header(&tokens, "remote") {
+            Err(Error::Transport(e)) => assert!(e.to_string().contains(says), "{e}"),
+            other => panic!("expected a transport error, got {other:?}"),
+        }
+        // Loopback is direct whatever the settings: the backend sends it.
+        tokens
+            .add_client("local", secret(&server.token_url()))
+            .unwrap();
+        header(&tokens, "local").unwrap();
+    }
+    assert_eq!(server.token_requests(), 2);
+}

@@ -42,8 +42,13 @@
 //! send, in place of ureq's own reading of the environment (which tunnels
 //! loopback destinations too). A proxy you set yourself on the configuration
 //! (`ConfigBuilder::proxy`) is yours and is kept, except that a request
-//! carrying a token to a loopback host never goes through any proxy, on any
-//! agent this middleware is part of.
+//! carrying a token to a loopback host never goes through any proxy. On an
+//! agent you configure by hand (`ConfigBuilder::middleware`), every request
+//! that carries a token gets the core's decision (ureq's default would read
+//! the environment its own way, the CGI-settable `HTTP_PROXY` included); its
+//! other requests keep the agent's settings. ureq decides the proxy once per
+//! request, so a token-free request that is redirected keeps the first hop's
+//! proxy decision for the next hops (requests with a token follow no redirect).
 
 use std::io::{Cursor, Read};
 use std::sync::Arc;
@@ -98,6 +103,9 @@ pub struct TokenMiddleware {
     /// [`TokenMiddleware::build_agent`] when the configuration's proxy came
     /// from the environment (ureq's default) or was none.
     apply_proxy: bool,
+    /// Whether the agent's configuration names a proxy the user set
+    /// explicitly (kept for tokens, except to loopback hosts).
+    user_proxy: bool,
 }
 
 impl std::fmt::Debug for TokenMiddleware {
@@ -121,6 +129,7 @@ impl TokenMiddleware {
             dpop: false,
             status_as_error: false,
             apply_proxy: false,
+            user_proxy: false,
         }
     }
 
@@ -155,6 +164,7 @@ impl TokenMiddleware {
         // (ALL_PROXY first, loopback tunnelled too): replace that with the
         // core's decision; a proxy set explicitly is the user's.
         let apply_proxy = user.proxy().is_none_or(|p| p.is_from_env());
+        // With no proxy at all the decision applies too (it may say "none").
         let config = || {
             let mut config = make_config().http_status_as_error(false);
             if apply_proxy {
@@ -170,6 +180,7 @@ impl TokenMiddleware {
             retry_agent: None,
             status_as_error,
             apply_proxy,
+            user_proxy: !apply_proxy,
             ..self.clone()
         };
         let retry_agent = config().middleware(for_retries).build().new_agent();
@@ -177,6 +188,7 @@ impl TokenMiddleware {
             retry_agent: Some(retry_agent),
             status_as_error,
             apply_proxy,
+            user_proxy: !apply_proxy,
             ..self.clone()
         };
         config().middleware(first).build().new_agent()
@@ -345,18 +357,29 @@ impl TokenMiddleware {
         request: Request<SendBody<'a>>,
         carries_token: bool,
     ) -> Result<Request<SendBody<'a>>, ureq::Error> {
-        let proxy = if self.apply_proxy {
+        // `Some(p)`: set the request's proxy to `p`; `None`: leave it.
+        let proxy = if carries_token && self.user_proxy {
+            // The proxy the user set on the agent is theirs, except that a
+            // token never goes through a proxy to a loopback host.
+            request
+                .uri()
+                .host()
+                .is_some_and(is_loopback_host)
+                .then_some(None)
+        } else if carries_token || self.apply_proxy {
+            // The core's decision, set on the request itself: it replaces
+            // ureq's own reading of the environment (a hand-added middleware's
+            // agent has it) and any per-request proxy, for a token; an agent
+            // from build_agent has no proxy of its own, so `Direct` needs
+            // setting only for a token.
             match self.client.proxy().decide(request.uri()) {
-                // The agent has no proxy of its own.
-                ProxyDecision::Direct => None,
+                ProxyDecision::Direct => carries_token.then_some(None),
                 ProxyDecision::Tunnel(via) => Some(Some(crate::transport::ureq_proxy(via)?)),
                 ProxyDecision::Unsupported(reason) => {
                     let error = TransportError::new(TransportErrorKind::Connect, reason.to_owned());
                     return Err(ureq::Error::Other(Box::new(Error::Transport(error))));
                 }
             }
-        } else if carries_token && request.uri().host().is_some_and(is_loopback_host) {
-            Some(None)
         } else {
             None
         };

@@ -95,8 +95,14 @@ pub fn tls_config(tls: &TlsSettings) -> Result<ureq::tls::TlsConfig, Error> {
 
 /// ureq's form of a proxy the core decided to tunnel through.
 pub(crate) fn ureq_proxy(proxy: &Proxy) -> Result<ureq::Proxy, ureq::Error> {
+    // ureq puts the host into a URL: an IPv6 address needs its brackets.
+    let host = if proxy.host().contains(':') {
+        format!("[{}]", proxy.host())
+    } else {
+        proxy.host().to_owned()
+    };
     let mut builder = ureq::Proxy::builder(ureq::ProxyProtocol::Http)
-        .host(proxy.host())
+        .host(&host)
         .port(proxy.port());
     if let Some((user, password)) = proxy.credentials() {
         builder = builder.username(user).password(password);
@@ -181,4 +187,21 @@ pub(crate) fn classify(error: ureq::Error) -> TransportError {
         _ => TransportErrorKind::Other,
     };
     TransportError::new(kind, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_proxy_is_usable() {
+        let settings = ProxySettings::explicit("http://u:p@[::1]:3128", "").unwrap();
+        let remote: http::Uri = "https://idp.test/token".parse().unwrap();
+        let ProxyDecision::Tunnel(via) = settings.decide(&remote) else {
+            panic!("an explicit proxy tunnels a remote destination");
+        };
+        let proxy = ureq_proxy(via).unwrap();
+        assert_eq!(proxy.port(), 3128);
+        assert_eq!(proxy.username(), Some("u"));
+    }
 }

@@ -212,3 +212,62 @@ fn ureq_cannot_add_cas_to_the_os_store_and_says_so() {
     }
     assert!(client(ProxySettings::none(), TlsSettings::platform()).is_ok());
 }
+
+#[test]
+fn a_token_to_loopback_goes_direct_even_with_a_per_request_proxy() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let proxy = RecordingProxy::start(Vec::new()).unwrap();
+    let tokens = client(ProxySettings::none(), TlsSettings::default()).unwrap();
+    tokens
+        .add_client("m2m", secret(&server.token_url()))
+        .unwrap();
+    let agent = TokenMiddleware::new(tokens)
+        .route(&server.base_url(), "m2m")
+        .unwrap()
+        .build_agent(|| ureq::Agent::config_builder().http_status_as_error(false));
+    let theirs = ureq::Proxy::new(&proxy.url()).unwrap();
+    let response = agent
+        .get(server.api_url())
+        .config()
+        .proxy(Some(theirs))
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(proxy.requests(), Vec::new());
+}
+
+#[test]
+fn a_hand_added_middleware_sends_tokens_as_the_core_decides() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let front = TlsFront::start(server.addr()).unwrap();
+    let proxy = RecordingProxy::start(vec![("idp.test:443".to_owned(), front.addr())]).unwrap();
+    let tokens = client(
+        ProxySettings::explicit(&proxy.url(), "").unwrap(),
+        with_ca(),
+    )
+    .unwrap();
+    tokens
+        .add_client("m2m", secret(&server.token_url()))
+        .unwrap();
+    let middleware = TokenMiddleware::new(tokens)
+        .route("https://idp.test", "m2m")
+        .unwrap()
+        .route(&server.base_url(), "m2m")
+        .unwrap();
+    // An agent configured by hand, with no proxy of its own and the test CA.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .tls_config(token_keeper_ureq::tls_config(&with_ca()).unwrap())
+        .middleware(middleware)
+        .build()
+        .new_agent();
+    // A token for a remote API goes through the proxy the core names…
+    let remote = agent.get("https://idp.test/api").call().unwrap();
+    assert_eq!(remote.status(), 200);
+    assert_eq!(proxy.connects(), vec!["idp.test:443".to_owned()]);
+    // …and one for loopback goes direct.
+    assert_eq!(agent.get(server.api_url()).call().unwrap().status(), 200);
+    assert_eq!(proxy.connects().len(), 1);
+}
