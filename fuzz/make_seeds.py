@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora in fuzz/corpus/ and fuzz/regressions/manager_sequence/.
 
-The jwk_input seeds include the TEST KEYS of adapters/common/src/keys.rs, read
+The jwk_input seeds include the TEST KEYS of keys/src/lib.rs, read
 from that file.
 
 Run it again after changing the input layout of a target (for
@@ -403,7 +403,7 @@ DISCOVERY_DOCUMENT = {
 
 # --- jwk_input: the bytes are a JWK (JSON) or PEM text. ------------------------
 # RFC 7517 appendix A.1/A.2/A.3 and RFC 8037 appendix A.1/A.2 examples, the
-# RFC 7638 example, and the TEST KEYS of adapters/common/src/keys.rs (read from
+# RFC 7638 example, and the TEST KEYS of keys/src/lib.rs (read from
 # there, so they stay the same keys).
 def keys_fixture(name):
     source = open(os.path.join(ROOT, "..", "adapters", "common", "src", "keys.rs")).read()

@@ -5,7 +5,7 @@
 //! The core never holds key material in a particular library's types: it
 //! signs through the [`Signer`] trait, so an HSM or a cloud KMS can stand in
 //! for a local key. A default implementation on `ring` (ES256, EdDSA, RS256,
-//! PS256; generated, JWK or PKCS#8 PEM keys) ships in `token-keeper-common`.
+//! PS256; generated, JWK or PKCS#8 PEM keys) ships in `token-keeper-keys`.
 
 use std::fmt;
 

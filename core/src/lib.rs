@@ -148,7 +148,7 @@
 //! a fresh proof for each API request. [`ClientAuth::PrivateKeyJwt`]
 //! authenticates the client with a signed assertion instead of a secret.
 //! Both are signed through the [`jose::Signer`] trait, so keys can live in an
-//! HSM or a KMS; `token-keeper-common` ships a default on `ring`.
+//! HSM or a KMS; `token-keeper-keys` ships a default on `ring`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

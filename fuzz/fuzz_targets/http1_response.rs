@@ -1,4 +1,4 @@
-//! `http1::ResponseReader` (`token-keeper-common`) on arbitrary byte streams.
+//! `http1::ResponseReader` (`token-keeper-driver`) on arbitrary byte streams.
 //!
 //! Input: the first byte picks the limits (low 4 bits: head 64 to 1024 bytes
 //! in steps of 64; bits 4 to 6: body 0, 1, 2, 16, 64, 100, 256 or 512 bytes)
@@ -24,7 +24,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libfuzzer_sys::fuzz_target;
-use token_keeper_common::http1::{Http1Error, ResponseLimits, ResponseReader};
+use token_keeper_surf::http1::{Http1Error, ResponseLimits, ResponseReader};
 
 /// The system allocator, counting the bytes live on the Rust heap.
 struct Counting;

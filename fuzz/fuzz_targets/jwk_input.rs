@@ -45,7 +45,7 @@ use libfuzzer_sys::fuzz_target;
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde_json::{Map, Value};
 use token_keeper::jose::{base64url, Algorithm, PublicJwk, Signer};
-use token_keeper_common::keys::PrivateKey;
+use token_keeper_keys::PrivateKey;
 
 const PRIVATE: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "k", "oth"];
 const ALGS: [Algorithm; 4] = [

@@ -71,7 +71,7 @@ use token_keeper::{
     BackoffPolicy, ClientAuth, ClientConfig, ClientSecret, ManagerConfig, ManualClock,
     ResponseProblem, TransportErrorKind,
 };
-use token_keeper_common::{Error, TokenInfo};
+use token_keeper_driver::{Error, TokenInfo};
 
 // ---------------------------------------------------------------------------
 // Credentials and leak detection

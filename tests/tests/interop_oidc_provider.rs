@@ -30,8 +30,8 @@ use token_keeper::jose::{sha256_base64url, sign_jwt, Algorithm, Signer};
 use token_keeper::{
     AssertionAudience, ClientAuth, ClientConfig, ClientSecret, PrivateKeyJwt, RefreshPolicy,
 };
-use token_keeper_common::keys::PrivateKey;
-use token_keeper_common::ClientStats;
+use token_keeper_keys::PrivateKey;
+use token_keeper_driver::ClientStats;
 
 /// Lifetime of the access tokens the server issues (`expires_in`).
 const TOKEN_TTL: Duration = Duration::from_secs(10);
@@ -1046,16 +1046,16 @@ fn is_fresh(bin: &Path, workspace: &Path) -> bool {
     let mut sources = SystemTime::UNIX_EPOCH;
     for dir in [
         "core",
-        "adapters/common",
+        "keys",
+        "driver",
         "adapters/ureq",
         "adapters/surf",
+        "testkit",
         "tokenctl",
     ] {
         newest(&workspace.join(dir).join("src"), &mut sources);
         newest(&workspace.join(dir).join("Cargo.toml"), &mut sources);
     }
-    newest(&workspace.join("tests/src"), &mut sources);
-    newest(&workspace.join("tests/Cargo.toml"), &mut sources);
     newest(&workspace.join("Cargo.toml"), &mut sources);
     newest(&workspace.join("Cargo.lock"), &mut sources);
     built >= sources

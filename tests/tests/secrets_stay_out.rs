@@ -14,7 +14,7 @@ use token_keeper::{
     Authorization, ClientAuth, ClientConfig, ClientSecret, ManagerConfig, Now, PrivateKeyJwt,
     TokenManager,
 };
-use token_keeper_common::keys::PrivateKey;
+use token_keeper_keys::PrivateKey;
 use token_keeper_testkit::scenarios::captured_logs;
 use token_keeper_testkit::{ApiFault, LocalAuthServer, ServerConfig, TokenFault};
 
@@ -280,7 +280,7 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
     );
     show(
         "OsRandom",
-        format!("{:?}", token_keeper_common::OsRandom::new()),
+        format!("{:?}", token_keeper_driver::OsRandom::new()),
         None,
     );
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use token_keeper::jose::Algorithm;
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig, ManualClock};
-use token_keeper_common::keys::PrivateKey;
+use token_keeper_keys::PrivateKey;
 use token_keeper_testkit::{LocalAuthServer, ServerConfig};
 
 /// A loopback server that answers every request with the same bytes (and

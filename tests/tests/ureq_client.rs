@@ -86,7 +86,7 @@ fn an_issuer_audience_is_checked_against_the_discovered_issuer() {
     use std::sync::Arc;
     use token_keeper::jose::Algorithm;
     use token_keeper::{AssertionAudience, PrivateKeyJwt};
-    use token_keeper_common::keys::PrivateKey;
+    use token_keeper_keys::PrivateKey;
 
     let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
     let tokens = TokenClient::new();

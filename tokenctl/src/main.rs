@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use token_keeper::jose::{Algorithm, Signer};
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret, PrivateKeyJwt, ProxySettings};
-use token_keeper_common::keys::PrivateKey;
-use token_keeper_common::tls::TlsSettings;
+use token_keeper_keys::PrivateKey;
+use token_keeper_driver::tls::TlsSettings;
 use token_keeper_surf::AsyncTokenClient;
 use token_keeper_ureq::{Error, TokenClient, TokenInfo};
 
@@ -355,7 +355,7 @@ pub fn tls_settings(flags: &ClientFlags) -> Result<TlsSettings, Failure> {
 /// `--proxy URL|none`, or the environment read with curl's rules.
 fn proxy_settings(flags: &ClientFlags) -> Result<ProxySettings, Failure> {
     match flags.proxy.as_deref() {
-        None => Ok(token_keeper_common::proxy_from_env()),
+        None => Ok(token_keeper_driver::proxy_from_env()),
         Some("none") => Ok(ProxySettings::none()),
         Some(url) => {
             ProxySettings::explicit(url, "").map_err(|e| Failure::Usage(format!("--proxy: {e}")))

@@ -437,7 +437,7 @@ fn private_key_jwt_from_a_pem_file_on_both_adapters() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let key = token_keeper_common::keys::PrivateKey::from_file(&pem, None).unwrap();
+    let key = token_keeper_keys::PrivateKey::from_file(&pem, None).unwrap();
     let s = LocalAuthServer::start(ServerConfig {
         jwt_clients: vec![("pkj".into(), key.public_jwk().clone())],
         ..ServerConfig::default()
@@ -562,7 +562,7 @@ fn keygen_writes_a_0600_key_file_that_keeps_the_dpop_thumbprint() {
     assert_pkcs8_pem(&pem);
     assert_openssl_reads(&path);
     // The library reads it back to the key whose thumbprint was printed: ES256 by default.
-    let key = token_keeper_common::keys::PrivateKey::from_file(&path, None).unwrap();
+    let key = token_keeper_keys::PrivateKey::from_file(&path, None).unwrap();
     {
         use token_keeper::jose::{Algorithm, Signer};
         assert_eq!(key.algorithm(), Algorithm::ES256);
@@ -657,7 +657,7 @@ fn keygen_eddsa_key_works_as_a_private_key_jwt_key() {
     let thumbprint = printed_thumbprint(&out);
     assert_pkcs8_pem(&std::fs::read_to_string(&path).unwrap());
     assert_openssl_reads(&path);
-    let key = token_keeper_common::keys::PrivateKey::from_file(&path, None).unwrap();
+    let key = token_keeper_keys::PrivateKey::from_file(&path, None).unwrap();
     assert_eq!(key.algorithm(), Algorithm::EdDSA);
     assert_eq!(key.public_jwk().thumbprint(), thumbprint);
     let s = LocalAuthServer::start(ServerConfig {
@@ -704,7 +704,7 @@ fn keygen_without_out_writes_the_key_to_stdout() {
     let pem = stdout(&out);
     assert_pkcs8_pem(&pem);
     assert_no_key_material(&stderr(&out), &pem);
-    let key = token_keeper_common::keys::PrivateKey::from_pem(&pem, None).unwrap();
+    let key = token_keeper_keys::PrivateKey::from_pem(&pem, None).unwrap();
     assert_eq!(
         token_keeper::jose::Signer::public_jwk(&key).thumbprint(),
         thumbprint

@@ -11,7 +11,7 @@ use token_keeper::{
     Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, RequestId,
     ResourceOutcome,
 };
-use token_keeper_common::{
+use token_keeper_driver::{
     proxy_from_env, random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats,
     Clock, Engine, EngineHandle, Error, Step, SystemClock, TokenInfo,
 };
@@ -19,7 +19,7 @@ use token_keeper_common::{
 use crate::transport::{self, TokenTransport};
 use crate::DirectHttp;
 use token_keeper::ConfigError;
-use token_keeper_common::tls::TlsSettings;
+use token_keeper_driver::tls::TlsSettings;
 
 /// Options of an [`AsyncTokenClient`].
 #[derive(Clone)]
@@ -35,7 +35,7 @@ pub struct ClientOptions {
     /// Which proxy [`DirectHttp`](crate::DirectHttp) tunnels token and
     /// discovery requests through (HTTP `CONNECT`). Default: the environment,
     /// read once when the options are made, with curl's rules
-    /// ([`proxy_from_env`](token_keeper_common::proxy_from_env)). A loopback
+    /// ([`proxy_from_env`](token_keeper_driver::proxy_from_env)). A loopback
     /// destination is never proxied, whatever this says. A surf backend
     /// ([`TokenTransport::surf`]) cannot be told to use a proxy: a request
     /// the settings would tunnel fails with a transport error saying so (give

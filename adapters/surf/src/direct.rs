@@ -8,7 +8,7 @@
 //! requests are few, small and security-sensitive, so this transport does
 //! without it: one TCP (and, for `https`, rustls) connection per request,
 //! closed after the answer, whose bytes go to
-//! [`token_keeper_common::http1::ResponseReader`]: a sans-IO reader with a
+//! [`ResponseReader`](crate::http1::ResponseReader): a sans-IO reader with a
 //! 64 KiB bound on the head (interim `1xx` heads included) and the core's
 //! bound on the body, fuzzed on its own.
 
@@ -19,8 +19,8 @@ use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
 use token_keeper::{ProxyDecision, ProxySettings, TransportError, TransportErrorKind};
-use token_keeper_common::http1::{Http1Error, ResponseLimits, ResponseReader};
-use token_keeper_common::tls::{TlsError, TlsRoots, TlsSettings};
+use crate::http1::{Http1Error, ResponseLimits, ResponseReader};
+use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 use zeroize::Zeroizing;
 
 /// The size of one read from the connection.

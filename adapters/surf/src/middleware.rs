@@ -34,7 +34,7 @@ use http::{Method, StatusCode, Uri};
 use surf::middleware::{Middleware, Next};
 use surf::{Client, Request, Response};
 use token_keeper::ResourceOutcome;
-use token_keeper_common::{Authorized, Error, Routes};
+use token_keeper_driver::{Authorized, Error, Routes};
 
 use crate::client::AsyncTokenClient;
 use crate::transport::to_http_headers;

@@ -8,8 +8,8 @@ use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISC
 use token_keeper::{
     Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, ResourceOutcome,
 };
-use token_keeper_common::tls::TlsSettings;
-use token_keeper_common::{
+use token_keeper_driver::tls::TlsSettings;
+use token_keeper_driver::{
     proxy_from_env, random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats,
     Engine, EngineHandle, Step, TokenInfo,
 };
@@ -34,7 +34,7 @@ pub struct ClientOptions {
     /// Which proxy token and discovery requests (and the API requests of
     /// agents built by [`TokenMiddleware::build_agent`](crate::TokenMiddleware::build_agent))
     /// go through. Default: the environment, read once when the options are
-    /// made, with curl's rules ([`proxy_from_env`](token_keeper_common::proxy_from_env)).
+    /// made, with curl's rules ([`proxy_from_env`](token_keeper_driver::proxy_from_env)).
     /// A loopback destination is never proxied, whatever this says.
     pub proxy: ProxySettings,
     /// Which certificates token and discovery requests trust (default: the

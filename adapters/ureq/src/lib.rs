@@ -68,9 +68,13 @@ mod transport;
 
 pub use client::{ClientOptions, TokenClient};
 pub use middleware::TokenMiddleware;
-pub use token_keeper_common::tls::{TlsError, TlsRoots, TlsSettings};
-pub use token_keeper_common::{
+pub use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
+pub use token_keeper_driver::{
     clock, error, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
 };
 #[cfg(any(feature = "rustls", feature = "native-tls"))]
 pub use transport::tls_config;
+/// Private keys on ring: the default signer for DPoP proofs and
+/// `private_key_jwt` (the `keys` feature, on by default).
+#[cfg(feature = "keys")]
+pub use token_keeper_keys::{self as keys, PrivateKey};

@@ -63,7 +63,7 @@ use ureq::{Body, RequestExt, ResponseExt, SendBody};
 
 use token_keeper::proxy::is_loopback_host;
 use token_keeper::{ProxyDecision, TransportError, TransportErrorKind};
-use token_keeper_common::{may_carry_body, Routes};
+use token_keeper_driver::{may_carry_body, Routes};
 
 use crate::client::TokenClient;
 use crate::error::Error;

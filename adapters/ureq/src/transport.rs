@@ -7,9 +7,9 @@ use token_keeper::{
     ConfigError, Proxy, ProxyDecision, ProxySettings, TransportError, TransportErrorKind,
 };
 #[cfg(any(feature = "rustls", feature = "native-tls"))]
-use token_keeper_common::tls::TlsRoots;
-use token_keeper_common::tls::TlsSettings;
-use token_keeper_common::Error;
+use token_keeper_driver::tls::TlsRoots;
+use token_keeper_driver::tls::TlsSettings;
+use token_keeper_driver::Error;
 
 /// An agent for token and discovery requests: 4xx/5xx are responses, not
 /// errors (their headers and OAuth error bodies matter); no redirects are

@@ -17,7 +17,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
 
-use token_keeper_common::keys::{KeyError, PrivateKey};
+use token_keeper_keys::{KeyError, PrivateKey};
 
 struct CountingAllocator;
 

@@ -1,7 +1,7 @@
 //! A TLS-terminating front for plain-HTTP test servers.
 //!
 //! [`TlsFront`] listens on `127.0.0.1` on an ephemeral port and presents the
-//! test certificate in `tests/fixtures/tls/` (a certificate for `idp.test`,
+//! test certificate in `testkit/fixtures/tls/` (a certificate for `idp.test`,
 //! `localhost` and `127.0.0.1`, signed by a test CA; see that folder's
 //! README). Each accepted connection gets a thread of its own that completes
 //! the TLS handshake (counting it as completed or failed), opens a plain TCP
@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
-/// The test CA's certificate, DER (`tests/fixtures/tls/test-ca.der`).
+/// The test CA's certificate, DER (`testkit/fixtures/tls/test-ca.der`).
 const CA_DER: &[u8] = include_bytes!("../fixtures/tls/test-ca.der");
-/// The test CA's certificate, PEM (`tests/fixtures/tls/test-ca.pem`).
+/// The test CA's certificate, PEM (`testkit/fixtures/tls/test-ca.pem`).
 const CA_PEM: &str = include_str!("../fixtures/tls/test-ca.pem");
 /// The server certificate the front presents.
 const SERVER_CERT_DER: &[u8] = include_bytes!("../fixtures/tls/server-cert.der");
@@ -211,7 +211,7 @@ impl TlsFront {
         CA_PEM
     }
 
-    /// The absolute path of `tests/fixtures/tls/test-ca.pem`, for a CLI's
+    /// The absolute path of `testkit/fixtures/tls/test-ca.pem`, for a CLI's
     /// `--cacert` option or `SSL_CERT_FILE`.
     pub fn ca_pem_path() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -69,8 +69,8 @@ pub struct AdapterError {
 
 impl AdapterError {
     /// Flattens the adapters' shared error type.
-    pub fn from_error(error: &token_keeper_common::Error) -> AdapterError {
-        use token_keeper_common::Error;
+    pub fn from_error(error: &token_keeper_driver::Error) -> AdapterError {
+        use token_keeper_driver::Error;
         let kind = match error {
             Error::OAuth(_) => ErrorKind::OAuth,
             Error::InvalidResponse(_) => ErrorKind::InvalidResponse,

@@ -1,4 +1,4 @@
-//! # token-keeper-common: what every adapter needs around the core
+//! # token-keeper-driver: what every adapter needs around the core
 //!
 //! None of this is protocol logic (that lives in the sans-IO
 //! [`token_keeper`] core). It is the plumbing that the blocking and the async
@@ -17,10 +17,6 @@
 //! - [`Routes`]: which origins get which client's tokens;
 //! - [`proxy_from_env`]: the proxy environment, read once for the core's
 //!   proxy decision;
-//! - [`keys::PrivateKey`]: the default [`Signer`](token_keeper::jose::Signer)
-//!   for DPoP proofs and `private_key_jwt`, on `ring`;
-//! - [`http1::ResponseReader`]: a bounded, sans-IO HTTP/1.1 response reader,
-//!   for a driver that reads token-endpoint answers on its own connection.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -28,8 +24,6 @@
 pub mod clock;
 pub mod engine;
 pub mod error;
-pub mod http1;
-pub mod keys;
 pub mod proxy;
 pub mod random;
 pub mod registry;

@@ -1,5 +1,10 @@
+//! # token-keeper-keys: private keys on `ring`
+//!
 //! Private keys for DPoP proofs (RFC 9449) and `private_key_jwt` client
-//! assertions (RFC 7523), signing with `ring`.
+//! assertions (RFC 7523), signing with `ring`. A crate of its own, like
+//! rustls' crypto providers: the core and the driver need only the
+//! [`Signer`] trait, so an application that keeps its keys in an HSM or a
+//! KMS implements that trait and does without this crate.
 //!
 //! [`PrivateKey`] is the default [`Signer`] of the
 //! [`token_keeper`] core. It signs ES256 (P-256, the fixed 64-byte `r || s`
@@ -47,7 +52,7 @@
 //!
 //! ```
 //! use token_keeper::jose::{sign_jwt, Algorithm, Signer};
-//! use token_keeper_common::keys::PrivateKey;
+//! use token_keeper_keys::PrivateKey;
 //!
 //! let key = PrivateKey::generate(Algorithm::ES256)?;
 //! let header = serde_json::json!({
@@ -65,6 +70,9 @@
 //! Keys in other shapes convert with OpenSSL: SEC1 (`BEGIN EC PRIVATE KEY`),
 //! PKCS#1 (`BEGIN RSA PRIVATE KEY`) and encrypted keys all become PKCS#8 with
 //! `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pkcs8.pem`.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::fmt;
 use std::path::Path;
@@ -186,7 +194,7 @@ impl PrivateKey {
     ///
     /// ```
     /// use token_keeper::jose::{Algorithm, Signer};
-    /// use token_keeper_common::keys::PrivateKey;
+    /// use token_keeper_keys::PrivateKey;
     ///
     /// let (key, pem) = PrivateKey::generate_pem(Algorithm::ES256)?;
     /// assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));

@@ -37,11 +37,11 @@ pub enum TlsRoots {
 /// [module docs](self).
 ///
 /// ```
-/// use token_keeper_common::tls::TlsSettings;
-/// # let pem = include_str!("../../../tests/fixtures/tls/test-ca.pem");
+/// use token_keeper_driver::tls::TlsSettings;
+/// # let pem = include_str!("../../testkit/fixtures/tls/test-ca.pem");
 /// let tls = TlsSettings::webpki().with_ca_pem(pem.as_bytes())?;
 /// assert_eq!(tls.extra_certificates().len(), 1);
-/// # Ok::<(), token_keeper_common::tls::TlsError>(())
+/// # Ok::<(), token_keeper_driver::tls::TlsError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsSettings {
