@@ -1,10 +1,10 @@
 //! [`Engine`]: what an adapter runs around the core, whether its callers
 //! block or await: the core behind its lock, the timer thread that lets the
-//! core act at its deadlines, and the threads that send token requests off
-//! the callers' path.
+//! core act at its deadlines, and the threads that send every token request
+//! (callers only ask and wait, so a caller that stops waiting strands nobody).
 //!
 //! Adapters add only what differs: how a caller waits (a condition variable
-//! for threads, an event for tasks) and how a caller's own request is sent.
+//! for threads, an event for tasks) and how a request is sent (the transport).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

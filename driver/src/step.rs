@@ -1,9 +1,13 @@
 //! One round of "ask the core for a header", as both adapters run it.
 //!
 //! An adapter's slow path is a loop: lock the core, call [`step`], unlock,
-//! then do what the [`Step`] says (send a request and feed the answer back,
-//! or wait for someone else's request to end) and go round again. Only the
-//! sending and the waiting differ between blocking and async adapters.
+//! dispatch the requests the round queued (the engine sends every token
+//! request on a thread of its own), then either return or wait for the
+//! request the [`Step`] names to end, and go round again. A caller never
+//! sends a token request itself: one that gives up waiting (a dropped
+//! future, a timeout) strands nobody, since the request and the wake-up of
+//! every waiter belong to the engine. Only the waiting differs between
+//! blocking and async adapters.
 
 use http::{HeaderValue, Method, Uri};
 use token_keeper::{
@@ -18,23 +22,15 @@ use crate::registry::Registry;
 #[derive(Debug)]
 pub enum Step<T> {
     /// The call is decided: a value computed from the header, or an error.
-    /// Send `others` off the caller's path (refreshes the round queued).
+    /// Dispatch `requests` (refreshes the round queued).
     Done(Result<T, Error>, Vec<TokenRequest>),
-    /// No valid token: send `own` on this task (the caller waits for it
-    /// anyway) and `others` off the caller's path, then go round again.
-    Send {
-        /// The request this caller triggered.
-        own: TokenRequest,
-        /// Other queued requests.
-        others: Vec<TokenRequest>,
-    },
-    /// Another caller's request is in flight: send `others` off the caller's
-    /// path, wait until request `id` ends, then go round again.
+    /// No valid token: dispatch `requests` (among them, perhaps, the one this
+    /// caller triggered), wait until request `id` ends, then go round again.
     Wait {
         /// The request to wait for.
         id: RequestId,
-        /// Other queued requests.
-        others: Vec<TokenRequest>,
+        /// The requests to dispatch.
+        requests: Vec<TokenRequest>,
     },
 }
 
@@ -55,7 +51,6 @@ pub fn step<T, F: FnOnce(&Attach<'_>) -> T>(
 ) -> Step<T> {
     enum Decision<T> {
         Done(Result<T, Error>),
-        Send(RequestId),
         Wait(RequestId),
     }
     let authorization = match request {
@@ -74,30 +69,13 @@ pub fn step<T, F: FnOnce(&Attach<'_>) -> T>(
                 retry_in: retry_at.saturating_duration_since(now.monotonic()),
             }
         })),
-        Authorization::Fetch(id) => Decision::Send(id),
-        Authorization::Wait(id) => Decision::Wait(id),
+        // This caller's request or another's: the engine sends it either way.
+        Authorization::Fetch(id) | Authorization::Wait(id) => Decision::Wait(id),
     };
-    let mut requests = registry.drain(core);
+    let requests = registry.drain(core);
     match decision {
         Decision::Done(result) => Step::Done(result, requests),
-        Decision::Send(id) => match requests.iter().position(|r| r.id() == id) {
-            Some(index) => {
-                let own = requests.swap_remove(index);
-                Step::Send {
-                    own,
-                    others: requests,
-                }
-            }
-            // Drained already by someone else: wait for it like any other.
-            None => Step::Wait {
-                id,
-                others: requests,
-            },
-        },
-        Decision::Wait(id) => Step::Wait {
-            id,
-            others: requests,
-        },
+        Decision::Wait(id) => Step::Wait { id, requests },
     }
 }
 
@@ -175,7 +153,10 @@ mod tests {
     fn send_then_wait_then_done() {
         let (mut core, registry, key) = setup();
         let now = Now::from_secs(0);
-        let Step::Send { own, others } = step(
+        let Step::Wait {
+            id: first,
+            requests,
+        } = step(
             &mut core,
             &registry,
             key,
@@ -183,10 +164,14 @@ mod tests {
             now,
             false,
             &mut Some(|a: &Attach<'_>| a.header().clone()),
-        ) else {
+        )
+        else {
             panic!()
         };
-        assert!(others.is_empty());
+        // The caller's own request is handed out to be dispatched, not sent by the caller.
+        assert_eq!(requests.len(), 1);
+        let own = requests.into_iter().next().unwrap();
+        assert_eq!(own.id(), first);
         let Step::Wait { id, .. } = step(
             &mut core,
             &registry,

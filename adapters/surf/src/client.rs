@@ -76,10 +76,13 @@ impl std::fmt::Debug for ClientOptions {
 ///
 /// Waiting uses `event-listener` and timers use `async-io`: no executor
 /// thread is ever blocked, no lock is held across an `.await`, and the same
-/// client works under async-std, smol and tokio. Refreshes ahead of expiry run
-/// on a background thread of the client's own (which drives its request to
-/// completion with `async_io::block_on`), so they never occupy the caller's
-/// executor; the thread stops when the last clone is dropped.
+/// client works under async-std, smol and tokio. Every token request (the
+/// first fetch as much as a refresh ahead of expiry) runs on a thread of the
+/// client's own, which drives it to completion with `async_io::block_on`: it
+/// never occupies the caller's executor, and a caller whose future is dropped
+/// while it waits (a timeout, `select!`) leaves the request running and every
+/// other waiter to be woken by its outcome. The timer thread stops when the
+/// last clone is dropped.
 ///
 /// Every token and discovery request (the middleware's too) goes through the
 /// [`TokenTransport`] given here: [`DirectHttp`](crate::DirectHttp)
@@ -403,8 +406,10 @@ impl AsyncTokenClient {
 }
 
 impl AsyncTokenClient {
-    /// The slow path: asks the core until it attaches or fails, sending this
-    /// caller's own token request from this task and awaiting others' requests.
+    /// The slow path: asks the core until it attaches or fails, awaiting the
+    /// token requests the engine sends on its own threads. Cancel-safe: a
+    /// caller dropped while it waits leaves the request and every other
+    /// waiter to the engine.
     async fn acquire<R>(
         &self,
         key: KeyId,
@@ -430,26 +435,12 @@ impl AsyncTokenClient {
                 round
             };
             match round {
-                Step::Done(result, others) => {
-                    engine.dispatch(others);
+                Step::Done(result, requests) => {
+                    engine.dispatch(requests);
                     return result;
                 }
-                Step::Send { own, others } => {
-                    engine.dispatch(others);
-                    let id = own.id();
-                    let max_body = engine.lock_core().config().max_response_body;
-                    let outcome = transport::send(
-                        &self.io.http,
-                        &self.io.proxy,
-                        own.into_request(),
-                        max_body,
-                        self.io.timeout,
-                    )
-                    .await;
-                    engine.finish(id, outcome);
-                }
-                Step::Wait { id, others } => {
-                    engine.dispatch(others);
+                Step::Wait { id, requests } => {
+                    engine.dispatch(requests);
                     self.wait_for(key, id).await;
                 }
             }

@@ -346,8 +346,8 @@ impl TokenClient {
 }
 
 impl TokenClient {
-    /// The slow path: asks the core until it attaches or fails, sending this
-    /// caller's own token request inline and waiting on others' requests.
+    /// The slow path: asks the core until it attaches or fails, waiting for
+    /// the token requests the engine sends on its own threads.
     fn acquire<R>(
         &self,
         key: KeyId,
@@ -370,21 +370,15 @@ impl TokenClient {
             );
             engine.notify_timers();
             match round {
-                Step::Done(result, others) => {
+                Step::Done(result, requests) => {
                     drop(core);
-                    engine.dispatch(others);
+                    engine.dispatch(requests);
                     return result;
                 }
-                Step::Send { own, others } => {
-                    drop(core);
-                    engine.dispatch(others);
-                    engine.send_blocking(own);
-                    core = engine.lock_core();
-                }
-                Step::Wait { id, others } => {
-                    if !others.is_empty() {
+                Step::Wait { id, requests } => {
+                    if !requests.is_empty() {
                         drop(core);
-                        engine.dispatch(others);
+                        engine.dispatch(requests);
                         core = engine.lock_core();
                     }
                     // Checked under the lock, so the end of the flight cannot be missed.

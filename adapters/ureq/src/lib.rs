@@ -24,7 +24,8 @@
 //!                       ▼
 //!                  lock core ─► authorize ─ Attach ─► header (a Stale token also queues a refresh,
 //!                                    │                          sent on its own thread)
-//!                                    ├─ Fetch ─► send it on this thread, feed the answer back
+//!                                    ├─ Fetch ─► the engine sends it on its own thread;
+//!                                    │           condvar until it ends, ask again
 //!                                    ├─ Wait  ─► condvar until that request ends, ask again
 //!                                    └─ Unavailable ─► Error::Unavailable (backing off)
 //! ```
@@ -72,9 +73,9 @@ pub use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 pub use token_keeper_driver::{
     clock, error, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
 };
-#[cfg(any(feature = "rustls", feature = "native-tls"))]
-pub use transport::tls_config;
 /// Private keys on ring: the default signer for DPoP proofs and
 /// `private_key_jwt` (the `keys` feature, on by default).
 #[cfg(feature = "keys")]
 pub use token_keeper_keys::{self as keys, PrivateKey};
+#[cfg(any(feature = "rustls", feature = "native-tls"))]
+pub use transport::tls_config;
