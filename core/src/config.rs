@@ -15,9 +15,10 @@ use zeroize::Zeroizing;
 
 use crate::jose::Signer;
 
-use crate::discovery::{parse_issuer, IssuerProblem, ServerMetadata};
+use crate::discovery::{parse_issuer, ServerMetadata};
 use crate::error::ConfigError;
 use crate::key::{validate_param_name, validate_resource, Scope};
+use crate::url::{HttpUrl, UrlError};
 
 /// A client secret. Its `Debug` output is redacted and its memory is wiped on drop.
 #[derive(Clone, PartialEq, Eq)]
@@ -432,35 +433,32 @@ impl Default for ManagerConfig {
     }
 }
 
+/// Checks a token endpoint with the crate's one URL rule ([`HttpUrl`]):
+/// `https`, or `http` on loopback, no user information, a valid port, no
+/// fragment (RFC 6749 §3.2).
 fn parse_endpoint(url: &str) -> Result<Uri, ConfigError> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| ConfigError::new("token endpoint is not a valid URL"))?;
-    let host = uri
-        .host()
-        .filter(|host| !host.is_empty())
-        .ok_or_else(|| ConfigError::new("token endpoint has no host"))?;
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    if authority.contains('@') {
-        // Never echoed: the user information may be a password.
-        return Err(ConfigError::new(
-            "token endpoint carries user information; give credentials as ClientAuth",
-        ));
-    }
-    // `http` parses `:99999` and `:x` as "no port"; a client would then quietly
-    // send the secret to the default port.
-    let after_host = authority.get(host.len()..).unwrap_or("");
-    if !matches!(after_host, "" | ":") && uri.port_u16().is_none() {
-        return Err(ConfigError::new("token endpoint has an invalid port"));
-    }
-    match uri.scheme_str() {
-        Some("https") => Ok(uri),
-        Some("http") if is_loopback_host(host) => Ok(uri),
-        Some("http") => Err(ConfigError::new(
-            "token endpoint uses http on a non-loopback host; use https",
-        )),
-        _ => Err(ConfigError::new("token endpoint must be an http(s) URL")),
-    }
+    HttpUrl::parse(url)
+        .and_then(HttpUrl::require_credential_safe)
+        .map(HttpUrl::into_uri)
+        .map_err(|error| {
+            ConfigError::new(match error {
+                UrlError::NotUrl | UrlError::TooLong => "token endpoint is not a valid URL",
+                UrlError::NotHttp => "token endpoint must be an http(s) URL",
+                UrlError::NoHost => "token endpoint has no host",
+                UrlError::InvalidHost => "token endpoint has an invalid host",
+                // Never echoed: the user information may be a password.
+                UrlError::UserInfo => {
+                    "token endpoint carries user information; give credentials as ClientAuth"
+                }
+                UrlError::InvalidPort => "token endpoint has an invalid port",
+                UrlError::Fragment => "token endpoint has a fragment (RFC 6749 §3.2 forbids one)",
+                UrlError::PlainHttp => "token endpoint uses http on a non-loopback host; use https",
+                // Only origins and issuers refuse a path or a query.
+                UrlError::UnexpectedPath | UrlError::UnexpectedQuery => {
+                    "token endpoint is not a valid URL"
+                }
+            })
+        })
 }
 
 /// Refuses an [`AssertionAudience::Issuer`] that is no issuer identifier:
@@ -470,23 +468,30 @@ fn check_assertion_audience(audience: &AssertionAudience) -> Result<(), ConfigEr
     let AssertionAudience::Issuer(issuer) = audience else {
         return Ok(());
     };
-    parse_issuer(issuer).map(drop).map_err(|problem| {
-        ConfigError::new(match problem {
-            IssuerProblem::NotUrl => "private_key_jwt assertion audience: the issuer is not a valid URL",
-            IssuerProblem::NoHost => "private_key_jwt assertion audience: the issuer has no host",
-            IssuerProblem::NotHttps => {
+    parse_issuer(issuer).map(drop).map_err(|error| {
+        ConfigError::new(match error {
+            UrlError::NotUrl | UrlError::TooLong => {
+                "private_key_jwt assertion audience: the issuer is not a valid URL"
+            }
+            UrlError::NoHost => "private_key_jwt assertion audience: the issuer has no host",
+            UrlError::InvalidHost => {
+                "private_key_jwt assertion audience: the issuer has an invalid host"
+            }
+            UrlError::NotHttp | UrlError::PlainHttp => {
                 "private_key_jwt assertion audience: the issuer must be an https URL (or http on loopback)"
             }
-            IssuerProblem::QueryOrFragment => {
+            UrlError::UnexpectedQuery | UrlError::Fragment | UrlError::UnexpectedPath => {
                 "private_key_jwt assertion audience: the issuer must not have a query or fragment"
+            }
+            UrlError::UserInfo => {
+                "private_key_jwt assertion audience: the issuer carries user information"
+            }
+            UrlError::InvalidPort => {
+                "private_key_jwt assertion audience: the issuer has an invalid port"
             }
         })
     })
 }
-
-/// Whether `host` (as written in a URL) names this machine; the one
-/// definition lives in [`crate::proxy`].
-pub(crate) use crate::proxy::is_loopback_host;
 
 #[cfg(test)]
 mod tests {
@@ -520,6 +525,71 @@ mod tests {
         assert!(ClientConfig::new("https://[::1]:8443/token", "c", secret()).is_ok());
         assert!(ClientConfig::new("not a url", "c", secret()).is_err());
         assert!(ClientConfig::new("https://as.example/token", "", secret()).is_err());
+    }
+
+    #[test]
+    fn endpoint_rules_are_the_shared_url_rules() {
+        // New refusals, now that the endpoint goes through `HttpUrl`: a
+        // fragment (RFC 6749 §3.2), port 0, a signed port, brackets around
+        // no IPv6 address. The rest were refused before, with these words.
+        for (url, why) in [
+            ("https://as.example/token#x", "fragment"),
+            ("https://as.example/token#", "fragment"),
+            ("https://as.example:0/token", "invalid port"),
+            ("https://as.example:+443/token", "invalid port"),
+            ("https://as.example:x/token", "invalid port"),
+            ("https://[v1.x]/token", "invalid host"),
+            ("https://user@as.example/token", "user information"),
+            ("http://user:pw@127.0.0.1/token", "user information"),
+            ("http://localhost./token", "https"),
+            ("http://127.1/token", "https"),
+        ] {
+            let err = ClientConfig::new(url, "c", secret()).unwrap_err();
+            assert!(err.to_string().contains(why), "{url}: {err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
+        // Still accepted: an empty port means the default one; the endpoint
+        // keeps its path, query and spelling.
+        for url in [
+            "https://as.example:/token",
+            "https://as.example:65535/token",
+            "https://AS.example/Token?tenant=a",
+            "HTTP://LOCALHOST:8080/token",
+        ] {
+            let config = ClientConfig::new(url, "c", secret()).unwrap();
+            assert_eq!(
+                config.token_endpoint(),
+                &url.parse::<Uri>().unwrap(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_issuer_audience_follows_the_issuer_rules() {
+        let check = |issuer: &str| {
+            check_assertion_audience(&AssertionAudience::Issuer(issuer.to_owned()))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(check("https://as.example/realms/a"), Ok(()));
+        assert_eq!(check("http://[::1]:8080"), Ok(()));
+        // New refusals: user information, invalid ports and hosts. A query
+        // and plain http off loopback were refused before, and still are.
+        for (issuer, why) in [
+            ("https://svc:pw@as.example", "user information"),
+            ("https://as.example:99999", "invalid port"),
+            ("https://as.example:0", "invalid port"),
+            ("https://[v1.x]", "invalid host"),
+            ("https://as.example?x", "query or fragment"),
+            ("http://127.1", "https"),
+        ] {
+            let err = check(issuer).unwrap_err();
+            assert!(
+                err.contains("assertion audience") && err.contains(why),
+                "{issuer}: {err}"
+            );
+            assert!(!err.contains("pw"), "{err}");
+        }
     }
 
     #[test]

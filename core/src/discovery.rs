@@ -7,7 +7,9 @@
 //! first is missing (404, 405, 410, or 501). The document must name the same
 //! `issuer` it was fetched for (RFC 8414 §3.3, a defence against a
 //! compromised or misconfigured server impersonating another), and its
-//! `token_endpoint` must be `https` (or `http` on loopback).
+//! `token_endpoint` passes the same check as a configured one ([`HttpUrl`],
+//! credential-safe): `https` (or `http` on loopback), no user information,
+//! a valid port, no fragment.
 //!
 //! Like the rest of the core this is sans-IO: it builds the requests and reads
 //! the responses; the adapter sends them and caches the result.
@@ -32,8 +34,8 @@ use http::header::ACCEPT;
 use http::{HeaderValue, Method, StatusCode, Uri};
 use serde::Deserialize;
 
-use crate::config::is_loopback_host;
 use crate::error::{clean_text, ConfigError};
+use crate::url::{HttpUrl, UrlError};
 
 /// Largest discovery document accepted (64 KiB; real ones are a few KiB).
 pub const MAX_DISCOVERY_DOCUMENT: usize = 64 * 1024;
@@ -132,20 +134,26 @@ impl Discovery {
     /// Starts discovery for `issuer` (an `https` URL, or `http` on loopback,
     /// with no query or fragment).
     pub fn new(issuer: &str) -> Result<Discovery, ConfigError> {
-        let uri = parse_issuer(issuer).map_err(|problem| {
-            ConfigError::new(match problem {
-                IssuerProblem::NotUrl => "issuer is not a valid URL",
-                IssuerProblem::NoHost => "issuer has no host",
-                IssuerProblem::NotHttps => "issuer must be an https URL (or http on loopback)",
-                IssuerProblem::QueryOrFragment => "issuer must not have a query or fragment",
+        let url = parse_issuer(issuer).map_err(|error| {
+            ConfigError::new(match error {
+                UrlError::NotUrl | UrlError::TooLong => "issuer is not a valid URL",
+                UrlError::NoHost => "issuer has no host",
+                UrlError::InvalidHost => "issuer has an invalid host",
+                UrlError::NotHttp | UrlError::PlainHttp => {
+                    "issuer must be an https URL (or http on loopback)"
+                }
+                UrlError::UnexpectedQuery | UrlError::Fragment | UrlError::UnexpectedPath => {
+                    "issuer must not have a query or fragment"
+                }
+                // Never echoed: the user information may be a password.
+                UrlError::UserInfo => "issuer carries user information",
+                UrlError::InvalidPort => "issuer has an invalid port",
             })
         })?;
-        let authority = uri.authority().expect("a URL with a host has an authority");
-        let scheme = uri.scheme_str().expect("checked above");
-        let path = uri.path().trim_end_matches('/');
-        let openid = format!("{scheme}://{authority}{path}/.well-known/openid-configuration");
-        let rfc8414 =
-            format!("{scheme}://{authority}/.well-known/oauth-authorization-server{path}");
+        let origin = url.origin();
+        let path = url.uri().path().trim_end_matches('/');
+        let openid = format!("{origin}{path}/.well-known/openid-configuration");
+        let rfc8414 = format!("{origin}/.well-known/oauth-authorization-server{path}");
         let parse = |s: String| {
             s.parse::<Uri>()
                 .map_err(|_| ConfigError::new("issuer is not a valid URL"))
@@ -191,32 +199,15 @@ impl Discovery {
     }
 }
 
-/// What makes a string no issuer identifier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum IssuerProblem {
-    NotUrl,
-    NoHost,
-    NotHttps,
-    QueryOrFragment,
-}
-
-/// Checks an issuer identifier (RFC 8414 §2): an `https` URL (or `http` on
-/// a loopback host) with a host and no query or fragment.
-pub(crate) fn parse_issuer(issuer: &str) -> Result<Uri, IssuerProblem> {
-    let uri: Uri = issuer.parse().map_err(|_| IssuerProblem::NotUrl)?;
-    let host = uri
-        .host()
-        .filter(|h| !h.is_empty())
-        .ok_or(IssuerProblem::NoHost)?;
-    match uri.scheme_str() {
-        Some("https") => {}
-        Some("http") if is_loopback_host(host) => {}
-        _ => return Err(IssuerProblem::NotHttps),
+/// Checks an issuer identifier (RFC 8414 §2) with the crate's one URL rule
+/// ([`HttpUrl`]): an `https` URL (or `http` on a loopback host) with a host,
+/// a valid port, no user information, and no query or fragment.
+pub(crate) fn parse_issuer(issuer: &str) -> Result<HttpUrl, UrlError> {
+    let url = HttpUrl::parse(issuer)?.require_credential_safe()?;
+    if url.uri().query().is_some() {
+        return Err(UrlError::UnexpectedQuery);
     }
-    if uri.query().is_some() || issuer.contains('#') {
-        return Err(IssuerProblem::QueryOrFragment);
-    }
-    Ok(uri)
+    Ok(url)
 }
 
 #[derive(Deserialize)]
@@ -261,19 +252,23 @@ pub fn parse_metadata(
         Some(_) => return Err(DiscoveryError::InvalidTokenEndpoint("is not a string")),
         None => return Err(DiscoveryError::InvalidTokenEndpoint("is missing")),
     };
-    let uri: Uri = token_endpoint
-        .parse()
-        .map_err(|_| DiscoveryError::InvalidTokenEndpoint("is not a valid URL"))?;
-    let secure = match (uri.scheme_str(), uri.host()) {
-        (Some("https"), Some(host)) => !host.is_empty(),
-        (Some("http"), Some(host)) => is_loopback_host(host),
-        _ => false,
-    };
-    if !secure {
-        return Err(DiscoveryError::InvalidTokenEndpoint(
-            "must be https (or http on loopback)",
-        ));
-    }
+    // The same rule as a configured token endpoint: user information and
+    // invalid ports are refused here too.
+    HttpUrl::parse(&token_endpoint)
+        .and_then(HttpUrl::require_credential_safe)
+        .map_err(|error| {
+            DiscoveryError::InvalidTokenEndpoint(match error {
+                UrlError::NotUrl | UrlError::TooLong => "is not a valid URL",
+                UrlError::NotHttp | UrlError::PlainHttp => "must be https (or http on loopback)",
+                UrlError::NoHost => "has no host",
+                UrlError::InvalidHost => "has an invalid host",
+                // Never echoed: the user information may be a password.
+                UrlError::UserInfo => "carries user information",
+                UrlError::InvalidPort => "has an invalid port",
+                UrlError::Fragment => "has a fragment",
+                UrlError::UnexpectedPath | UrlError::UnexpectedQuery => "is not a valid URL",
+            })
+        })?;
     Ok(ServerMetadata {
         issuer,
         token_endpoint,
@@ -331,6 +326,84 @@ mod tests {
         assert!(Discovery::new("https://as.example/?x=1").is_err());
         assert!(Discovery::new("nope").is_err());
         assert!(Discovery::new("https://:443").is_err(), "an empty host");
+    }
+
+    #[test]
+    fn issuers_follow_the_shared_url_rules() {
+        // Scheme and host case and the default port are normalised in the
+        // well-known URLs; the issuer compared with the document is not.
+        let d = Discovery::new("HTTPS://AS.Example:443/Tenant").unwrap();
+        assert_eq!(
+            d.candidates[0],
+            "https://as.example/Tenant/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            d.candidates[1],
+            "https://as.example/.well-known/oauth-authorization-server/Tenant"
+        );
+        assert_eq!(d.issuer, "HTTPS://AS.Example:443/Tenant");
+        let d = Discovery::new("http://[::1]:9000/").unwrap();
+        assert_eq!(
+            d.candidates[0],
+            "http://[::1]:9000/.well-known/openid-configuration"
+        );
+        // New refusals: user information, invalid ports. A fragment, a
+        // query and plain http off loopback were refused before, and still are.
+        for (issuer, why) in [
+            ("https://svc:pw@as.example", "user information"),
+            ("https://as.example:99999", "invalid port"),
+            ("https://as.example:x", "invalid port"),
+            ("https://as.example:0", "invalid port"),
+            ("https://as.example#", "query or fragment"),
+            ("https://as.example?", "query or fragment"),
+            ("http://localhost.", "https"),
+        ] {
+            let err = Discovery::new(issuer).unwrap_err().to_string();
+            assert!(err.contains(why), "{issuer}: {err}");
+            assert!(!err.contains("pw"), "{err}");
+        }
+    }
+
+    #[test]
+    fn discovered_token_endpoints_follow_the_shared_url_rules() {
+        // All but the last were accepted before: discovery skipped the
+        // user-information, port and fragment checks of a configured endpoint.
+        for (endpoint, why) in [
+            ("https://as.example:99999/token", "has an invalid port"),
+            ("https://as.example:0/token", "has an invalid port"),
+            ("https://as.example:x/token", "has an invalid port"),
+            (
+                "https://user:pw@as.example/token",
+                "carries user information",
+            ),
+            ("https://pw@as.example/token", "carries user information"),
+            ("https://as.example/token#pw", "has a fragment"),
+            ("https://[v1.x]/token", "has an invalid host"),
+            ("http://127.1/token", "must be https"),
+        ] {
+            let body =
+                format!(r#"{{"issuer":"https://as.example","token_endpoint":"{endpoint}"}}"#);
+            let error = parse_metadata(body.as_bytes(), "https://as.example").unwrap_err();
+            assert!(
+                matches!(error, DiscoveryError::InvalidTokenEndpoint(_)),
+                "{endpoint}: {error:?}"
+            );
+            let text = format!("{error} {error:?}");
+            assert!(text.contains(why), "{endpoint}: {text}");
+            assert!(!text.contains("pw"), "{endpoint}: {text}");
+        }
+        // An explicit default port, an empty port and loopback http pass,
+        // kept as written.
+        for endpoint in [
+            "https://as.example:443/token",
+            "https://as.example:/token",
+            "http://127.0.0.1:8080/token",
+        ] {
+            let body =
+                format!(r#"{{"issuer":"https://as.example","token_endpoint":"{endpoint}"}}"#);
+            let metadata = parse_metadata(body.as_bytes(), "https://as.example").unwrap();
+            assert_eq!(metadata.token_endpoint(), endpoint);
+        }
     }
 
     #[test]

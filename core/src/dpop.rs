@@ -14,8 +14,11 @@
 //! {"error":"use_dpop_nonce"}` and a resource server with `401` and
 //! `WWW-Authenticate: DPoP error="use_dpop_nonce"`, each with a `DPoP-Nonce`
 //! header. The [`NonceStore`] keeps the latest nonce per origin (scheme, host,
-//! port), with an expiry, and any response's `DPoP-Nonce` replaces it; a nonce
-//! is never sent to another origin.
+//! port: an [`Origin`], shown as [`origin_of`] shows it), with an expiry, and
+//! any response's `DPoP-Nonce` replaces it; a nonce is never sent to another
+//! origin. Origins and `htu` come from [`crate::url`], the crate's one URL
+//! check: a URI with user information or an invalid port has neither, so no
+//! proof is made for it and no nonce is kept for it.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +28,7 @@ use serde_json::{json, Value};
 
 use crate::jose::{sha256_base64url, sign_jwt, SignError, Signer};
 use crate::time::Instant;
+use crate::url::{HttpUrl, Origin};
 
 /// The `DPoP` request header.
 pub const DPOP: &str = "dpop";
@@ -36,25 +40,18 @@ const MAX_NONCE_LEN: usize = 512;
 /// Most origins whose nonces are remembered; the oldest is forgotten first.
 const MAX_ORIGINS: usize = 1024;
 
-/// `scheme://host[:port]`, lowercased, default ports dropped: what nonces are kept per.
+/// The [`Origin`] of `uri` as nonces are kept per: `scheme://host[:port]`,
+/// lowercase, the default port left out, IPv6 bracketed. `None` unless `uri`
+/// is an absolute `http(s)` URL that passes [`Origin::of`]'s checks (no user
+/// information, a valid port).
 pub fn origin_of(uri: &Uri) -> Option<String> {
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let host = uri.host()?.to_ascii_lowercase();
-    let default = match scheme.as_str() {
-        "https" => 443,
-        "http" => 80,
-        _ => return None,
-    };
-    Some(match uri.port_u16() {
-        Some(port) if port != default => format!("{scheme}://{host}:{port}"),
-        _ => format!("{scheme}://{host}"),
-    })
+    Origin::of(uri).ok().map(|origin| origin.to_string())
 }
 
-/// The `htu` claim: the URI without query and fragment (RFC 9449 §4.2).
+/// The `htu` claim ([`HttpUrl::htu`]): the URI without query and fragment
+/// (RFC 9449 §4.2); `None` when [`origin_of`] is.
 pub fn htu_of(uri: &Uri) -> Option<String> {
-    let origin = origin_of(uri)?;
-    Some(format!("{origin}{}", uri.path()))
+    HttpUrl::from_uri(uri.clone()).ok().map(|url| url.htu())
 }
 
 /// A server nonce, if the header holds a usable one (visible ASCII, bounded).
@@ -133,8 +130,9 @@ pub fn proof(
     nonce: Option<&str>,
     access_token: Option<&str>,
 ) -> Result<HeaderValue, SignError> {
-    let htu =
-        htu_of(uri).ok_or_else(|| SignError("the request URI has no http(s) origin".into()))?;
+    let htu = HttpUrl::from_uri(uri.clone())
+        .map_err(|error| SignError(format!("the request URI has no http(s) origin: {error}")))?
+        .htu();
     let header = json!({
         "typ": "dpop+jwt",
         "alg": signer.algorithm().name(),
@@ -169,6 +167,110 @@ mod tests {
         let uri: Uri = "http://127.0.0.1:8080/token".parse().unwrap();
         assert_eq!(origin_of(&uri).unwrap(), "http://127.0.0.1:8080");
         assert!(origin_of(&"/relative".parse().unwrap()).is_none());
+        let uri: Uri = "http://[::1]:8080/t?x".parse().unwrap();
+        assert_eq!(origin_of(&uri).unwrap(), "http://[::1]:8080");
+        assert_eq!(htu_of(&uri).unwrap(), "http://[::1]:8080/t");
+        let uri: Uri = "https://[2001:DB8::1]:443".parse().unwrap();
+        assert_eq!(origin_of(&uri).unwrap(), "https://[2001:db8::1]");
+        assert_eq!(htu_of(&uri).unwrap(), "https://[2001:db8::1]/");
+    }
+
+    #[test]
+    fn no_origin_for_urls_the_shared_rules_refuse() {
+        // Before, user information was dropped and `:99999` read as the
+        // default port, so a nonce from one server was keyed to another
+        // origin, and `htu` named a port the request never went to.
+        for text in [
+            "https://user:pw@api.example/x",
+            "https://api.example:99999/x",
+            "https://api.example:0/x",
+            "https://api.example:x/x",
+            "ftp://api.example/x",
+            "https://:443/x",
+        ] {
+            let uri: Uri = text.parse().unwrap();
+            assert_eq!(origin_of(&uri), None, "{text}");
+            assert_eq!(htu_of(&uri), None, "{text}");
+            let mut store = NonceStore::default();
+            let mut headers = HeaderMap::new();
+            headers.insert(DPOP_NONCE, HeaderValue::from_static("n-1"));
+            assert!(
+                !store.update_from(
+                    &uri,
+                    &headers,
+                    Instant::from_secs(0),
+                    Duration::from_secs(9)
+                ),
+                "{text}"
+            );
+            assert_eq!(
+                store.get("https://api.example", Instant::from_secs(1)),
+                None,
+                "{text}"
+            );
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeSigner(crate::jose::PublicJwk);
+
+    impl Signer for FakeSigner {
+        fn algorithm(&self) -> crate::jose::Algorithm {
+            crate::jose::Algorithm::ES256
+        }
+        fn public_jwk(&self) -> &crate::jose::PublicJwk {
+            &self.0
+        }
+        fn sign(&self, input: &[u8]) -> Result<Vec<u8>, SignError> {
+            Ok(sha256_base64url(input).into_bytes())
+        }
+    }
+
+    /// The claims of a proof for `uri`, or why none was made.
+    fn proof_claims(uri: &str) -> Result<Value, SignError> {
+        use base64::Engine as _;
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": "x", "y": "y"});
+        let signer = FakeSigner(crate::jose::PublicJwk::new(jwk.as_object().unwrap()).unwrap());
+        let uri: Uri = uri.parse().unwrap();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let header = proof(&signer, &Method::GET, &uri, wall, "j-1", None, None)?;
+        let claims = header
+            .to_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap();
+        Ok(serde_json::from_slice(&claims).unwrap())
+    }
+
+    #[test]
+    fn proofs_name_the_htu_of_the_shared_url_type() {
+        for (uri, htu) in [
+            (
+                "HTTPS://API.Example.com:443/a/b?q=1",
+                "https://api.example.com/a/b",
+            ),
+            ("http://[::1]:8080/token", "http://[::1]:8080/token"),
+            ("https://api.example.com", "https://api.example.com/"),
+        ] {
+            assert_eq!(proof_claims(uri).unwrap()["htu"], htu, "{uri}");
+        }
+        // Refused now (before: a proof for the default port, user
+        // information dropped); the error never shows the password.
+        for (uri, why) in [
+            ("https://api.example:99999/x", "invalid port"),
+            ("https://user:pw@api.example/x", "user information"),
+            ("ftp://api.example/x", "http or https"),
+        ] {
+            let error = proof_claims(uri).unwrap_err().to_string();
+            assert!(error.contains("no http(s) origin"), "{uri}: {error}");
+            assert!(error.contains(why), "{uri}: {error}");
+            assert!(!error.contains("pw"), "{uri}: {error}");
+        }
     }
 
     #[test]

@@ -138,7 +138,9 @@
 //! [`challenge`] (`WWW-Authenticate`), [`retry_after`], [`discovery`]
 //! (issuer metadata), [`jose`] (signers, JWKs, thumbprints, JWS), [`dpop`]
 //! (proofs and nonces), [`snapshot`] (the lock-free read path), [`event`],
-//! [`error`], [`time`] and [`random`] (the injected source of `jti`s and jitter).
+//! [`error`], [`time`], [`random`] (the injected source of `jti`s and jitter)
+//! and [`url`] (the one check of URLs and origins: https or loopback, ports,
+//! user information).
 //!
 //! ## DPoP and `private_key_jwt`
 //!
@@ -170,6 +172,7 @@ pub mod response;
 pub mod retry_after;
 pub mod snapshot;
 pub mod time;
+pub mod url;
 
 pub use config::{
     AssertionAudience, BackoffPolicy, ClientAuth, ClientConfig, ClientSecret, ManagerConfig,
@@ -191,3 +194,4 @@ pub use request::{RequestId, TokenRequest};
 pub use response::{AccessToken, TokenResponse, TokenType};
 pub use snapshot::Snapshot;
 pub use time::{Clock, Instant, ManualClock, Now};
+pub use url::{HttpUrl, Origin, Scheme, UrlError};

@@ -11,6 +11,12 @@
 //! * A loopback destination ([`is_loopback_host`]: `localhost`,
 //!   `127.0.0.0/8`, `::1`, `::ffff:127.x.y.z`) is **never** proxied,
 //!   whatever the settings.
+//! * A destination's scheme, host and port are its [`Origin`], the crate's
+//!   one URL check. One that has none (not an absolute `http(s)` URL, user
+//!   information, an invalid port such as `:99999`) goes direct if no proxy
+//!   is configured, and is
+//!   [`ProxyDecision::Unsupported`] if one would be used: it is never
+//!   tunnelled to a guessed default port.
 //! * Settings are [`ProxySettings::none`], [`ProxySettings::explicit`], or
 //!   [`ProxySettings::from_env_vars`], which reads the environment the way
 //!   curl does from (name, value) pairs the driver passes in (this crate
@@ -81,6 +87,8 @@ use base64::Engine as _;
 use http::{HeaderValue, Uri};
 use zeroize::Zeroizing;
 
+use crate::url::{Origin, Scheme, UrlError};
+
 /// Longest proxy URL accepted, in bytes.
 const MAX_PROXY_URL: usize = 2048;
 /// Longest `NO_PROXY` accepted, in bytes.
@@ -92,6 +100,29 @@ const DEFAULT_PROXY_PORT: u16 = 1080;
 
 const NOT_HTTP_DESTINATION: &str =
     "the destination is not an absolute http or https URL, so no proxy rule applies to it";
+
+/// Why a destination without an [`Origin`] cannot be proxied.
+fn unusable_destination(error: UrlError) -> &'static str {
+    match error {
+        UrlError::UserInfo => {
+            "the destination URL carries user information, so it is not sent through a proxy"
+        }
+        UrlError::InvalidPort => {
+            "the destination URL has an invalid port, so there is no port to tunnel to"
+        }
+        UrlError::InvalidHost => {
+            "the destination URL has an invalid host, so there is no host to tunnel to"
+        }
+        UrlError::NotUrl
+        | UrlError::TooLong
+        | UrlError::NotHttp
+        | UrlError::NoHost
+        | UrlError::Fragment
+        | UrlError::UnexpectedPath
+        | UrlError::UnexpectedQuery
+        | UrlError::PlainHttp => NOT_HTTP_DESTINATION,
+    }
+}
 
 /// Whether `host` (as written in a URL, IPv6 with or without brackets) names
 /// this machine without asking a resolver: `localhost` (any case), an IP
@@ -393,31 +424,37 @@ impl ProxySettings {
 
     /// What to do for the destination `uri` (the token endpoint or API URL
     /// about to be called).
+    ///
+    /// The destination's scheme, host and port are its [`Origin`] (the
+    /// crate's one URL check). A destination that has none (not an absolute
+    /// `http(s)` URL, user information, an invalid port) still goes direct
+    /// when its host is loopback or when no proxy is configured, and is
+    /// [`ProxyDecision::Unsupported`] otherwise: which port a proxy would
+    /// tunnel to cannot be known.
     pub fn decide(&self, uri: &Uri) -> ProxyDecision<'_> {
         let never_proxies = self.http.is_none() && self.https.is_none();
-        let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
-            return if never_proxies {
-                ProxyDecision::Direct
-            } else {
-                ProxyDecision::Unsupported(NOT_HTTP_DESTINATION)
-            };
+        let destination = match Origin::of(uri) {
+            Ok(origin) => origin,
+            // Loopback stays direct whatever else is wrong with the URL.
+            Err(_) if uri.host().is_some_and(is_loopback_host) => return ProxyDecision::Direct,
+            Err(_) if never_proxies => return ProxyDecision::Direct,
+            Err(error) => return ProxyDecision::Unsupported(unusable_destination(error)),
         };
-        if is_loopback_host(host) {
+        if destination.is_loopback() {
             return ProxyDecision::Direct;
         }
-        let (slot, default_port) = match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("http") => (&self.http, 80),
-            Some(s) if s.eq_ignore_ascii_case("https") => (&self.https, 443),
-            _ if never_proxies => return ProxyDecision::Direct,
-            _ => return ProxyDecision::Unsupported(NOT_HTTP_DESTINATION),
+        let slot = match destination.scheme() {
+            Scheme::Http => &self.http,
+            Scheme::Https => &self.https,
         };
         let Some(slot) = slot else {
             return ProxyDecision::Direct;
         };
-        let port = uri.port_u16().unwrap_or(default_port);
         match &self.no_proxy {
             NoProxy::Refused(reason) => return ProxyDecision::Unsupported(reason),
-            list if list.exempts(host, port) => return ProxyDecision::Direct,
+            list if list.exempts(destination.host(), destination.port()) => {
+                return ProxyDecision::Direct
+            }
             _ => {}
         }
         match slot {
@@ -1913,6 +1950,54 @@ mod tests {
         );
         // Scheme is case-insensitive.
         assert_eq!(outcome(&proxied, "HTTPS://api.example/"), "tunnel proxy:1");
+    }
+
+    #[test]
+    fn destinations_without_an_origin_are_never_tunnelled_to_a_guess() {
+        let proxied = ProxySettings::explicit("proxy:1", "").unwrap();
+        let exempt_all = ProxySettings::explicit("proxy:1", "*").unwrap();
+        for (destination, why) in [
+            ("https://api.example:99999/x", "invalid port"),
+            ("https://api.example:0/x", "invalid port"),
+            ("https://api.example:x/x", "invalid port"),
+            ("https://user:hunter2@api.example/x", "user information"),
+            ("https://[v1.x]/x", "invalid host"),
+        ] {
+            let destination = uri(destination);
+            // Before: tunnelled (to port 443 for `:99999`), or exempted by `*`.
+            for settings in [&proxied, &exempt_all] {
+                let ProxyDecision::Unsupported(reason) = settings.decide(&destination) else {
+                    panic!("{destination}: not refused");
+                };
+                assert!(reason.contains(why), "{destination}: {reason}");
+                assert!(!reason.contains("hunter2"), "{reason}");
+            }
+            // No proxy configured: direct, as before (the transport refuses it).
+            assert_eq!(
+                ProxySettings::none().decide(&destination),
+                ProxyDecision::Direct
+            );
+        }
+        // Loopback stays direct, whatever else is wrong with the URL.
+        for destination in [
+            "http://user:pw@127.0.0.1/x",
+            "http://localhost:99999/x",
+            "https://[::1]:0/x",
+        ] {
+            assert_eq!(proxied.decide(&uri(destination)), ProxyDecision::Direct);
+        }
+        // Equal origins decide alike: explicit default port, case, IPv6 brackets.
+        let settings = ProxySettings::explicit("proxy:1", "api.example:443, fd00::1").unwrap();
+        for (destination, expected) in [
+            ("https://API.example/x", "direct"),
+            ("https://api.example:443/x", "direct"),
+            ("https://api.example:/x", "direct"),
+            ("https://api.example:8443/x", "tunnel proxy:1"),
+            ("http://api.example/x", "tunnel proxy:1"),
+            ("http://[FD00::1]:8080/x", "direct"),
+        ] {
+            assert_eq!(outcome(&settings, destination), expected, "{destination}");
+        }
     }
 
     #[test]

@@ -3,53 +3,13 @@
 //! A token is attached only to requests whose origin (scheme, host, port) was
 //! configured for it, and only `https` origins or `http` on a loopback host
 //! may be configured: a bearer token sent in clear text is a token given away.
+//! Origins are the core's [`Origin`]: one check of schemes, hosts, ports and
+//! user information for routes, endpoints, DPoP and the proxy decision.
 
 use http::Uri;
-use token_keeper::{ConfigError, KeyId};
+use token_keeper::{ConfigError, KeyId, Origin, UrlError};
 
 use crate::error::Error;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Origin {
-    scheme: String,
-    host: String,
-    port: u16,
-}
-
-impl Origin {
-    fn new(scheme: &str, host: &str, port: Option<u16>) -> Option<Origin> {
-        let scheme = scheme.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "https" => 443,
-            "http" => 80,
-            _ => return None,
-        };
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        if host.is_empty() {
-            return None;
-        }
-        Some(Origin {
-            scheme,
-            host,
-            port: port.unwrap_or(default_port),
-        })
-    }
-
-    fn of(uri: &Uri) -> Option<Origin> {
-        Origin::new(uri.scheme_str()?, uri.host()?, uri.port_u16())
-    }
-
-    fn is_loopback(&self) -> bool {
-        self.host == "localhost"
-            || self
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    }
-}
 
 /// Origins and the keys whose tokens they get.
 #[derive(Clone, Debug, Default)]
@@ -64,17 +24,18 @@ impl Routes {
     }
 
     /// Attaches `key`'s tokens to requests for `origin` (`https://host[:port]`,
-    /// or `http://` on a loopback host).
+    /// or `http://` on a loopback host). An origin is scheme, host and port
+    /// only: a path is refused, since tokens are not routed by path and a
+    /// path that was silently ignored would send them wider than meant.
     pub fn add(&mut self, origin: &str, key: KeyId) -> Result<(), Error> {
-        let uri: Uri = origin
-            .parse()
-            .map_err(|_| Error::Config(ConfigError::new("origin is not a valid URL")))?;
-        let origin = Origin::of(&uri).ok_or_else(|| {
-            Error::Config(ConfigError::new(
-                "origin must be an http(s) URL with a host",
-            ))
+        let origin = Origin::parse(origin).map_err(|e| match e {
+            UrlError::UnexpectedPath => Error::Config(ConfigError::new(
+                "a route is an origin (https://host[:port]), without a path: tokens go to \
+                 every path of the origin",
+            )),
+            other => Error::Config(ConfigError::new(other.reason())),
         })?;
-        if origin.scheme != "https" && !origin.is_loopback() {
+        if !origin.may_carry_credentials() {
             return Err(Error::Config(ConfigError::new(
                 "tokens are attached only to https origins (or http on loopback)",
             )));
@@ -83,22 +44,13 @@ impl Routes {
         Ok(())
     }
 
-    /// The key for a request URI, if its origin is routed.
+    /// The key for a request URI, if its origin is routed. A URI the core's
+    /// URL check refuses (user information, an invalid port) is never routed.
     pub fn key_for(&self, uri: &Uri) -> Option<KeyId> {
-        let origin = Origin::of(uri)?;
-        self.find(&origin)
-    }
-
-    /// The key for a request given by its parts (for HTTP libraries with their own URL type).
-    pub fn key_for_parts(&self, scheme: &str, host: &str, port: Option<u16>) -> Option<KeyId> {
-        let origin = Origin::new(scheme, host, port)?;
-        self.find(&origin)
-    }
-
-    fn find(&self, origin: &Origin) -> Option<KeyId> {
+        let origin = Origin::of(uri).ok()?;
         self.routes
             .iter()
-            .find(|(o, _)| o == origin)
+            .find(|(o, _)| *o == origin)
             .map(|(_, key)| *key)
     }
 }
@@ -161,8 +113,19 @@ mod tests {
             routes.key_for(&"http://127.0.0.1:8080/api".parse().unwrap()),
             Some(key)
         );
-        assert_eq!(routes.key_for_parts("http", "::1", Some(9000)), Some(key));
-        assert_eq!(routes.key_for_parts("http", "127.0.0.1", Some(8081)), None);
+        assert_eq!(
+            routes.key_for(&"http://[::1]:9000/".parse().unwrap()),
+            Some(key)
+        );
+        assert_eq!(
+            routes.key_for(&"http://127.0.0.1:8081/".parse().unwrap()),
+            None
+        );
+        // User information or an invalid port: never routed.
+        assert_eq!(
+            routes.key_for(&"https://u:p@api.example.com/".parse().unwrap()),
+            None
+        );
     }
 
     #[test]
@@ -173,6 +136,10 @@ mod tests {
         assert!(routes.add("ftp://api.example.com", key).is_err());
         assert!(routes.add("not a url", key).is_err());
         assert!(routes.add("http://localhost:1", key).is_ok());
+        // A path is refused, not silently ignored.
+        let error = routes.add("https://api.example.com/v1", key).unwrap_err();
+        assert!(error.to_string().contains("without a path"), "{error}");
+        assert!(routes.add("https://api.example.com/", key).is_ok());
         assert!(may_carry_body("POST") && !may_carry_body("GET"));
     }
 }

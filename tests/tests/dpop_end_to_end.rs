@@ -26,8 +26,8 @@ use token_keeper::time::{Clock, ManualClock};
 use token_keeper::{
     ClientAuth, ClientConfig, ClientSecret, ManagerConfig, PrivateKeyJwt, TokenError,
 };
-use token_keeper_keys::PrivateKey;
 use token_keeper_driver::Error;
+use token_keeper_keys::PrivateKey;
 use token_keeper_testkit::server::{
     ApiFault, Endpoint, JwsVerifier, LocalAuthServer, RecordedCall, ServerConfig,
 };

@@ -30,8 +30,8 @@ use token_keeper::jose::{sha256_base64url, sign_jwt, Algorithm, Signer};
 use token_keeper::{
     AssertionAudience, ClientAuth, ClientConfig, ClientSecret, PrivateKeyJwt, RefreshPolicy,
 };
-use token_keeper_keys::PrivateKey;
 use token_keeper_driver::ClientStats;
+use token_keeper_keys::PrivateKey;
 
 /// Lifetime of the access tokens the server issues (`expires_in`).
 const TOKEN_TTL: Duration = Duration::from_secs(10);

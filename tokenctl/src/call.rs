@@ -30,15 +30,13 @@ pub struct Summary {
 }
 
 fn origin_of(url: &str) -> Result<String, Failure> {
+    // Never echoed: the URL may carry user information.
     let uri: http::Uri = url
         .parse()
-        .map_err(|_| Failure::Usage(format!("{url:?} is not a valid URL")))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some(scheme @ ("http" | "https")), Some(authority)) => {
-            Ok(format!("{scheme}://{authority}"))
-        }
-        _ => Err(Failure::Usage(format!("{url:?} is not an http(s) URL"))),
-    }
+        .map_err(|_| Failure::Usage("the API URL is not a valid URL".to_owned()))?;
+    token_keeper::Origin::of(&uri)
+        .map(|origin| origin.to_string())
+        .map_err(|e| Failure::Usage(format!("the API URL: {}", e.reason())))
 }
 
 /// One API call's failure: what to say and the exit code it implies.

@@ -14,12 +14,12 @@
 
 use std::sync::Arc;
 
+use crate::http1::{Http1Error, ResponseLimits, ResponseReader};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
 use token_keeper::{ProxyDecision, ProxySettings, TransportError, TransportErrorKind};
-use crate::http1::{Http1Error, ResponseLimits, ResponseReader};
 use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 use zeroize::Zeroizing;
 
@@ -305,47 +305,22 @@ struct Target {
 }
 
 impl Target {
+    /// Where `uri` goes, as the core's [`Origin`](token_keeper::Origin) reads
+    /// it (http or https, a host, no user information, a valid port): the
+    /// transport never turns a bad port into the default one, whatever
+    /// request it is handed.
     fn of(uri: &http::Uri) -> Result<Target, TransportError> {
-        let unusable = |what: &str| {
+        let origin = token_keeper::Origin::of(uri).map_err(|e| {
             TransportError::new(
                 TransportErrorKind::Other,
-                format!("cannot send to this URL: {what}"),
+                format!("cannot send to this URL: {}", e.reason()),
             )
-        };
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(unusable("the scheme is not http or https")),
-        };
-        let authority = uri.authority().ok_or_else(|| unusable("no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(unusable("user information in the URL"));
-        }
-        let bracketed = authority.host();
-        if bracketed.is_empty() {
-            return Err(unusable("no host"));
-        }
-        let host = bracketed
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(bracketed)
-            .to_owned();
-        // `http` reads `:99999` as "no port": refuse it rather than quietly
-        // sending the request to the default port.
-        let after_host = authority.as_str().get(bracketed.len()..).unwrap_or("");
-        if !matches!(after_host, "" | ":") && authority.port_u16().is_none() {
-            return Err(unusable("invalid port"));
-        }
-        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let host_header = match authority.port_u16() {
-            Some(port) => format!("{bracketed}:{port}"),
-            None => bracketed.to_owned(),
-        };
+        })?;
         Ok(Target {
-            tls,
-            host,
-            port,
-            host_header,
+            tls: origin.scheme() == token_keeper::Scheme::Https,
+            host: origin.host().to_owned(),
+            port: origin.port(),
+            host_header: origin.authority(),
         })
     }
 }

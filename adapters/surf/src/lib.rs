@@ -76,8 +76,8 @@ pub use direct::{CertificateError, DirectHttp};
 pub use middleware::TokenMiddleware;
 pub use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 pub use token_keeper_driver::{ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo};
-pub use transport::{SurfBackend, SurfBackendError, TokenTransport};
 /// Private keys on ring: the default signer for DPoP proofs and
 /// `private_key_jwt` (the `keys` feature, on by default).
 #[cfg(feature = "keys")]
 pub use token_keeper_keys::{self as keys, PrivateKey};
+pub use transport::{SurfBackend, SurfBackendError, TokenTransport};

@@ -131,11 +131,11 @@ impl Middleware for TokenMiddleware {
         if request.header("Authorization").is_some() {
             return next.run(request, client).await;
         }
-        let url = request.url();
-        let Some(key) =
-            self.routes
-                .key_for_parts(url.scheme(), url.host_str().unwrap_or(""), url.port())
-        else {
+        // A URL `http` cannot read is never one of ours: send it untouched.
+        let Ok(uri) = request.url().as_str().parse::<Uri>() else {
+            return next.run(request, client).await;
+        };
+        let Some(key) = self.routes.key_for(&uri) else {
             return next.run(request, client).await;
         };
         let invalid = |what: &str| {
@@ -144,7 +144,6 @@ impl Middleware for TokenMiddleware {
                 format!("request {what} unusable"),
             )
         };
-        let uri: Uri = url.as_str().parse().map_err(|_| invalid("URL"))?;
         let method: Method = request
             .method()
             .to_string()
