@@ -39,18 +39,19 @@ pub enum Step<T> {
 /// `waited` says whether this caller already waited for a request in this
 /// call: if so, a failure is reported as the error itself (the caller saw it
 /// happen); if not, as [`Error::Unavailable`] (the key was already backing off).
-/// `f` computes the result from the header and is called at most once.
-pub fn step<T, F: FnOnce(&Attach<'_>) -> T>(
+/// The answer is owned ([`Authorized`]): the caller runs its own code on it
+/// after the core's lock is released, so that code may call the client
+/// again (a closure under the lock would deadlock on a cold cache).
+pub fn step(
     core: &mut TokenManager,
     registry: &Registry,
     key: KeyId,
     request: Option<(&Method, &Uri)>,
     now: Now,
     waited: bool,
-    f: &mut Option<F>,
-) -> Step<T> {
-    enum Decision<T> {
-        Done(Result<T, Error>),
+) -> Step<Authorized> {
+    enum Decision {
+        Done(Result<Authorized, Error>),
         Wait(RequestId),
     }
     let authorization = match request {
@@ -58,9 +59,7 @@ pub fn step<T, F: FnOnce(&Attach<'_>) -> T>(
         None => core.authorize(key, now),
     };
     let decision = match authorization {
-        Authorization::Attach(attach) => {
-            Decision::Done(Ok((f.take().expect("called once"))(&attach)))
-        }
+        Authorization::Attach(attach) => Decision::Done(Authorized::from_attach(&attach)),
         Authorization::Unavailable { error, retry_at } => Decision::Done(Err(if waited {
             Error::from_token_error(error)
         } else {
@@ -156,15 +155,7 @@ mod tests {
         let Step::Wait {
             id: first,
             requests,
-        } = step(
-            &mut core,
-            &registry,
-            key,
-            None,
-            now,
-            false,
-            &mut Some(|a: &Attach<'_>| a.header().clone()),
-        )
+        } = step(&mut core, &registry, key, None, now, false)
         else {
             panic!()
         };
@@ -172,42 +163,18 @@ mod tests {
         assert_eq!(requests.len(), 1);
         let own = requests.into_iter().next().unwrap();
         assert_eq!(own.id(), first);
-        let Step::Wait { id, .. } = step(
-            &mut core,
-            &registry,
-            key,
-            None,
-            now,
-            false,
-            &mut Some(|a: &Attach<'_>| a.header().clone()),
-        ) else {
+        let Step::Wait { id, .. } = step(&mut core, &registry, key, None, now, false) else {
             panic!()
         };
         assert_eq!(id, own.id());
         let response = http::Response::builder().status(500).body("").unwrap();
         core.handle_response(own.id(), response, now).unwrap();
         // The caller who waited sees the failure itself; a newcomer sees the backoff.
-        let Step::Done(Err(seen), _) = step(
-            &mut core,
-            &registry,
-            key,
-            None,
-            now,
-            true,
-            &mut Some(|a: &Attach<'_>| a.header().clone()),
-        ) else {
+        let Step::Done(Err(seen), _) = step(&mut core, &registry, key, None, now, true) else {
             panic!()
         };
         assert!(matches!(seen, Error::InvalidResponse(_)), "{seen:?}");
-        let Step::Done(Err(late), _) = step(
-            &mut core,
-            &registry,
-            key,
-            None,
-            now,
-            false,
-            &mut Some(|a: &Attach<'_>| a.header().clone()),
-        ) else {
+        let Step::Done(Err(late), _) = step(&mut core, &registry, key, None, now, false) else {
             panic!()
         };
         assert!(matches!(late, Error::Unavailable { .. }), "{late:?}");

@@ -53,3 +53,45 @@ fn a_caller_dropped_while_waiting_strands_no_other_caller() {
     assert_eq!(server.token_requests(), 1);
     assert_eq!(tokens.stats().token_requests, 1);
 }
+
+#[test]
+fn a_closure_given_the_header_may_call_the_client_again() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let tokens = token_keeper_ureq::TokenClient::new();
+    tokens.add_client("a", config(&server.token_url())).unwrap();
+    tokens.add_client("b", config(&server.token_url())).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let caller = tokens.clone();
+    // On a cold cache both headers are fetched: the closure runs after the
+    // core's lock is released, so its own call to the client can proceed.
+    std::thread::spawn(move || {
+        let nested = caller.with_header("a", |_| caller.header("b"));
+        let _ = done.send(nested.map(|inner| inner.is_ok()));
+    });
+    let outcome = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("with_header's closure deadlocked on the client's lock");
+    assert!(outcome.unwrap());
+    assert_eq!(server.token_requests(), 2);
+
+    // The async client, likewise.
+    let async_tokens = AsyncTokenClient::new(DirectHttp::new());
+    async_tokens
+        .add_client("a", config(&server.token_url()))
+        .unwrap();
+    async_tokens
+        .add_client("b", config(&server.token_url()))
+        .unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let caller = async_tokens.clone();
+    std::thread::spawn(move || {
+        let nested = future::block_on(
+            caller.with_header("a", |_| future::block_on(caller.header("b")).is_ok()),
+        );
+        let _ = done.send(nested);
+    });
+    let outcome = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("with_header's closure deadlocked on the client's lock");
+    assert!(outcome.unwrap());
+}

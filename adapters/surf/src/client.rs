@@ -8,8 +8,7 @@ use futures_lite::FutureExt;
 use http::{HeaderValue, Method, Uri};
 use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
 use token_keeper::{
-    Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, RequestId,
-    ResourceOutcome,
+    ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, RequestId, ResourceOutcome,
 };
 use token_keeper_driver::{
     proxy_from_env, random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats,
@@ -292,7 +291,7 @@ impl AsyncTokenClient {
         {
             return Ok(header);
         }
-        self.acquire(key, None, |a| a.header().clone()).await
+        self.acquire(key, None).await.map(|a| a.authorization)
     }
 
     /// Calls `f` with the named client's header without copying or
@@ -302,8 +301,8 @@ impl AsyncTokenClient {
         name: &str,
         f: impl FnOnce(&HeaderValue) -> R,
     ) -> Result<R, Error> {
-        let mut f = Some(f);
         let now = self.engine.clock().monotonic();
+        let mut f = Some(f);
         let fast = self
             .engine
             .registry()
@@ -313,14 +312,15 @@ impl AsyncTokenClient {
         }
         let (_, key) = self.engine.registry().lookup(name)?;
         let f = f.take().expect("not called on the fast path");
-        self.acquire(key, None, |a| f(a.header())).await
+        // Called after the core's lock is released: `f` may use the client.
+        self.acquire(key, None).await.map(|a| f(&a.authorization))
     }
 
     /// The named client's token with its remaining lifetime and scope, fetching one if needed.
     pub async fn token(&self, name: &str) -> Result<TokenInfo, Error> {
         let (_, key) = self.engine.registry().lookup(name)?;
         loop {
-            self.acquire(key, None, |_| ()).await?;
+            self.acquire(key, None).await?;
             let core = self.engine.lock_core();
             if let Some(info) = TokenInfo::of(&core, key, self.engine.clock().now()) {
                 return Ok(info);
@@ -344,7 +344,7 @@ impl AsyncTokenClient {
         self.engine.dispatch(requests);
         let id = started?;
         self.wait_for(key, id).await;
-        self.acquire(key, None, |_| ()).await
+        self.acquire(key, None).await.map(|_| ())
     }
 
     /// Drops the named client's cached token; the next call fetches a new one.
@@ -370,8 +370,7 @@ impl AsyncTokenClient {
         if let Some(authorized) = fast {
             return Ok(authorized);
         }
-        self.acquire(key, Some((method, uri)), Authorized::from_attach)
-            .await?
+        self.acquire(key, Some((method, uri))).await
     }
 
     /// Reports a protected resource's response to a request that carried
@@ -410,15 +409,13 @@ impl AsyncTokenClient {
     /// token requests the engine sends on its own threads. Cancel-safe: a
     /// caller dropped while it waits leaves the request and every other
     /// waiter to the engine.
-    async fn acquire<R>(
+    async fn acquire(
         &self,
         key: KeyId,
         request: Option<(&Method, &Uri)>,
-        f: impl FnOnce(&Attach<'_>) -> R,
-    ) -> Result<R, Error> {
+    ) -> Result<Authorized, Error> {
         let engine = &*self.engine;
         let mut waited = false;
-        let mut f = Some(f);
         loop {
             let round = {
                 let mut core = engine.lock_core();
@@ -429,7 +426,6 @@ impl AsyncTokenClient {
                     request,
                     engine.clock().now(),
                     waited,
-                    &mut f,
                 );
                 engine.notify_timers();
                 round

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method, Uri};
 use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
 use token_keeper::{
-    Attach, ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, ResourceOutcome,
+    ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, ResourceOutcome,
 };
 use token_keeper_driver::tls::TlsSettings;
 use token_keeper_driver::{
@@ -210,7 +210,7 @@ impl TokenClient {
         {
             return Ok(header);
         }
-        self.acquire(key, None, |a| a.header().clone())
+        self.acquire(key, None).map(|a| a.authorization)
     }
 
     /// Calls `f` with the named client's header without copying or
@@ -244,7 +244,8 @@ impl TokenClient {
         }
         let (_, key) = self.engine.registry().lookup(name)?;
         let f = f.take().expect("not called on the fast path");
-        self.acquire(key, None, |a| f(a.header()))
+        // Called after the core's lock is released: `f` may use the client.
+        self.acquire(key, None).map(|a| f(&a.authorization))
     }
 
     /// The named client's token with its remaining lifetime and scope,
@@ -252,7 +253,7 @@ impl TokenClient {
     pub fn token(&self, name: &str) -> Result<TokenInfo, Error> {
         let (_, key) = self.engine.registry().lookup(name)?;
         loop {
-            self.acquire(key, None, |_| ())?;
+            self.acquire(key, None)?;
             let core = self.engine.lock_core();
             // The token may expire between the two steps; then ask again.
             if let Some(info) = TokenInfo::of(&core, key, self.engine.clock().now()) {
@@ -280,7 +281,7 @@ impl TokenClient {
             core = self.engine.wait_for_flight(core);
         }
         drop(core);
-        self.acquire(key, None, |_| ()).map(|_| ())
+        self.acquire(key, None).map(|_| ())
     }
 
     /// Drops the named client's cached token; the next call fetches a new one.
@@ -305,7 +306,7 @@ impl TokenClient {
         if let Some(authorized) = fast {
             return Ok(authorized);
         }
-        self.acquire(key, Some((method, uri)), Authorized::from_attach)?
+        self.acquire(key, Some((method, uri)))
     }
 
     /// Whether the named client binds its tokens with DPoP.
@@ -348,15 +349,9 @@ impl TokenClient {
 impl TokenClient {
     /// The slow path: asks the core until it attaches or fails, waiting for
     /// the token requests the engine sends on its own threads.
-    fn acquire<R>(
-        &self,
-        key: KeyId,
-        request: Option<(&Method, &Uri)>,
-        f: impl FnOnce(&Attach<'_>) -> R,
-    ) -> Result<R, Error> {
+    fn acquire(&self, key: KeyId, request: Option<(&Method, &Uri)>) -> Result<Authorized, Error> {
         let engine = &*self.engine;
         let mut waited = false;
-        let mut f = Some(f);
         let mut core = engine.lock_core();
         loop {
             let round = step(
@@ -366,7 +361,6 @@ impl TokenClient {
                 request,
                 engine.clock().now(),
                 waited,
-                &mut f,
             );
             engine.notify_timers();
             match round {
