@@ -7,21 +7,126 @@
 //!       |<------------------------- lifetime L ------------------------>|
 //! ```
 //! See [`RefreshPolicy`] for the rule.
+//!
+//! A cached token's [`TokenTimes`] decide its [`Phase`] at any instant `t`,
+//! and each transition is decided by exactly one predicate:
+//!
+//! | phase at `t` | holds while | leaves it when | decided by |
+//! |---|---|---|---|
+//! | Fresh | `t < refresh_at` | `t >= refresh_at`: Stale | [`TokenTimes::refresh_due`] |
+//! | Stale | `refresh_at <= t < attach_until` | `t >= attach_until`: Expired | [`TokenTimes::attachable`] |
+//! | Expired | `t >= attach_until` | never (a new token replaces it) | [`TokenTimes::attachable`] |
+//!
+//! Fresh is attached as is; Stale is attached while one refresh runs; Expired
+//! is never attached. `refresh_at <= attach_until` always, so a token whose
+//! two instants coincide (a zero lifetime) goes from Fresh straight to
+//! Expired, never Stale.
+//!
+//! Every other deadline in the core (the end of a backoff, a request's
+//! deadline, the end of a 401 damping window, a snapshot's `fresh_until`)
+//! follows the same convention, stated once in [`reached`]: a deadline is
+//! reached *at* its instant, not after it.
 
 use std::time::Duration;
 
 use crate::config::{BackoffPolicy, RefreshPolicy};
 use crate::time::Instant;
 
-/// When a token stops being Fresh, and when it stops being attachable.
+/// Whether `deadline` has been reached at `t`: `t >= deadline`.
+///
+/// The one boundary convention of the core, so that no two places can
+/// disagree about the instant itself: at `attach_until` a token is no longer
+/// attached, at `refresh_at` a refresh is due, at a backoff's end a request
+/// may be made, at a request's deadline it is given up, at the end of a
+/// damping window a 401 invalidates again, and at a snapshot's `fresh_until`
+/// the reader asks the core. A timer that fires at `poll_timeout`'s instant
+/// therefore always finds its deadline reached.
+#[inline]
+pub(crate) fn reached(deadline: Instant, t: Instant) -> bool {
+    t >= deadline
+}
+
+/// Where a cached token stands at some instant. The public
+/// [`TokenState`](crate::TokenState) names the two attachable phases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Schedule {
+pub(crate) enum Phase {
+    /// Before the refresh point: attached, no refresh needed.
+    Fresh,
+    /// From the refresh point to the end of the usable life: attached while
+    /// one refresh runs.
+    Stale,
+    /// From the end of the usable life on: never attached again.
+    Expired,
+}
+
+/// When a token stops being Fresh, and when it stops being attachable: the
+/// instants every lifecycle decision about a cached token is made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TokenTimes {
     /// The lifetime believed (after defaulting and clamping).
     pub(crate) lifetime: Duration,
     /// End of Fresh: a refresh is due from here on.
     pub(crate) refresh_at: Instant,
     /// End of Stale: never attached from here on.
     pub(crate) attach_until: Instant,
+}
+
+impl TokenTimes {
+    /// The times of a token requested at `requested_at` with `expires_in`;
+    /// `random` in `[0, 1)` moves the refresh point earlier by up to the
+    /// policy's jitter. Measured from the request, not the response, so that
+    /// the token endpoint's latency is never counted as lifetime.
+    pub(crate) fn new(
+        policy: &RefreshPolicy,
+        requested_at: Instant,
+        expires_in: Option<i64>,
+        random: f64,
+    ) -> TokenTimes {
+        let lifetime = lifetime(policy, expires_in);
+        let buffer = policy.expiry_buffer.min(lifetime / 4);
+        let usable = lifetime - buffer;
+        let refresh_fraction =
+            fraction(policy.refresh_at) - fraction(policy.refresh_jitter) * fraction(random);
+        TokenTimes {
+            lifetime,
+            refresh_at: requested_at.saturating_add(scale(usable, refresh_fraction)),
+            attach_until: requested_at.saturating_add(usable),
+        }
+    }
+
+    /// The phase at `t`. Built from [`TokenTimes::attachable`] and
+    /// [`TokenTimes::refresh_due`] so it cannot disagree with them; two
+    /// compares, as cheap as the hit path needs.
+    #[inline]
+    pub(crate) fn phase(&self, t: Instant) -> Phase {
+        if !self.attachable(t) {
+            Phase::Expired
+        } else if self.refresh_due(t) {
+            Phase::Stale
+        } else {
+            Phase::Fresh
+        }
+    }
+
+    /// Whether the token may be attached at `t` (Fresh or Stale): up to, not
+    /// including, `attach_until`.
+    #[inline]
+    pub(crate) fn attachable(&self, t: Instant) -> bool {
+        !reached(self.attach_until, t)
+    }
+
+    /// Whether the refresh point has been reached at `t` (from `refresh_at`
+    /// itself on). True for Stale, and also once the token has expired: ask
+    /// [`TokenTimes::attachable`] first.
+    #[inline]
+    pub(crate) fn refresh_due(&self, t: Instant) -> bool {
+        reached(self.refresh_at, t)
+    }
+
+    /// How long the token may still be attached at `t` (zero once Expired).
+    pub(crate) fn remaining(&self, t: Instant) -> Duration {
+        self.attach_until.saturating_duration_since(t)
+    }
 }
 
 /// Clamps a user-supplied fraction to `0.0..=1.0`; NaN counts as zero.
@@ -45,26 +150,6 @@ pub(crate) fn lifetime(policy: &RefreshPolicy, expires_in: Option<i64>) -> Durat
         None => policy.default_lifetime.min(policy.max_lifetime),
         Some(secs) if secs <= 0 => Duration::ZERO,
         Some(secs) => Duration::from_secs(secs as u64).min(policy.max_lifetime),
-    }
-}
-
-/// The schedule of a token requested at `requested_at` with `expires_in`;
-/// `random` in `[0, 1)` moves the refresh point earlier by up to the policy's jitter.
-pub(crate) fn schedule(
-    policy: &RefreshPolicy,
-    requested_at: Instant,
-    expires_in: Option<i64>,
-    random: f64,
-) -> Schedule {
-    let lifetime = lifetime(policy, expires_in);
-    let buffer = policy.expiry_buffer.min(lifetime / 4);
-    let usable = lifetime - buffer;
-    let refresh_fraction =
-        fraction(policy.refresh_at) - fraction(policy.refresh_jitter) * fraction(random);
-    Schedule {
-        lifetime,
-        refresh_at: requested_at.saturating_add(scale(usable, refresh_fraction)),
-        attach_until: requested_at.saturating_add(usable),
     }
 }
 
@@ -121,14 +206,93 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    /// A token whose refresh point is at 80 s and whose usable life ends at 100 s.
+    fn times() -> TokenTimes {
+        TokenTimes {
+            lifetime: secs(125),
+            refresh_at: Instant::from_secs(80),
+            attach_until: Instant::from_secs(100),
+        }
+    }
+
+    fn just_before(t: Instant) -> Instant {
+        Instant::from_nanos(t.as_nanos() - 1)
+    }
+
+    #[test]
+    fn a_deadline_is_reached_at_its_own_instant() {
+        let d = Instant::from_secs(5);
+        assert!(!reached(d, just_before(d)));
+        assert!(reached(d, d));
+        assert!(reached(d, Instant::from_nanos(d.as_nanos() + 1)));
+        assert!(reached(Instant::ZERO, Instant::ZERO));
+        assert!(reached(Instant::MAX, Instant::MAX));
+    }
+
+    #[test]
+    fn attachable_up_to_but_not_at_attach_until() {
+        let tt = times();
+        assert!(tt.attachable(Instant::ZERO));
+        assert!(tt.attachable(just_before(tt.attach_until)));
+        assert!(
+            !tt.attachable(tt.attach_until),
+            "attach_until itself is Expired"
+        );
+        assert!(!tt.attachable(Instant::MAX));
+    }
+
+    #[test]
+    fn refresh_due_from_refresh_at_itself() {
+        let tt = times();
+        assert!(!tt.refresh_due(just_before(tt.refresh_at)));
+        assert!(tt.refresh_due(tt.refresh_at), "refresh_at itself is Stale");
+        // Still "reached" once expired: callers ask `attachable` first.
+        assert!(tt.refresh_due(tt.attach_until));
+    }
+
+    #[test]
+    fn phases_change_exactly_at_the_two_instants() {
+        let tt = times();
+        assert_eq!(tt.phase(Instant::ZERO), Phase::Fresh);
+        assert_eq!(tt.phase(just_before(tt.refresh_at)), Phase::Fresh);
+        assert_eq!(tt.phase(tt.refresh_at), Phase::Stale);
+        assert_eq!(tt.phase(just_before(tt.attach_until)), Phase::Stale);
+        assert_eq!(tt.phase(tt.attach_until), Phase::Expired);
+        assert_eq!(tt.phase(Instant::MAX), Phase::Expired);
+    }
+
+    #[test]
+    fn a_token_with_no_usable_life_goes_from_fresh_to_expired() {
+        let p = RefreshPolicy::default();
+        let tt = TokenTimes::new(&p, Instant::from_secs(9), Some(0), 0.3);
+        assert_eq!(tt.refresh_at, tt.attach_until);
+        assert_eq!(tt.phase(just_before(tt.attach_until)), Phase::Fresh);
+        assert_eq!(tt.phase(tt.attach_until), Phase::Expired);
+        // Requested at the origin: expired from the first instant.
+        let tt = TokenTimes::new(&p, Instant::ZERO, Some(0), 0.3);
+        assert_eq!(tt.phase(Instant::ZERO), Phase::Expired);
+    }
+
+    #[test]
+    fn remaining_counts_down_to_zero_at_attach_until() {
+        let tt = times();
+        assert_eq!(tt.remaining(Instant::from_secs(60)), secs(40));
+        assert_eq!(
+            tt.remaining(just_before(tt.attach_until)),
+            Duration::from_nanos(1)
+        );
+        assert_eq!(tt.remaining(tt.attach_until), Duration::ZERO);
+        assert_eq!(tt.remaining(Instant::MAX), Duration::ZERO);
+    }
+
     #[test]
     fn one_hour_token_with_defaults() {
         let p = RefreshPolicy::default();
-        let s = schedule(&p, Instant::from_secs(100), Some(3600), 0.0);
+        let s = TokenTimes::new(&p, Instant::from_secs(100), Some(3600), 0.0);
         assert_eq!(s.lifetime, secs(3600));
         assert_eq!(s.attach_until, Instant::from_secs(100 + 3540));
         assert_eq!(s.refresh_at, Instant::from_secs(100 + 2832)); // 0.8 * 3540
-        let early = schedule(&p, Instant::from_secs(100), Some(3600), 0.999_999);
+        let early = TokenTimes::new(&p, Instant::from_secs(100), Some(3600), 0.999_999);
         assert!(early.refresh_at < s.refresh_at);
         assert!(early.refresh_at >= Instant::from_secs(100 + 2478)); // 0.7 * 3540
     }
@@ -136,10 +300,10 @@ mod tests {
     #[test]
     fn short_tokens_are_still_used_for_most_of_their_life() {
         let p = RefreshPolicy::default();
-        let s = schedule(&p, Instant::ZERO, Some(5), 0.5);
+        let s = TokenTimes::new(&p, Instant::ZERO, Some(5), 0.5);
         assert_eq!(s.attach_until, Instant::from_nanos(3_750_000_000));
         assert!(s.refresh_at > Instant::from_secs(2));
-        let s = schedule(&p, Instant::ZERO, Some(120), 0.0);
+        let s = TokenTimes::new(&p, Instant::ZERO, Some(120), 0.0);
         assert_eq!(s.attach_until, Instant::from_secs(90));
     }
 
@@ -151,9 +315,9 @@ mod tests {
         assert_eq!(lifetime(&p, Some(-7)), Duration::ZERO);
         assert_eq!(lifetime(&p, Some(i64::MIN)), Duration::ZERO);
         assert_eq!(lifetime(&p, Some(i64::MAX)), secs(86_400));
-        let s = schedule(&p, Instant::MAX, Some(i64::MAX), 0.3);
+        let s = TokenTimes::new(&p, Instant::MAX, Some(i64::MAX), 0.3);
         assert_eq!(s.attach_until, Instant::MAX);
-        let s = schedule(&p, Instant::from_secs(9), Some(0), 0.3);
+        let s = TokenTimes::new(&p, Instant::from_secs(9), Some(0), 0.3);
         assert_eq!(
             (s.refresh_at, s.attach_until),
             (Instant::from_secs(9), Instant::from_secs(9))
@@ -168,7 +332,7 @@ mod tests {
             expiry_buffer: Duration::MAX,
             ..RefreshPolicy::default()
         };
-        let s = schedule(&p, Instant::ZERO, Some(100), f64::NAN);
+        let s = TokenTimes::new(&p, Instant::ZERO, Some(100), f64::NAN);
         assert!(s.refresh_at <= s.attach_until);
         let b = BackoffPolicy {
             initial: Duration::MAX,

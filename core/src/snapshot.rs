@@ -20,6 +20,7 @@ use std::fmt;
 use http::HeaderValue;
 
 use crate::key::KeyId;
+use crate::lifecycle::reached;
 use crate::time::Instant;
 
 /// An immutable view of one key's cached token, published by the core.
@@ -48,8 +49,8 @@ impl Snapshot {
         self.generation
     }
 
-    /// Until when the header may be attached without calling the core. Past
-    /// this instant a refresh is due, a backoff ends, or the token expires.
+    /// Until when the header may be attached without calling the core. From
+    /// this instant on a refresh is due, a backoff ends, or the token expires.
     pub fn fresh_until(&self) -> Instant {
         self.fresh_until
     }
@@ -59,10 +60,12 @@ impl Snapshot {
         self.attach_until
     }
 
-    /// Whether the header may be attached at `now` without calling the core.
+    /// Whether the header may be attached at `now` without calling the core:
+    /// before [`Snapshot::fresh_until`], not at it (like every deadline of
+    /// the core, it is reached at its own instant).
     #[inline]
     pub fn is_fresh(&self, now: Instant) -> bool {
-        now < self.fresh_until
+        !reached(self.fresh_until, now)
     }
 }
 
@@ -75,5 +78,32 @@ impl fmt::Debug for Snapshot {
             .field("fresh_until", &self.fresh_until)
             .field("attach_until", &self.attach_until)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_up_to_but_not_at_fresh_until() {
+        let snapshot = Snapshot {
+            key: KeyId(0),
+            header: HeaderValue::from_static("Bearer t"),
+            generation: 0,
+            fresh_until: Instant::from_secs(80),
+            attach_until: Instant::from_secs(100),
+        };
+        assert!(snapshot.is_fresh(Instant::ZERO));
+        assert!(snapshot.is_fresh(Instant::from_nanos(80_000_000_000 - 1)));
+        assert!(!snapshot.is_fresh(Instant::from_secs(80)));
+        let never = Snapshot {
+            fresh_until: Instant::ZERO,
+            ..snapshot
+        };
+        assert!(
+            !never.is_fresh(Instant::ZERO),
+            "a DPoP-bound token always asks the core"
+        );
     }
 }
