@@ -22,13 +22,13 @@
 //! an idle timeout; at most 256 are served at once. It stops when dropped:
 //! the listener and every connection are closed and their threads joined.
 
-use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crate::relay::{lock, Acceptor, Connection};
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: u64 = 1024 * 1024;
@@ -78,58 +78,46 @@ impl Default for SplitApiConfig {
 
 struct State {
     config: SplitApiConfig,
-    stopping: AtomicBool,
     requests: AtomicU64,
     connections_accepted: AtomicU64,
     last_authorization: Mutex<Option<Option<String>>>,
-    connections: Mutex<HashMap<u64, Connection>>,
-}
-
-/// An open connection: a handle to close it, and the thread serving it.
-struct Connection {
-    stream: TcpStream,
-    thread: JoinHandle<()>,
 }
 
 /// A running split-writing API server; stops when dropped.
 pub struct SplitApiServer {
-    addr: SocketAddr,
+    acceptor: Acceptor,
     state: Arc<State>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl SplitApiServer {
     /// Starts a server on `127.0.0.1` with an ephemeral port.
     pub fn start(config: SplitApiConfig) -> io::Result<SplitApiServer> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(State {
             config,
-            stopping: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             connections_accepted: AtomicU64::new(0),
             last_authorization: Mutex::new(None),
-            connections: Mutex::new(HashMap::new()),
         });
-        let accept_state = Arc::clone(&state);
-        let acceptor = std::thread::Builder::new()
-            .name("split-api-server".into())
-            .spawn(move || accept_loop(listener, accept_state))?;
-        Ok(SplitApiServer {
-            addr,
-            state,
-            acceptor: Some(acceptor),
-        })
+        let acceptor = Acceptor::start(
+            "split-api-server",
+            MAX_CONNECTIONS,
+            Arc::clone(&state),
+            |stream, conn, state| {
+                state.connections_accepted.fetch_add(1, Ordering::SeqCst);
+                let _ = serve(stream, conn, state);
+            },
+        )?;
+        Ok(SplitApiServer { acceptor, state })
     }
 
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.acceptor.addr()
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// Requests received (a request counts once its head and body are read).
@@ -145,66 +133,11 @@ impl SplitApiServer {
     /// The `Authorization` header of the most recent request: `None` if no
     /// request arrived yet, `Some(None)` if it carried none.
     pub fn last_authorization(&self) -> Option<Option<String>> {
-        self.state.last_authorization.lock().unwrap().clone()
+        lock(&self.state.last_authorization).clone()
     }
 }
 
-impl Drop for SplitApiServer {
-    fn drop(&mut self) {
-        self.state.stopping.store(true, Ordering::SeqCst);
-        // Wake the acceptor with one last connection.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-        // No new connections now: close the open ones and join their threads.
-        let open: Vec<_> = self.state.connections.lock().unwrap().drain().collect();
-        for (_, connection) in open {
-            let _ = connection.stream.shutdown(Shutdown::Both);
-            let _ = connection.thread.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    let mut next_id = 0u64;
-    for stream in listener.incoming() {
-        if state.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        let mut connections = state.connections.lock().unwrap();
-        // Forget connections whose threads have ended.
-        connections.retain(|_, connection| !connection.thread.is_finished());
-        if connections.len() >= MAX_CONNECTIONS {
-            continue; // dropped: the client sees a reset
-        }
-        let Ok(handle) = stream.try_clone() else {
-            continue;
-        };
-        state.connections_accepted.fetch_add(1, Ordering::SeqCst);
-        let conn_state = Arc::clone(&state);
-        let Ok(thread) = std::thread::Builder::new()
-            .name("split-api-conn".into())
-            .spawn(move || {
-                let _ = serve(&stream, &conn_state);
-                let _ = stream.shutdown(Shutdown::Both);
-            })
-        else {
-            continue; // the stream went with the closure: closed
-        };
-        connections.insert(
-            next_id,
-            Connection {
-                stream: handle,
-                thread,
-            },
-        );
-        next_id += 1;
-    }
-}
-
-fn serve(stream: &TcpStream, state: &State) -> io::Result<()> {
+fn serve(stream: &TcpStream, conn: &Connection<'_>, state: &State) -> io::Result<()> {
     stream.set_read_timeout(Some(state.config.idle_timeout))?;
     stream.set_write_timeout(Some(state.config.idle_timeout))?;
     // Each write leaves at once, as a segment of its own.
@@ -213,14 +146,14 @@ fn serve(stream: &TcpStream, state: &State) -> io::Result<()> {
     let mut writer = stream.try_clone()?;
     let config = &state.config;
     loop {
-        if state.stopping.load(Ordering::SeqCst) {
+        if conn.stopping() {
             return Ok(());
         }
         let Some(request) = read_request(&mut reader)? else {
             return Ok(());
         };
         let index = state.requests.fetch_add(1, Ordering::SeqCst);
-        *state.last_authorization.lock().unwrap() = Some(request.authorization);
+        *lock(&state.last_authorization) = Some(request.authorization);
         let close = config.http10 || request.close || config.framing == Framing::UntilClose;
         let version = if config.http10 {
             "HTTP/1.0"

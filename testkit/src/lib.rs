@@ -1,6 +1,7 @@
 //! Test kit for token-keeper: a small but real local authorization server,
 //! and the other real parts the tests run against (a recording proxy, a TLS
-//! front with a test CA, a keep-alive API server), and the adapter scenario table.
+//! front with a test CA, a keep-alive API server, and [`fixtures`] that put
+//! them together), and the adapter scenario table.
 //!
 //! [`LocalAuthServer`] listens on `127.0.0.1` on an ephemeral port and serves
 //! an OpenID discovery document (`GET /.well-known/openid-configuration`), a
@@ -23,7 +24,9 @@
 #![deny(missing_docs)]
 
 pub mod api_server;
+pub mod fixtures;
 pub mod recording_proxy;
+mod relay;
 pub mod scenarios;
 pub mod server;
 pub mod tls_front;

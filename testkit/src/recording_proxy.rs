@@ -24,24 +24,19 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use crate::relay::{self, lock, Acceptor, Connection, CONNECTION_DEADLINE};
 
 /// The longest request head read.
 const MAX_HEAD: usize = 16 * 1024;
 /// How long a client has to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a tunnel lives, request head included.
-const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
-/// The longest either side of a tunnel may stay silent before it is cut.
-const IDLE_LIMIT: Duration = Duration::from_secs(30);
-/// How long a write to either side may block.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long connecting to a route's address may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// After an error answer, how long (and how much) the rest of the request is
 /// read and discarded, so that closing does not reset the answer away.
 const LINGER: Duration = Duration::from_secs(2);
@@ -50,8 +45,6 @@ const LINGER_BYTES: usize = 64 * 1024;
 const MAX_CONNECTIONS: usize = 256;
 /// Requests recorded; later ones are not.
 const MAX_RECORDED: usize = 10_000;
-/// Bytes read from a socket at a time.
-const CHUNK: usize = 16 * 1024;
 
 /// One request as the proxy received it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,44 +61,19 @@ pub struct RecordedProxyRequest {
 /// A running recording proxy at `http://127.0.0.1:PORT`. Stops, closing its
 /// connections and joining its threads, when dropped.
 pub struct RecordingProxy {
-    addr: SocketAddr,
+    acceptor: Acceptor,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
-/// What the acceptor, the connection threads and the handle share.
+/// What the connection threads and the handle share.
 struct Shared {
     /// `CONNECT` targets, lowercased, and where they lead.
     routes: HashMap<String, SocketAddr>,
     require_auth: Option<String>,
-    stopping: AtomicBool,
     requests: Mutex<Vec<RecordedProxyRequest>>,
-    /// Open sockets by connection, shut down on drop to unblock their threads.
-    sockets: Mutex<HashMap<u64, Vec<TcpStream>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
-    /// Tracks `stream` under connection `id`; `false` (and nothing tracked)
-    /// once the proxy is stopping.
-    fn register(&self, id: u64, stream: &TcpStream) -> bool {
-        let mut sockets = lock(&self.sockets);
-        if self.stopping.load(Ordering::SeqCst) {
-            return false;
-        }
-        if let Ok(clone) = stream.try_clone() {
-            sockets.entry(id).or_default().push(clone);
-        }
-        true
-    }
-
-    fn forget(&self, id: u64) {
-        lock(&self.sockets).remove(&id);
-    }
-
     fn record(&self, request: RecordedProxyRequest) {
         let mut requests = lock(&self.requests);
         if requests.len() < MAX_RECORDED {
@@ -138,38 +106,32 @@ impl RecordingProxy {
         routes: Vec<(String, SocketAddr)>,
         require_auth: Option<String>,
     ) -> io::Result<RecordingProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             routes: routes
                 .into_iter()
                 .map(|(target, addr)| (target.to_ascii_lowercase(), addr))
                 .collect(),
             require_auth,
-            stopping: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
-            sockets: Mutex::new(HashMap::new()),
         });
-        let accept_shared = Arc::clone(&shared);
-        let acceptor = std::thread::Builder::new()
-            .name("recording-proxy".into())
-            .spawn(move || accept_loop(listener, accept_shared))?;
-        Ok(RecordingProxy {
-            addr,
-            shared,
-            acceptor: Some(acceptor),
-        })
+        let acceptor = Acceptor::start(
+            "recording-proxy",
+            MAX_CONNECTIONS,
+            Arc::clone(&shared),
+            serve_connection,
+        )?;
+        Ok(RecordingProxy { acceptor, shared })
     }
 
     /// The address the proxy listens on (`127.0.0.1:PORT`).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.acceptor.addr()
     }
 
     /// The proxy's URL, `http://127.0.0.1:PORT` (for `HTTPS_PROXY` or a
     /// client's proxy setting).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// The proxy's URL with credentials, `http://USER:PASSWORD@127.0.0.1:PORT`
@@ -179,7 +141,7 @@ impl RecordingProxy {
             "http://{}:{}@{}",
             percent_encode_userinfo(user),
             percent_encode_userinfo(password),
-            self.addr
+            self.addr()
         )
     }
 
@@ -202,26 +164,10 @@ impl RecordingProxy {
 impl std::fmt::Debug for RecordingProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordingProxy")
-            .field("addr", &self.addr)
+            .field("addr", &self.addr())
             .field("routes", &self.shared.routes)
             .field("require_auth", &self.shared.require_auth.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for RecordingProxy {
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the acceptor with one last connection, and unblock the connections.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for (_, streams) in lock(&self.shared.sockets).drain() {
-            for stream in streams {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
     }
 }
 
@@ -237,24 +183,7 @@ pub fn basic_proxy_authorization(user: &str, password: &str) -> String {
 
 /// Standard base64 with padding (RFC 4648 §4).
 fn base64_standard(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for group in bytes.chunks(3) {
-        let b = [
-            group[0],
-            group.get(1).copied().unwrap_or(0),
-            group.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= group.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    STANDARD.encode(bytes)
 }
 
 /// Percent-encodes all but the RFC 3986 unreserved characters.
@@ -270,55 +199,6 @@ fn percent_encode_userinfo(value: &str) -> String {
     out
 }
 
-/// Accepts until the proxy stops, then joins the connection threads.
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    let mut next_id: u64 = 0;
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        workers.retain(|worker| !worker.is_finished());
-        if workers.len() >= MAX_CONNECTIONS {
-            continue; // dropped: the client sees a reset
-        }
-        let id = next_id;
-        next_id += 1;
-        if !shared.register(id, &stream) {
-            break;
-        }
-        let worker_shared = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("recording-proxy-conn".into())
-            .spawn(move || {
-                serve_connection(id, &stream, &worker_shared);
-                let _ = stream.shutdown(Shutdown::Both);
-                worker_shared.forget(id);
-            });
-        match spawned {
-            Ok(worker) => workers.push(worker),
-            Err(_) => shared.forget(id),
-        }
-    }
-    for worker in workers {
-        let _ = worker.join();
-    }
-}
-
-/// Sets `stream`'s read timeout to `limit`, or less if `deadline` is nearer;
-/// an error once `deadline` has passed.
-fn read_timeout_until(stream: &TcpStream, deadline: Instant, limit: Duration) -> io::Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "connection deadline passed",
-        ));
-    }
-    stream.set_read_timeout(Some(left.min(limit)))
-}
-
 /// A request head read off a connection.
 enum Head {
     /// The head (without its final empty line) and the bytes that followed it.
@@ -330,7 +210,6 @@ enum Head {
 }
 
 fn read_head(client: &TcpStream, deadline: Instant) -> Head {
-    let mut from_client = client;
     let mut data = Vec::new();
     let mut buf = [0u8; 2048];
     // Each round adds at least one byte, up to MAX_HEAD (+ one chunk), or ends.
@@ -343,14 +222,9 @@ fn read_head(client: &TcpStream, deadline: Instant) -> Head {
         if data.len() > MAX_HEAD {
             return Head::TooLarge;
         }
-        if read_timeout_until(client, deadline, HEAD_TIMEOUT).is_err() {
-            return Head::Incomplete;
-        }
-        match from_client.read(&mut buf) {
-            Ok(0) => return Head::Incomplete,
+        match relay::read_some(client, &mut buf, deadline, HEAD_TIMEOUT) {
+            Ok(0) | Err(_) => return Head::Incomplete,
             Ok(n) => data.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Head::Incomplete,
         }
     }
 }
@@ -397,7 +271,7 @@ fn refuse(client: &TcpStream, status: &str, extra_headers: &str, body: &str) {
     let mut discarded = 0;
     let mut buf = [0u8; 4096];
     let mut from_client = client;
-    while discarded < LINGER_BYTES && read_timeout_until(client, deadline, LINGER).is_ok() {
+    while discarded < LINGER_BYTES && relay::read_timeout_until(client, deadline, LINGER).is_ok() {
         match from_client.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => discarded += n,
@@ -405,10 +279,9 @@ fn refuse(client: &TcpStream, status: &str, extra_headers: &str, body: &str) {
     }
 }
 
-fn serve_connection(id: u64, client: &TcpStream, shared: &Shared) {
+fn serve_connection(client: &TcpStream, conn: &Connection<'_>, shared: &Shared) {
     let deadline = Instant::now() + CONNECTION_DEADLINE;
-    let _ = client.set_nodelay(true);
-    let _ = client.set_write_timeout(Some(WRITE_TIMEOUT));
+    relay::prepare(client);
     let (head, early) = match read_head(client, deadline) {
         Head::Complete(head, early) => (head, early),
         Head::TooLarge => {
@@ -446,7 +319,7 @@ fn serve_connection(id: u64, client: &TcpStream, shared: &Shared) {
     let Some(route) = shared.routes.get(&request.target.to_ascii_lowercase()) else {
         return refuse(client, "502 Bad Gateway", "", "no route to that target\n");
     };
-    let Ok(backend) = TcpStream::connect_timeout(route, CONNECT_TIMEOUT) else {
+    let Ok(backend) = relay::connect(route, conn) else {
         return refuse(
             client,
             "502 Bad Gateway",
@@ -454,64 +327,21 @@ fn serve_connection(id: u64, client: &TcpStream, shared: &Shared) {
             "the route's address refused\n",
         );
     };
-    if !shared.register(id, &backend) {
-        return;
-    }
-    let _ = backend.set_nodelay(true);
-    let _ = backend.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut to_client = client;
     let mut to_backend = &backend;
     let opened = to_client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .and_then(|()| to_backend.write_all(&early));
     if opened.is_ok() {
-        tunnel(client, &backend, deadline);
+        relay::both_ways(
+            "recording-proxy",
+            client,
+            &backend,
+            || relay::copy(client, &backend, deadline),
+            || relay::copy(&backend, client, deadline),
+        );
     }
     let _ = backend.shutdown(Shutdown::Both);
-}
-
-/// Relays both ways, client to backend on this thread and backend to client
-/// on a scoped one. A clean end in one direction half-closes the other side
-/// (so an answer still in flight arrives); an error shuts both sockets down,
-/// which ends the other direction too.
-fn tunnel(client: &TcpStream, backend: &TcpStream, deadline: Instant) {
-    let abort = || {
-        let _ = client.shutdown(Shutdown::Both);
-        let _ = backend.shutdown(Shutdown::Both);
-    };
-    let pump = |from: &TcpStream, to: &TcpStream| match copy(from, to, deadline) {
-        Ok(()) => {
-            let _ = to.shutdown(Shutdown::Write);
-        }
-        Err(_) => abort(),
-    };
-    std::thread::scope(|scope| {
-        let down = std::thread::Builder::new()
-            .name("recording-proxy-down".into())
-            .spawn_scoped(scope, || pump(backend, client));
-        if down.is_err() {
-            abort();
-            return;
-        }
-        pump(client, backend);
-        // The scope joins the other direction.
-    });
-}
-
-/// Copies `from` to `to` until `from` ends.
-fn copy(from: &TcpStream, to: &TcpStream, deadline: Instant) -> io::Result<()> {
-    let mut reader = from;
-    let mut writer = to;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        read_timeout_until(from, deadline, IDLE_LIMIT)?;
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => writer.write_all(&buf[..n])?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -519,6 +349,7 @@ mod tests {
     use super::*;
     use crate::tls_front::{TlsFront, SERVER_NAME};
     use crate::{LocalAuthServer, ServerConfig};
+    use std::net::TcpListener;
     use std::sync::Arc;
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -527,6 +358,13 @@ mod tests {
         let tcp = TcpStream::connect(proxy.addr()).unwrap();
         tcp.set_read_timeout(Some(WAIT)).unwrap();
         tcp.set_write_timeout(Some(WAIT)).unwrap();
+        tcp
+    }
+
+    /// A new connection to `proxy` that has sent `request`.
+    fn send(proxy: &RecordingProxy, request: &[u8]) -> TcpStream {
+        let mut tcp = open(proxy);
+        tcp.write_all(request).unwrap();
         tcp
     }
 
@@ -555,9 +393,10 @@ mod tests {
     fn connect_reaches_the_mapped_backend_and_is_recorded() {
         let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
         let proxy = RecordingProxy::start(vec![("idp.test:443".into(), server.addr())]).unwrap();
-        let mut tcp = open(&proxy);
-        tcp.write_all(b"CONNECT IDP.test:443 HTTP/1.1\r\nHost: idp.test:443\r\n\r\n")
-            .unwrap();
+        let mut tcp = send(
+            &proxy,
+            b"CONNECT IDP.test:443 HTTP/1.1\r\nHost: idp.test:443\r\n\r\n",
+        );
         assert_eq!(
             read_head_of(&mut tcp),
             "HTTP/1.1 200 Connection established\r\n\r\n"
@@ -583,10 +422,9 @@ mod tests {
     fn bytes_sent_with_the_connect_head_reach_the_backend() {
         let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
         let proxy = RecordingProxy::start(vec![("idp.test:80".into(), server.addr())]).unwrap();
-        let mut tcp = open(&proxy);
         let both =
             format!("CONNECT idp.test:80 HTTP/1.1\r\nHost: idp.test:80\r\n\r\n{DISCOVERY_CLOSE}");
-        tcp.write_all(both.as_bytes()).unwrap();
+        let mut tcp = send(&proxy, both.as_bytes());
         let answer = read_all(&mut tcp);
         let (established, rest) =
             answer.split_at("HTTP/1.1 200 Connection established\r\n\r\n".len());
@@ -600,9 +438,10 @@ mod tests {
         backend.set_nonblocking(true).unwrap();
         let routes = vec![("idp.test:443".into(), backend.local_addr().unwrap())];
         let proxy = RecordingProxy::start(routes).unwrap();
-        let mut tcp = open(&proxy);
-        tcp.write_all(b"CONNECT elsewhere.test:443 HTTP/1.1\r\nHost: elsewhere.test:443\r\n\r\n")
-            .unwrap();
+        let mut tcp = send(
+            &proxy,
+            b"CONNECT elsewhere.test:443 HTTP/1.1\r\nHost: elsewhere.test:443\r\n\r\n",
+        );
         let answer = read_all(&mut tcp);
         assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
         assert_eq!(proxy.connects(), vec!["elsewhere.test:443".to_owned()]);
@@ -614,11 +453,10 @@ mod tests {
     #[test]
     fn absolute_form_requests_are_recorded_and_get_502() {
         let proxy = RecordingProxy::start(Vec::new()).unwrap();
-        let mut tcp = open(&proxy);
-        tcp.write_all(
+        let mut tcp = send(
+            &proxy,
             b"POST http://idp.test/token HTTP/1.1\r\nHost: idp.test\r\nProxy-Authorization: Basic eDp5\r\nContent-Length: 29\r\n\r\ngrant_type=client_credentials",
-        )
-        .unwrap();
+        );
         let answer = read_all(&mut tcp);
         assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
         assert!(proxy.connects().is_empty());
@@ -644,14 +482,13 @@ mod tests {
             Some(expected.clone()),
         ];
         for authorization in &attempts {
-            let mut tcp = open(&proxy);
             let header = authorization
                 .as_ref()
                 .map(|value| format!("Proxy-Authorization: {value}\r\n"))
                 .unwrap_or_default();
             let connect =
                 format!("CONNECT idp.test:443 HTTP/1.1\r\nHost: idp.test:443\r\n{header}\r\n");
-            tcp.write_all(connect.as_bytes()).unwrap();
+            let mut tcp = send(&proxy, connect.as_bytes());
             if authorization.as_ref() == Some(&expected) {
                 assert_eq!(
                     read_head_of(&mut tcp),
@@ -705,9 +542,10 @@ mod tests {
         let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
         let front = TlsFront::start(server.addr()).unwrap();
         let proxy = RecordingProxy::start(vec![("idp.test:443".into(), front.addr())]).unwrap();
-        let mut tcp = open(&proxy);
-        tcp.write_all(b"CONNECT idp.test:443 HTTP/1.1\r\nHost: idp.test:443\r\n\r\n")
-            .unwrap();
+        let mut tcp = send(
+            &proxy,
+            b"CONNECT idp.test:443 HTTP/1.1\r\nHost: idp.test:443\r\n\r\n",
+        );
         assert!(read_head_of(&mut tcp).starts_with("HTTP/1.1 200 "));
         let mut roots = RootCertStore::empty();
         roots.add(CertificateDer::from(TlsFront::ca_der())).unwrap();
@@ -731,9 +569,7 @@ mod tests {
     fn drop_ends_open_tunnels() {
         let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
         let proxy = RecordingProxy::start(vec![("idp.test:443".into(), server.addr())]).unwrap();
-        let mut tcp = open(&proxy);
-        tcp.write_all(b"CONNECT idp.test:443 HTTP/1.1\r\n\r\n")
-            .unwrap();
+        let mut tcp = send(&proxy, b"CONNECT idp.test:443 HTTP/1.1\r\n\r\n");
         assert!(read_head_of(&mut tcp).starts_with("HTTP/1.1 200 "));
         let _silent = open(&proxy); // never sends a head
         let started = Instant::now();

@@ -308,16 +308,19 @@ pub fn expiry(factory: &dyn AdapterFactory) {
     assert_eq!(w.server.token_requests(), 2);
 }
 
-/// 256 threads asking at once for a missing token cause exactly one token request.
-pub fn herd_of_256_threads_one_request(factory: &dyn AdapterFactory) {
-    let w = world(factory, 3600);
-    let gate = Gate::new();
-    w.server.push_token_fault(TokenFault::Hold(gate.clone()));
-    let adapter: Arc<dyn Adapter> = Arc::from(w.adapter);
-    let barrier = Arc::new(Barrier::new(257));
-    let threads: Vec<_> = (0..256)
+/// `n` threads ask `adapter` for the header at once, while `gate` holds the
+/// token request: once `server` has that request the gate opens, and every
+/// thread's answer is returned.
+fn all_at_once(
+    server: &LocalAuthServer,
+    adapter: &Arc<dyn Adapter>,
+    n: usize,
+    gate: &Gate,
+) -> Vec<Result<String, AdapterError>> {
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let threads: Vec<_> = (0..n)
         .map(|_| {
-            let a = Arc::clone(&adapter);
+            let a = Arc::clone(adapter);
             let b = Arc::clone(&barrier);
             std::thread::spawn(move || {
                 b.wait();
@@ -326,11 +329,20 @@ pub fn herd_of_256_threads_one_request(factory: &dyn AdapterFactory) {
         })
         .collect();
     barrier.wait();
-    assert!(w.server.wait_for_token_requests(1, Duration::from_secs(10)));
+    assert!(server.wait_for_token_requests(1, Duration::from_secs(10)));
     gate.open();
-    let headers: Vec<String> = threads
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// 256 threads asking at once for a missing token cause exactly one token request.
+pub fn herd_of_256_threads_one_request(factory: &dyn AdapterFactory) {
+    let w = world(factory, 3600);
+    let gate = Gate::new();
+    w.server.push_token_fault(TokenFault::Hold(gate.clone()));
+    let adapter: Arc<dyn Adapter> = Arc::from(w.adapter);
+    let headers: Vec<String> = all_at_once(&w.server, &adapter, 256, &gate)
         .into_iter()
-        .map(|t| t.join().unwrap().unwrap())
+        .map(Result::unwrap)
         .collect();
     assert!(headers.iter().all(|h| *h == headers[0]));
     assert_eq!(w.server.token_requests(), 1);
@@ -345,22 +357,8 @@ pub fn herd_of_256_threads_one_request(factory: &dyn AdapterFactory) {
         retry_after: None,
     });
     let adapter: Arc<dyn Adapter> = Arc::from(w.adapter);
-    let barrier = Arc::new(Barrier::new(65));
-    let threads: Vec<_> = (0..64)
-        .map(|_| {
-            let a = Arc::clone(&adapter);
-            let b = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                b.wait();
-                a.header()
-            })
-        })
-        .collect();
-    barrier.wait();
-    assert!(w.server.wait_for_token_requests(1, Duration::from_secs(10)));
-    gate.open();
-    for thread in threads {
-        let error = thread.join().unwrap().unwrap_err();
+    for answer in all_at_once(&w.server, &adapter, 64, &gate) {
+        let error = answer.unwrap_err();
         assert!(
             matches!(
                 error.kind,

@@ -17,17 +17,16 @@
 //! once, and dropping the front shuts every connection down and joins every
 //! thread.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection};
+
+use crate::relay::{self, lock, Acceptor, Connection, CHUNK, CONNECTION_DEADLINE, IDLE_LIMIT};
 
 /// The test CA's certificate, DER (`testkit/fixtures/tls/test-ca.der`).
 const CA_DER: &[u8] = include_bytes!("../fixtures/tls/test-ca.der");
@@ -45,26 +44,15 @@ pub const SERVER_NAME: &str = "idp.test";
 
 /// How long a client has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a relayed connection lives, handshake included.
-const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
-/// The longest either side may stay silent before the connection is cut.
-const IDLE_LIMIT: Duration = Duration::from_secs(30);
-/// How long a write to either side may block.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long connecting to the backend may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 256;
-/// Bytes read from a socket at a time.
-const CHUNK: usize = 16 * 1024;
 
 /// A running TLS front: `https://127.0.0.1:PORT` (or `idp.test`, `localhost`)
 /// in front of a plain-TCP backend. Stops, closing its connections and
 /// joining its threads, when dropped.
 pub struct TlsFront {
-    addr: SocketAddr,
+    acceptor: Acceptor,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 /// Handshake outcomes.
@@ -74,39 +62,15 @@ struct Counts {
     failed: u64,
 }
 
-/// What the acceptor, the connection threads and the handle share.
+/// What the connection threads and the handle share.
 struct Shared {
     backend: SocketAddr,
     config: Arc<ServerConfig>,
-    stopping: AtomicBool,
     counts: Mutex<Counts>,
     progress: Condvar,
-    /// Open sockets by connection, shut down on drop to unblock their threads.
-    sockets: Mutex<HashMap<u64, Vec<TcpStream>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
-    /// Tracks `stream` under connection `id`; `false` (and nothing tracked)
-    /// once the front is stopping.
-    fn register(&self, id: u64, stream: &TcpStream) -> bool {
-        let mut sockets = lock(&self.sockets);
-        if self.stopping.load(Ordering::SeqCst) {
-            return false;
-        }
-        if let Ok(clone) = stream.try_clone() {
-            sockets.entry(id).or_default().push(clone);
-        }
-        true
-    }
-
-    fn forget(&self, id: u64) {
-        lock(&self.sockets).remove(&id);
-    }
-
     fn count(&self, completed: bool) {
         let mut counts = lock(&self.counts);
         if completed {
@@ -133,40 +97,34 @@ impl TlsFront {
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(SERVER_KEY_DER)),
             )
             .map_err(io::Error::other)?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             backend,
             config: Arc::new(config),
-            stopping: AtomicBool::new(false),
             counts: Mutex::new(Counts::default()),
             progress: Condvar::new(),
-            sockets: Mutex::new(HashMap::new()),
         });
-        let accept_shared = Arc::clone(&shared);
-        let acceptor = std::thread::Builder::new()
-            .name("tls-front".into())
-            .spawn(move || accept_loop(listener, accept_shared))?;
-        Ok(TlsFront {
-            addr,
-            shared,
-            acceptor: Some(acceptor),
-        })
+        let acceptor = Acceptor::start(
+            "tls-front",
+            MAX_CONNECTIONS,
+            Arc::clone(&shared),
+            serve_connection,
+        )?;
+        Ok(TlsFront { acceptor, shared })
     }
 
     /// The address the front listens on (`127.0.0.1:PORT`).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.acceptor.addr()
     }
 
     /// The port the front listens on.
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.addr().port()
     }
 
     /// `https://127.0.0.1:PORT` (the certificate names `127.0.0.1`).
     pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
+        format!("https://{}", self.addr())
     }
 
     /// The backend connections are relayed to.
@@ -224,81 +182,15 @@ impl TlsFront {
 impl std::fmt::Debug for TlsFront {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsFront")
-            .field("addr", &self.addr)
+            .field("addr", &self.addr())
             .field("backend", &self.shared.backend)
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the acceptor with one last connection, and unblock the connections.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for (_, streams) in lock(&self.shared.sockets).drain() {
-            for stream in streams {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-/// Accepts until the front stops, then joins the connection threads.
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    let mut next_id: u64 = 0;
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        workers.retain(|worker| !worker.is_finished());
-        if workers.len() >= MAX_CONNECTIONS {
-            continue; // dropped: the client sees a reset
-        }
-        let id = next_id;
-        next_id += 1;
-        if !shared.register(id, &stream) {
-            break;
-        }
-        let worker_shared = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("tls-front-conn".into())
-            .spawn(move || {
-                serve_connection(id, &stream, &worker_shared);
-                let _ = stream.shutdown(Shutdown::Both);
-                worker_shared.forget(id);
-            });
-        match spawned {
-            Ok(worker) => workers.push(worker),
-            Err(_) => shared.forget(id),
-        }
-    }
-    for worker in workers {
-        let _ = worker.join();
-    }
-}
-
-/// Sets `stream`'s read timeout to the idle limit, or less if `deadline` is
-/// nearer; an error once `deadline` has passed.
-fn read_timeout_until(stream: &TcpStream, deadline: Instant, idle: Duration) -> io::Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "connection deadline passed",
-        ));
-    }
-    stream.set_read_timeout(Some(left.min(idle)))
-}
-
-fn serve_connection(id: u64, client: &TcpStream, shared: &Shared) {
+fn serve_connection(client: &TcpStream, conn: &Connection<'_>, shared: &Shared) {
     let deadline = Instant::now() + CONNECTION_DEADLINE;
-    let _ = client.set_nodelay(true);
-    let _ = client.set_write_timeout(Some(WRITE_TIMEOUT));
+    relay::prepare(client);
     let mut tls = match handshake(client, shared, deadline) {
         Ok(tls) => {
             shared.count(true);
@@ -309,21 +201,13 @@ fn serve_connection(id: u64, client: &TcpStream, shared: &Shared) {
             return;
         }
     };
-    let backend = match TcpStream::connect_timeout(&shared.backend, CONNECT_TIMEOUT) {
-        Ok(backend) => backend,
-        Err(_) => {
-            // Nothing to relay to: end the TLS session cleanly.
-            tls.send_close_notify();
-            let _ = flush_tls(&mut tls, client);
-            return;
-        }
-    };
-    if !shared.register(id, &backend) {
+    let Ok(backend) = relay::connect(&shared.backend, conn) else {
+        // Nothing to relay to: end the TLS session cleanly.
+        tls.send_close_notify();
+        let _ = flush_tls(&mut tls, client);
         return;
-    }
-    let _ = backend.set_nodelay(true);
-    let _ = backend.set_write_timeout(Some(WRITE_TIMEOUT));
-    relay(tls, client, &backend, deadline);
+    };
+    relay_tls(tls, client, &backend, deadline);
     let _ = backend.shutdown(Shutdown::Both);
 }
 
@@ -338,7 +222,7 @@ fn handshake(
     let mut io = client;
     // Each round makes progress or fails (a timeout included), and the deadline bounds the rounds.
     while tls.is_handshaking() {
-        read_timeout_until(client, deadline, HANDSHAKE_TIMEOUT)?;
+        relay::read_timeout_until(client, deadline, HANDSHAKE_TIMEOUT)?;
         tls.complete_io(&mut io)?;
     }
     Ok(tls)
@@ -376,106 +260,80 @@ fn drain_plaintext(tls: &mut ServerConnection, out: &mut Vec<u8>) -> io::Result<
 /// connection is shared under a lock that is never held across a read.
 /// A clean end in one direction half-closes the other side; an error shuts
 /// both sockets down, which ends the other direction too.
-fn relay(tls: ServerConnection, client: &TcpStream, backend: &TcpStream, deadline: Instant) {
-    let tls = Mutex::new(tls);
-    let abort = || {
-        let _ = client.shutdown(Shutdown::Both);
-        let _ = backend.shutdown(Shutdown::Both);
+fn relay_tls(tls: ServerConnection, client: &TcpStream, backend: &TcpStream, deadline: Instant) {
+    let tls = TlsRelay {
+        tls: Mutex::new(tls),
+        client,
+        backend,
+        deadline,
     };
-    std::thread::scope(|scope| {
-        let down = std::thread::Builder::new()
-            .name("tls-front-down".into())
-            .spawn_scoped(scope, || {
-                match backend_to_client(&tls, client, backend, deadline) {
-                    Ok(()) => {
-                        let _ = client.shutdown(Shutdown::Write);
-                    }
-                    Err(_) => abort(),
+    relay::both_ways(
+        "tls-front",
+        client,
+        backend,
+        || tls.client_to_backend(),
+        || tls.backend_to_client(),
+    );
+}
+
+/// The two sides of a relayed connection and the TLS session on the client's.
+struct TlsRelay<'a> {
+    tls: Mutex<ServerConnection>,
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl TlsRelay<'_> {
+    fn client_to_backend(&self) -> io::Result<()> {
+        let (client, tls) = (self.client, &self.tls);
+        let mut to_backend = self.backend;
+        let mut raw = vec![0u8; CHUNK];
+        let mut plain = Vec::new();
+        // Whatever arrived together with the client's last handshake flight.
+        let mut closed = drain_plaintext(&mut lock(tls), &mut plain)?;
+        loop {
+            if !plain.is_empty() {
+                to_backend.write_all(&plain)?;
+                plain.clear();
+            }
+            if closed {
+                return Ok(());
+            }
+            let n = relay::read_some(client, &mut raw, self.deadline, IDLE_LIMIT)?;
+            if n == 0 {
+                // A bare TCP close (no close_notify): most HTTP clients end so.
+                return Ok(());
+            }
+            let mut conn = lock(tls);
+            let mut input = &raw[..n];
+            while !input.is_empty() && !closed {
+                if conn.read_tls(&mut input)? == 0 {
+                    break; // close_notify already received: nothing more is read
                 }
-            });
-        if down.is_err() {
-            abort();
-            return;
-        }
-        match client_to_backend(&tls, client, backend, deadline) {
-            Ok(()) => {
-                let _ = backend.shutdown(Shutdown::Write);
+                if let Err(e) = conn.process_new_packets() {
+                    let _ = flush_tls(&mut conn, client); // the alert, if any
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                closed = drain_plaintext(&mut conn, &mut plain)?;
             }
-            Err(_) => abort(),
+            flush_tls(&mut conn, client)?;
         }
-        // The scope joins the other direction.
-    });
-}
-
-fn client_to_backend(
-    tls: &Mutex<ServerConnection>,
-    client: &TcpStream,
-    backend: &TcpStream,
-    deadline: Instant,
-) -> io::Result<()> {
-    let mut to_backend = backend;
-    let mut from_client = client;
-    let mut raw = vec![0u8; CHUNK];
-    let mut plain = Vec::new();
-    // Whatever arrived together with the client's last handshake flight.
-    let mut closed = drain_plaintext(&mut lock(tls), &mut plain)?;
-    loop {
-        if !plain.is_empty() {
-            to_backend.write_all(&plain)?;
-            plain.clear();
-        }
-        if closed {
-            return Ok(());
-        }
-        read_timeout_until(client, deadline, IDLE_LIMIT)?;
-        let n = match from_client.read(&mut raw) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            // A bare TCP close (no close_notify): most HTTP clients end so.
-            return Ok(());
-        }
-        let mut conn = lock(tls);
-        let mut input = &raw[..n];
-        while !input.is_empty() && !closed {
-            if conn.read_tls(&mut input)? == 0 {
-                break; // close_notify already received: nothing more is read
-            }
-            if let Err(e) = conn.process_new_packets() {
-                let _ = flush_tls(&mut conn, client); // the alert, if any
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-            closed = drain_plaintext(&mut conn, &mut plain)?;
-        }
-        flush_tls(&mut conn, client)?;
     }
-}
 
-fn backend_to_client(
-    tls: &Mutex<ServerConnection>,
-    client: &TcpStream,
-    backend: &TcpStream,
-    deadline: Instant,
-) -> io::Result<()> {
-    let mut from_backend = backend;
-    let mut raw = vec![0u8; CHUNK];
-    loop {
-        read_timeout_until(backend, deadline, IDLE_LIMIT)?;
-        let n = match from_backend.read(&mut raw) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let mut conn = lock(tls);
-        if n == 0 {
-            conn.send_close_notify();
-            return flush_tls(&mut conn, client);
+    fn backend_to_client(&self) -> io::Result<()> {
+        let mut raw = vec![0u8; CHUNK];
+        loop {
+            let n = relay::read_some(self.backend, &mut raw, self.deadline, IDLE_LIMIT)?;
+            let mut conn = lock(&self.tls);
+            if n == 0 {
+                conn.send_close_notify();
+                return flush_tls(&mut conn, self.client);
+            }
+            // The outgoing buffer was flushed empty last time: a chunk fits whole.
+            conn.writer().write_all(&raw[..n])?;
+            flush_tls(&mut conn, self.client)?;
         }
-        // The outgoing buffer was flushed empty last time: a chunk fits whole.
-        conn.writer().write_all(&raw[..n])?;
-        flush_tls(&mut conn, client)?;
     }
 }
 
@@ -486,6 +344,8 @@ mod tests {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
 
     const WAIT: Duration = Duration::from_secs(10);
 

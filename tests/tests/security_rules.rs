@@ -12,8 +12,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use token_keeper::jose::Algorithm;
-use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig, ManualClock};
+use token_keeper::{ClientConfig, ManualClock};
 use token_keeper_keys::PrivateKey;
+use token_keeper_testkit::fixtures::secret_client;
 use token_keeper_testkit::{LocalAuthServer, ServerConfig};
 
 /// A loopback server that answers every request with the same bytes (and
@@ -108,45 +109,77 @@ fn assert_no_credentials(heads: &[String]) {
     }
 }
 
-fn secret_client(token_url: &str) -> ClientConfig {
-    ClientConfig::new(
-        token_url,
-        "m2m",
-        ClientAuth::Basic(ClientSecret::new("s3cret")),
-    )
-    .unwrap()
+/// The client `m2m` at `token_url`; with DPoP-bound tokens (a fresh ES256
+/// key) if `dpop`.
+fn m2m_client(token_url: &str, dpop: bool) -> ClientConfig {
+    let config = secret_client(token_url);
+    if dpop {
+        config.dpop(Arc::new(PrivateKey::generate(Algorithm::ES256).unwrap()))
+    } else {
+        config
+    }
 }
 
-fn dpop_client(token_url: &str) -> ClientConfig {
-    secret_client(token_url).dpop(Arc::new(PrivateKey::generate(Algorithm::ES256).unwrap()))
-}
-
-fn ureq_tokens(clock: &ManualClock) -> token_keeper_ureq::TokenClient {
-    token_keeper_ureq::TokenClient::with_options(token_keeper_ureq::ClientOptions {
-        manager: ManagerConfig::default(),
+/// A blocking token client on `clock` with the client `"m2m"` set up as `config`.
+fn ureq_tokens(clock: &ManualClock, config: ClientConfig) -> token_keeper_ureq::TokenClient {
+    let options = token_keeper_ureq::ClientOptions {
         clock: Arc::new(clock.clone()),
         seed: 7,
         proxy: token_keeper::ProxySettings::none(),
         ..Default::default()
-    })
-    .unwrap()
+    };
+    let tokens = token_keeper_ureq::TokenClient::with_options(options).unwrap();
+    tokens.add_client("m2m", config).unwrap();
+    tokens
 }
 
+/// An async token client over `transport` on `clock`, with the client
+/// `"m2m"` set up as `config`.
 fn surf_tokens(
     transport: impl Into<token_keeper_surf::TokenTransport>,
     clock: &ManualClock,
+    config: ClientConfig,
 ) -> token_keeper_surf::AsyncTokenClient {
-    token_keeper_surf::AsyncTokenClient::with_options(
-        transport,
-        token_keeper_surf::ClientOptions {
-            manager: ManagerConfig::default(),
-            clock: Arc::new(clock.clone()),
-            seed: 7,
-            proxy: token_keeper::ProxySettings::none(),
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    let options = token_keeper_surf::ClientOptions {
+        clock: Arc::new(clock.clone()),
+        seed: 7,
+        proxy: token_keeper::ProxySettings::none(),
+        ..Default::default()
+    };
+    let tokens = token_keeper_surf::AsyncTokenClient::with_options(transport, options).unwrap();
+    tokens.add_client("m2m", config).unwrap();
+    tokens
+}
+
+/// The ureq middleware that attaches `"m2m"`'s tokens to requests to `origin`.
+fn ureq_middleware(
+    tokens: token_keeper_ureq::TokenClient,
+    origin: &str,
+) -> token_keeper_ureq::TokenMiddleware {
+    token_keeper_ureq::TokenMiddleware::new(tokens)
+        .route(origin, "m2m")
+        .unwrap()
+}
+
+/// The surf middleware that attaches `"m2m"`'s tokens to requests to `origin`.
+fn surf_middleware(
+    tokens: token_keeper_surf::AsyncTokenClient,
+    origin: &str,
+) -> token_keeper_surf::TokenMiddleware {
+    token_keeper_surf::TokenMiddleware::new(tokens)
+        .route(origin, "m2m")
+        .unwrap()
+}
+
+/// A surf client whose token middleware (`DirectHttp`, on `clock`) attaches
+/// `"m2m"`'s tokens from `issuer` to requests to `origin`.
+fn surf_client(issuer: &LocalAuthServer, clock: &ManualClock, origin: &str) -> surf::Client {
+    let tokens = surf_tokens(
+        token_keeper_surf::DirectHttp::new(),
+        clock,
+        secret_client(&issuer.token_url()),
+    );
+    surf::Client::new().with(surf_middleware(tokens, origin))
 }
 
 // --- 401 damping -----------------------------------------------------------
@@ -163,13 +196,8 @@ fn issuer_and_rejecting_api() -> (LocalAuthServer, LocalAuthServer) {
 fn ureq_an_api_that_rejects_every_token_costs_two_token_requests_per_damping_window() {
     let (issuer, api) = issuer_and_rejecting_api();
     let clock = ManualClock::new();
-    let tokens = ureq_tokens(&clock);
-    tokens
-        .add_client("m2m", secret_client(&issuer.token_url()))
-        .unwrap();
-    let agent = token_keeper_ureq::TokenMiddleware::new(tokens.clone())
-        .route(&api.base_url(), "m2m")
-        .unwrap()
+    let tokens = ureq_tokens(&clock, secret_client(&issuer.token_url()));
+    let agent = ureq_middleware(tokens, &api.base_url())
         .build_agent(|| ureq::Agent::config_builder().http_status_as_error(false));
     for call in 0..100 {
         let response = agent.get(api.api_url()).call().unwrap();
@@ -194,15 +222,7 @@ fn ureq_an_api_that_rejects_every_token_costs_two_token_requests_per_damping_win
 fn surf_an_api_that_rejects_every_token_costs_two_token_requests_per_damping_window() {
     let (issuer, api) = issuer_and_rejecting_api();
     let clock = ManualClock::new();
-    let tokens = surf_tokens(token_keeper_surf::DirectHttp::new(), &clock);
-    tokens
-        .add_client("m2m", secret_client(&issuer.token_url()))
-        .unwrap();
-    let client = surf::Client::new().with(
-        token_keeper_surf::TokenMiddleware::new(tokens.clone())
-            .route(&api.base_url(), "m2m")
-            .unwrap(),
-    );
+    let client = surf_client(&issuer, &clock, &api.base_url());
     async_std::task::block_on(async {
         for call in 0..100 {
             let response = client.get(api.api_url()).await.unwrap();
@@ -234,16 +254,8 @@ fn ureq_a_token_or_proof_never_follows_a_redirect_to_another_origin() {
     for dpop in [false, true] {
         let elsewhere = landing();
         let api = redirecting_to(format!("{}/landing", elsewhere.origin()), 302);
-        let tokens = ureq_tokens(&clock);
-        let config = if dpop {
-            dpop_client(&issuer.token_url())
-        } else {
-            secret_client(&issuer.token_url())
-        };
-        tokens.add_client("m2m", config).unwrap();
-        let middleware = token_keeper_ureq::TokenMiddleware::new(tokens.clone())
-            .route(&api.origin(), "m2m")
-            .unwrap();
+        let tokens = ureq_tokens(&clock, m2m_client(&issuer.token_url(), dpop));
+        let middleware = ureq_middleware(tokens, &api.origin());
         // Both ways of adding the middleware: build_agent, and by hand on a
         // configuration that follows redirects (ureq's default, 10 hops).
         let built = middleware
@@ -279,13 +291,11 @@ fn surf_redirect_middleware_before_the_token_middleware_carries_no_credential_el
     for dpop in [false, true] {
         let elsewhere = landing();
         let api = redirecting_to(format!("{}/landing", elsewhere.origin()), 302);
-        let tokens = surf_tokens(token_keeper_surf::DirectHttp::new(), &clock);
-        let config = if dpop {
-            dpop_client(&issuer.token_url())
-        } else {
-            secret_client(&issuer.token_url())
-        };
-        tokens.add_client("m2m", config).unwrap();
+        let tokens = surf_tokens(
+            token_keeper_surf::DirectHttp::new(),
+            &clock,
+            m2m_client(&issuer.token_url(), dpop),
+        );
         // The order the README prescribes: Redirect first, then the token middleware.
         // Keep-alive off: the scripted servers close every connection, and
         // async-h1's pool could hand a closed one to the next hop.
@@ -293,11 +303,9 @@ fn surf_redirect_middleware_before_the_token_middleware_carries_no_credential_el
             .set_http_keep_alive(false)
             .try_into()
             .unwrap();
-        let client = api_client.with(surf::middleware::Redirect::default()).with(
-            token_keeper_surf::TokenMiddleware::new(tokens.clone())
-                .route(&api.origin(), "m2m")
-                .unwrap(),
-        );
+        let client = api_client
+            .with(surf::middleware::Redirect::default())
+            .with(surf_middleware(tokens, &api.origin()));
         let status = async_std::task::block_on(async {
             client
                 .get(format!("{}/records", api.origin()))
@@ -327,8 +335,7 @@ fn a_token_endpoint_redirect_is_never_followed_on_any_transport() {
         let clock = ManualClock::new();
         let error = match transport {
             "ureq" => {
-                let tokens = ureq_tokens(&clock);
-                tokens.add_client("m2m", secret_client(&token_url)).unwrap();
+                let tokens = ureq_tokens(&clock, secret_client(&token_url));
                 tokens.header("m2m").unwrap_err()
             }
             other => {
@@ -337,8 +344,7 @@ fn a_token_endpoint_redirect_is_never_followed_on_any_transport() {
                 } else {
                     token_keeper_surf::TokenTransport::surf(surf::Config::new()).unwrap()
                 };
-                let tokens = surf_tokens(http, &clock);
-                tokens.add_client("m2m", secret_client(&token_url)).unwrap();
+                let tokens = surf_tokens(http, &clock, secret_client(&token_url));
                 async_std::task::block_on(tokens.header("m2m")).unwrap_err()
             }
         };
@@ -372,15 +378,7 @@ fn surf_reads_the_401_body_before_retrying_on_a_kept_alive_connection() {
         ..SplitApiConfig::default()
     })
     .unwrap();
-    let tokens = surf_tokens(token_keeper_surf::DirectHttp::new(), &clock);
-    tokens
-        .add_client("m2m", secret_client(&issuer.token_url()))
-        .unwrap();
-    let client = surf::Client::new().with(
-        token_keeper_surf::TokenMiddleware::new(tokens.clone())
-            .route(&api.base_url(), "m2m")
-            .unwrap(),
-    );
+    let client = surf_client(&issuer, &clock, &api.base_url());
     async_std::task::block_on(async {
         for call in 0..5 {
             let mut response = client

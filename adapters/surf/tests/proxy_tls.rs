@@ -10,11 +10,14 @@
 
 use std::time::Duration;
 
-use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ProxySettings, TransportErrorKind};
+use token_keeper::{ProxySettings, TransportErrorKind};
 use token_keeper_surf::{
     AsyncTokenClient, ClientOptions, DirectHttp, Error, TlsSettings, TokenTransport,
 };
-use token_keeper_testkit::recording_proxy::{basic_proxy_authorization, RecordingProxy};
+use token_keeper_testkit::fixtures::{
+    secret_client, transport_error, trusting_test_ca, ProxiedIdp,
+};
+use token_keeper_testkit::recording_proxy::RecordingProxy;
 use token_keeper_testkit::tls_front::TlsFront;
 use token_keeper_testkit::{LocalAuthServer, ServerConfig};
 
@@ -30,19 +33,11 @@ fn client(proxy: ProxySettings, tls: TlsSettings) -> Result<AsyncTokenClient, Er
     )
 }
 
-fn with_ca() -> TlsSettings {
-    TlsSettings::webpki()
-        .with_ca_pem(TlsFront::ca_pem().as_bytes())
-        .unwrap()
-}
-
-fn secret(token_url: &str) -> ClientConfig {
-    ClientConfig::new(
-        token_url,
-        "m2m",
-        ClientAuth::Basic(ClientSecret::new("s3cret")),
-    )
-    .unwrap()
+/// A token client with the client `"m2m"` at `token_url`.
+fn m2m_tokens(proxy: ProxySettings, tls: TlsSettings, token_url: &str) -> AsyncTokenClient {
+    let tokens = client(proxy, tls).unwrap();
+    tokens.add_client("m2m", secret_client(token_url)).unwrap();
+    tokens
 }
 
 fn header(tokens: &AsyncTokenClient, name: &str) -> Result<http::HeaderValue, Error> {
@@ -65,10 +60,10 @@ fn loopback_token_and_discovery_requests_never_touch_the_proxy() {
         let tokens = client(settings, TlsSettings::default()).unwrap();
         async_std::task::block_on(tokens.discover(&server.base_url())).unwrap();
         tokens
-            .add_client("ip", secret(&server.token_url()))
+            .add_client("ip", secret_client(&server.token_url()))
             .unwrap();
         let by_name = format!("http://localhost:{port}/token");
-        tokens.add_client("name", secret(&by_name)).unwrap();
+        tokens.add_client("name", secret_client(&by_name)).unwrap();
         header(&tokens, "ip").unwrap();
         header(&tokens, "name").unwrap();
     }
@@ -78,22 +73,17 @@ fn loopback_token_and_discovery_requests_never_touch_the_proxy() {
 
 #[test]
 fn a_remote_token_endpoint_goes_through_exactly_one_connect_with_the_proxy_credentials() {
-    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
-    let front = TlsFront::start(server.addr()).unwrap();
-    let proxy = RecordingProxy::start_with_auth(
-        vec![("idp.test:443".to_owned(), front.addr())],
-        basic_proxy_authorization("corp user", "pw:Secret%1"),
-    )
-    .unwrap();
+    let idp = ProxiedIdp::start_with_proxy_auth("corp user", "pw:Secret%1").unwrap();
+    let (server, proxy) = (idp.server(), idp.proxy());
     let url = proxy.url_with_credentials("corp user", "pw:Secret%1");
     let tokens = client(
         ProxySettings::from_env_vars([("https_proxy", url.as_str())]),
-        with_ca(),
+        trusting_test_ca(),
     )
     .unwrap();
     assert!(!format!("{tokens:?}").contains("Secret"));
     tokens
-        .add_client("m2m", secret("https://idp.test/token"))
+        .add_client("m2m", secret_client("https://idp.test/token"))
         .unwrap();
     let header = header(&tokens, "m2m").unwrap();
     assert!(header.to_str().unwrap().starts_with("Bearer "));
@@ -103,13 +93,8 @@ fn a_remote_token_endpoint_goes_through_exactly_one_connect_with_the_proxy_crede
 
 #[test]
 fn a_proxy_that_wants_credentials_or_knows_no_route_is_a_clear_error() {
-    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
-    let front = TlsFront::start(server.addr()).unwrap();
-    let proxy = RecordingProxy::start_with_auth(
-        vec![("idp.test:443".to_owned(), front.addr())],
-        basic_proxy_authorization("u", "p"),
-    )
-    .unwrap();
+    let idp = ProxiedIdp::start_with_proxy_auth("u", "p").unwrap();
+    let (server, proxy) = (idp.server(), idp.proxy());
     let cases = [
         (proxy.url(), "idp.test", "HTTP 407"),
         (
@@ -119,38 +104,28 @@ fn a_proxy_that_wants_credentials_or_knows_no_route_is_a_clear_error() {
         ),
     ];
     for (proxy_url, host, says) in cases {
-        let tokens = client(ProxySettings::explicit(&proxy_url, "").unwrap(), with_ca()).unwrap();
-        tokens
-            .add_client("m2m", secret(&format!("https://{host}/token")))
-            .unwrap();
-        match header(&tokens, "m2m") {
-            Err(Error::Transport(e)) => {
-                assert_eq!(e.kind(), TransportErrorKind::Connect, "{e}");
-                assert!(e.to_string().contains(says), "{e}");
-            }
-            other => panic!("expected a transport error, got {other:?}"),
-        }
+        let tokens = m2m_tokens(
+            ProxySettings::explicit(&proxy_url, "").unwrap(),
+            trusting_test_ca(),
+            &format!("https://{host}/token"),
+        );
+        let e = transport_error(header(&tokens, "m2m"));
+        assert_eq!(e.kind(), TransportErrorKind::Connect, "{e}");
+        assert!(e.to_string().contains(says), "{e}");
     }
     assert_eq!(server.token_requests(), 0);
 }
 
 #[test]
 fn a_socks_proxy_is_an_error_not_a_direct_connection() {
-    let tokens = client(
+    let tokens = m2m_tokens(
         ProxySettings::from_env_vars([("HTTPS_PROXY", "socks5h://127.0.0.1:9")]),
         TlsSettings::default(),
-    )
-    .unwrap();
-    tokens
-        .add_client("m2m", secret("https://idp.test/token"))
-        .unwrap();
-    match header(&tokens, "m2m") {
-        Err(Error::Transport(e)) => {
-            assert_eq!(e.kind(), TransportErrorKind::Connect);
-            assert!(e.to_string().contains("socks5h"), "{e}");
-        }
-        other => panic!("expected a transport error, got {other:?}"),
-    }
+        "https://idp.test/token",
+    );
+    let e = transport_error(header(&tokens, "m2m"));
+    assert_eq!(e.kind(), TransportErrorKind::Connect);
+    assert!(e.to_string().contains("socks5h"), "{e}");
 }
 
 #[test]
@@ -159,23 +134,19 @@ fn a_private_ca_is_refused_by_default_and_trusted_once_added() {
     let front = TlsFront::start(server.addr()).unwrap();
     let token_url = format!("{}/token", front.url());
 
-    let tokens = client(ProxySettings::none(), TlsSettings::default()).unwrap();
-    tokens.add_client("m2m", secret(&token_url)).unwrap();
-    match header(&tokens, "m2m") {
-        Err(Error::Transport(e)) => assert!(e.to_string().contains("TLS"), "{e}"),
-        other => panic!("expected a TLS failure, got {other:?}"),
-    }
+    let tokens = m2m_tokens(ProxySettings::none(), TlsSettings::default(), &token_url);
+    let e = transport_error(header(&tokens, "m2m"));
+    assert!(e.to_string().contains("TLS"), "{e}");
     assert!(front.wait_for_handshakes(1, Duration::from_secs(10)));
     assert_eq!(front.handshakes_failed(), 1);
 
     for tls in [
-        with_ca(),
+        trusting_test_ca(),
         TlsSettings::webpki()
             .with_ca_file(&TlsFront::ca_pem_path())
             .unwrap(),
     ] {
-        let tokens = client(ProxySettings::none(), tls).unwrap();
-        tokens.add_client("m2m", secret(&token_url)).unwrap();
+        let tokens = m2m_tokens(ProxySettings::none(), tls, &token_url);
         header(&tokens, "m2m").unwrap();
     }
     assert_eq!(server.token_requests(), 2);
@@ -184,23 +155,17 @@ fn a_private_ca_is_refused_by_default_and_trusted_once_added() {
 #[test]
 fn tls_settings_are_refused_where_they_cannot_apply() {
     let surf_backend = TokenTransport::surf(surf::Config::new()).unwrap();
-    let refused = AsyncTokenClient::with_options(
-        surf_backend,
-        ClientOptions {
-            tls: with_ca(),
-            ..ClientOptions::default()
-        },
-    );
-    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
     let own_roots = DirectHttp::with_root_certificates([TlsFront::ca_der()]).unwrap();
-    let refused = AsyncTokenClient::with_options(
-        own_roots,
-        ClientOptions {
-            tls: with_ca(),
-            ..ClientOptions::default()
-        },
-    );
-    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    for transport in [surf_backend, own_roots.into()] {
+        let refused = AsyncTokenClient::with_options(
+            transport,
+            ClientOptions {
+                tls: trusting_test_ca(),
+                ..ClientOptions::default()
+            },
+        );
+        assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    }
 }
 
 #[test]
@@ -225,15 +190,13 @@ fn a_surf_backend_refuses_what_the_proxy_settings_would_tunnel() {
         )
         .unwrap();
         tokens
-            .add_client("remote", secret("https://idp.test/token"))
+            .add_client("remote", secret_client("https://idp.test/token"))
             .unwrap();
-        match header(&tokens, "remote") {
-            Err(Error::Transport(e)) => assert!(e.to_string().contains(says), "{e}"),
-            other => panic!("expected a transport error, got {other:?}"),
-        }
+        let e = transport_error(header(&tokens, "remote"));
+        assert!(e.to_string().contains(says), "{e}");
         // Loopback is direct whatever the settings: the backend sends it.
         tokens
-            .add_client("local", secret(&server.token_url()))
+            .add_client("local", secret_client(&server.token_url()))
             .unwrap();
         header(&tokens, "local").unwrap();
     }

@@ -9,7 +9,10 @@
 
 use std::time::Duration;
 
-use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ProxySettings, TransportErrorKind};
+use token_keeper::{ProxySettings, TransportErrorKind};
+use token_keeper_testkit::fixtures::{
+    secret_client, transport_error, trusting_test_ca, ProxiedIdp,
+};
 use token_keeper_testkit::recording_proxy::{basic_proxy_authorization, RecordingProxy};
 use token_keeper_testkit::tls_front::TlsFront;
 use token_keeper_testkit::{LocalAuthServer, ServerConfig};
@@ -24,19 +27,24 @@ fn client(proxy: ProxySettings, tls: TlsSettings) -> Result<TokenClient, Error> 
     })
 }
 
-fn with_ca() -> TlsSettings {
-    TlsSettings::webpki()
-        .with_ca_pem(TlsFront::ca_pem().as_bytes())
-        .unwrap()
+/// A token client with the client `"m2m"` at `token_url`.
+fn m2m_tokens(proxy: ProxySettings, tls: TlsSettings, token_url: &str) -> TokenClient {
+    let tokens = client(proxy, tls).unwrap();
+    tokens.add_client("m2m", secret_client(token_url)).unwrap();
+    tokens
 }
 
-fn secret(token_url: &str) -> ClientConfig {
-    ClientConfig::new(
-        token_url,
-        "m2m",
-        ClientAuth::Basic(ClientSecret::new("s3cret")),
-    )
-    .unwrap()
+/// The middleware of a token client with no proxy and the default TLS
+/// settings, that attaches the `"m2m"` tokens `server` issues to requests to `server`.
+fn loopback_middleware(server: &LocalAuthServer) -> TokenMiddleware {
+    let tokens = m2m_tokens(
+        ProxySettings::none(),
+        TlsSettings::default(),
+        &server.token_url(),
+    );
+    TokenMiddleware::new(tokens)
+        .route(&server.base_url(), "m2m")
+        .unwrap()
 }
 
 /// Every proxy variable curl and ureq read, all naming `proxy`.
@@ -63,10 +71,10 @@ fn loopback_token_discovery_and_api_requests_never_touch_the_proxy() {
         let tokens = client(settings, TlsSettings::default()).unwrap();
         tokens.discover(&server.base_url()).unwrap();
         tokens
-            .add_client("ip", secret(&server.token_url()))
+            .add_client("ip", secret_client(&server.token_url()))
             .unwrap();
         let by_name = format!("http://localhost:{port}/token");
-        tokens.add_client("name", secret(&by_name)).unwrap();
+        tokens.add_client("name", secret_client(&by_name)).unwrap();
         tokens.header("ip").unwrap();
         tokens.header("name").unwrap();
         let agent = TokenMiddleware::new(tokens.clone())
@@ -83,19 +91,12 @@ fn loopback_token_discovery_and_api_requests_never_touch_the_proxy() {
 fn a_proxy_set_on_the_agent_is_kept_except_for_a_token_to_loopback() {
     let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
     let proxy = RecordingProxy::start(Vec::new()).unwrap();
-    let tokens = client(ProxySettings::none(), TlsSettings::default()).unwrap();
-    tokens
-        .add_client("m2m", secret(&server.token_url()))
-        .unwrap();
     let theirs = ureq::Proxy::new(&proxy.url()).unwrap();
-    let agent = TokenMiddleware::new(tokens)
-        .route(&server.base_url(), "m2m")
-        .unwrap()
-        .build_agent(|| {
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .proxy(Some(theirs.clone()))
-        });
+    let agent = loopback_middleware(&server).build_agent(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(Some(theirs.clone()))
+    });
     // The token-carrying request to loopback goes direct…
     assert_eq!(agent.get(server.api_url()).call().unwrap().status(), 200);
     assert_eq!(proxy.requests(), Vec::new());
@@ -111,20 +112,12 @@ fn a_proxy_set_on_the_agent_is_kept_except_for_a_token_to_loopback() {
 
 #[test]
 fn a_remote_token_endpoint_goes_through_exactly_one_connect_with_the_proxy_credentials() {
-    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
-    let front = TlsFront::start(server.addr()).unwrap();
-    let proxy = RecordingProxy::start_with_auth(
-        vec![("idp.test:443".to_owned(), front.addr())],
-        basic_proxy_authorization("corp user", "pw:Secret%1"),
-    )
-    .unwrap();
+    let idp = ProxiedIdp::start_with_proxy_auth("corp user", "pw:Secret%1").unwrap();
+    let (server, proxy) = (idp.server(), idp.proxy());
     let url = proxy.url_with_credentials("corp user", "pw:Secret%1");
     let settings = ProxySettings::from_env_vars([("HTTPS_PROXY", url.as_str())]);
     assert!(!format!("{settings:?}").contains("Secret"));
-    let tokens = client(settings, with_ca()).unwrap();
-    tokens
-        .add_client("m2m", secret("https://idp.test/token"))
-        .unwrap();
+    let tokens = m2m_tokens(settings, trusting_test_ca(), "https://idp.test/token");
     let header = tokens.header("m2m").unwrap();
     assert!(header.to_str().unwrap().starts_with("Bearer "));
     assert_eq!(proxy.connects(), vec!["idp.test:443".to_owned()]);
@@ -137,21 +130,14 @@ fn a_remote_token_endpoint_goes_through_exactly_one_connect_with_the_proxy_crede
 
 #[test]
 fn a_socks_proxy_is_an_error_not_a_direct_connection() {
-    let tokens = client(
+    let tokens = m2m_tokens(
         ProxySettings::from_env_vars([("ALL_PROXY", "socks5://127.0.0.1:9")]),
         TlsSettings::default(),
-    )
-    .unwrap();
-    tokens
-        .add_client("m2m", secret("https://idp.test/token"))
-        .unwrap();
-    match tokens.header("m2m") {
-        Err(Error::Transport(e)) => {
-            assert_eq!(e.kind(), TransportErrorKind::Connect);
-            assert!(e.to_string().contains("socks5"), "{e}");
-        }
-        other => panic!("expected a transport error, got {other:?}"),
-    }
+        "https://idp.test/token",
+    );
+    let e = transport_error(tokens.header("m2m"));
+    assert_eq!(e.kind(), TransportErrorKind::Connect);
+    assert!(e.to_string().contains("socks5"), "{e}");
 }
 
 #[test]
@@ -160,18 +146,14 @@ fn a_private_ca_is_refused_by_default_and_trusted_once_added() {
     let front = TlsFront::start(server.addr()).unwrap();
     let token_url = format!("{}/token", front.url());
 
-    let tokens = client(ProxySettings::none(), TlsSettings::default()).unwrap();
-    tokens.add_client("m2m", secret(&token_url)).unwrap();
-    match tokens.header("m2m") {
-        Err(Error::Transport(_)) => {}
-        other => panic!("expected a TLS failure, got {other:?}"),
-    }
+    let tokens = m2m_tokens(ProxySettings::none(), TlsSettings::default(), &token_url);
+    transport_error(tokens.header("m2m"));
     assert!(front.wait_for_handshakes(1, Duration::from_secs(10)));
     assert_eq!(front.handshakes_failed(), 1);
     assert_eq!(server.token_requests(), 0);
 
     for tls in [
-        with_ca(),
+        trusting_test_ca(),
         TlsSettings::webpki()
             .with_ca_der(TlsFront::ca_der())
             .unwrap(),
@@ -179,8 +161,7 @@ fn a_private_ca_is_refused_by_default_and_trusted_once_added() {
             .with_ca_file(&TlsFront::ca_pem_path())
             .unwrap(),
     ] {
-        let tokens = client(ProxySettings::none(), tls).unwrap();
-        tokens.add_client("m2m", secret(&token_url)).unwrap();
+        let tokens = m2m_tokens(ProxySettings::none(), tls, &token_url);
         tokens.header("m2m").unwrap();
     }
     assert_eq!(server.token_requests(), 3);
@@ -217,13 +198,7 @@ fn ureq_cannot_add_cas_to_the_os_store_and_says_so() {
 fn a_token_to_loopback_goes_direct_even_with_a_per_request_proxy() {
     let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
     let proxy = RecordingProxy::start(Vec::new()).unwrap();
-    let tokens = client(ProxySettings::none(), TlsSettings::default()).unwrap();
-    tokens
-        .add_client("m2m", secret(&server.token_url()))
-        .unwrap();
-    let agent = TokenMiddleware::new(tokens)
-        .route(&server.base_url(), "m2m")
-        .unwrap()
+    let agent = loopback_middleware(&server)
         .build_agent(|| ureq::Agent::config_builder().http_status_as_error(false));
     let theirs = ureq::Proxy::new(&proxy.url()).unwrap();
     let response = agent
@@ -239,17 +214,13 @@ fn a_token_to_loopback_goes_direct_even_with_a_per_request_proxy() {
 
 #[test]
 fn a_hand_added_middleware_sends_tokens_as_the_core_decides() {
-    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
-    let front = TlsFront::start(server.addr()).unwrap();
-    let proxy = RecordingProxy::start(vec![("idp.test:443".to_owned(), front.addr())]).unwrap();
-    let tokens = client(
+    let idp = ProxiedIdp::start().unwrap();
+    let (server, proxy) = (idp.server(), idp.proxy());
+    let tokens = m2m_tokens(
         ProxySettings::explicit(&proxy.url(), "").unwrap(),
-        with_ca(),
-    )
-    .unwrap();
-    tokens
-        .add_client("m2m", secret(&server.token_url()))
-        .unwrap();
+        trusting_test_ca(),
+        &server.token_url(),
+    );
     let middleware = TokenMiddleware::new(tokens)
         .route("https://idp.test", "m2m")
         .unwrap()
@@ -259,7 +230,7 @@ fn a_hand_added_middleware_sends_tokens_as_the_core_decides() {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
-        .tls_config(token_keeper_ureq::tls_config(&with_ca()).unwrap())
+        .tls_config(token_keeper_ureq::tls_config(&trusting_test_ca()).unwrap())
         .middleware(middleware)
         .build()
         .new_agent();
