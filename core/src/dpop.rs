@@ -21,12 +21,13 @@
 //! proof is made for it and no nonce is kept for it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use serde_json::{json, Value};
 
-use crate::jose::{sha256_base64url, sign_jwt, SignError, Signer};
+use crate::jose::{sha256_base64url, sign_jwt, SignError, Signer, UnsignedJwt};
 use crate::time::Instant;
 use crate::url::{HttpUrl, Origin};
 
@@ -120,7 +121,11 @@ pub(crate) fn unix_seconds(wall: SystemTime) -> u64 {
     wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Builds a DPoP proof for a request.
+/// Builds and signs a DPoP proof for a request, at once.
+///
+/// The core itself never signs: it hands out [`unsigned_proof`]s, signed by
+/// the driver after the core's lock is released. This is for callers that
+/// hold no lock (tests, tools).
 pub fn proof(
     signer: &dyn Signer,
     method: &Method,
@@ -130,6 +135,39 @@ pub fn proof(
     nonce: Option<&str>,
     access_token: Option<&str>,
 ) -> Result<HeaderValue, SignError> {
+    let (header, claims) = proof_parts(signer, method, uri, wall, jti, nonce, access_token)?;
+    let jwt = sign_jwt(signer, &header, &claims)?;
+    HeaderValue::from_str(&jwt)
+        .map_err(|_| SignError("the proof is not a valid header value".into()))
+}
+
+/// A DPoP proof for a request, to sign later ([`UnsignedJwt::sign_header_value`]
+/// gives the `DPoP` header). Fails, without signing, when `uri` has no
+/// `http(s)` origin (so no `htu`).
+pub fn unsigned_proof(
+    signer: &Arc<dyn Signer>,
+    method: &Method,
+    uri: &Uri,
+    wall: SystemTime,
+    jti: &str,
+    nonce: Option<&str>,
+    access_token: Option<&str>,
+) -> Result<UnsignedJwt, SignError> {
+    let (header, claims) =
+        proof_parts(signer.as_ref(), method, uri, wall, jti, nonce, access_token)?;
+    Ok(UnsignedJwt::new(Arc::clone(signer), header, claims))
+}
+
+/// The header and claims of a proof (RFC 9449 §4.2).
+fn proof_parts(
+    signer: &dyn Signer,
+    method: &Method,
+    uri: &Uri,
+    wall: SystemTime,
+    jti: &str,
+    nonce: Option<&str>,
+    access_token: Option<&str>,
+) -> Result<(Value, Value), SignError> {
     let htu = HttpUrl::from_uri(uri.clone())
         .map_err(|error| SignError(format!("the request URI has no http(s) origin: {error}")))?
         .htu();
@@ -150,9 +188,7 @@ pub fn proof(
     if let Some(token) = access_token {
         claims["ath"] = Value::from(sha256_base64url(token.as_bytes()));
     }
-    let jwt = sign_jwt(signer, &header, &claims)?;
-    HeaderValue::from_str(&jwt)
-        .map_err(|_| SignError("the proof is not a valid header value".into()))
+    Ok((header, claims))
 }
 
 #[cfg(test)]
@@ -230,10 +266,18 @@ mod tests {
     fn proof_claims(uri: &str) -> Result<Value, SignError> {
         use base64::Engine as _;
         let jwk = json!({"kty": "EC", "crv": "P-256", "x": "x", "y": "y"});
-        let signer = FakeSigner(crate::jose::PublicJwk::new(jwk.as_object().unwrap()).unwrap());
+        let signer: Arc<dyn Signer> = Arc::new(FakeSigner(
+            crate::jose::PublicJwk::new(jwk.as_object().unwrap()).unwrap(),
+        ));
         let uri: Uri = uri.parse().unwrap();
         let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let header = proof(&signer, &Method::GET, &uri, wall, "j-1", None, None)?;
+        let unsigned = unsigned_proof(&signer, &Method::GET, &uri, wall, "j-1", None, None)?;
+        let header = unsigned.sign_header_value()?;
+        // Signed later or at once, the same proof.
+        assert_eq!(
+            header,
+            proof(signer.as_ref(), &Method::GET, &uri, wall, "j-1", None, None)?
+        );
         let claims = header
             .to_str()
             .unwrap()

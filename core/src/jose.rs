@@ -8,6 +8,7 @@
 //! PS256; generated, JWK or PKCS#8 PEM keys) ships in `token-keeper-keys`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
@@ -163,10 +164,112 @@ pub fn sign_jwt(signer: &dyn Signer, header: &Value, claims: &Value) -> Result<S
     Ok(jws)
 }
 
+/// A JWT the core built but did not sign: its header and claims are final
+/// (`jti`, `iat`, nonce, `htu`, `ath`, `aud`, `exp` drawn or decided by the
+/// core), the signature is left to the caller, which makes it with
+/// [`UnsignedJwt::sign`] after releasing whatever lock guards the core: a
+/// [`Signer`] backed by an HSM or a KMS may take seconds.
+///
+/// Owned and `Send`: it can be carried to another thread and signed there.
+/// Signing consumes it, so each `jti` is signed at most once.
+pub struct UnsignedJwt {
+    signer: Arc<dyn Signer>,
+    header: Value,
+    claims: Value,
+}
+
+impl UnsignedJwt {
+    /// A JWT with this header and these claims, to sign with `signer`.
+    pub fn new(signer: Arc<dyn Signer>, header: Value, claims: Value) -> UnsignedJwt {
+        UnsignedJwt {
+            signer,
+            header,
+            claims,
+        }
+    }
+
+    /// The JOSE header.
+    pub fn header(&self) -> &Value {
+        &self.header
+    }
+
+    /// The claims.
+    pub fn claims(&self) -> &Value {
+        &self.claims
+    }
+
+    /// Signs it: the compact JWS, through [`Signer::sign`] (see [`sign_jwt`]).
+    /// May block as long as the signer does: never call it under a lock
+    /// others wait for.
+    pub fn sign(self) -> Result<String, SignError> {
+        sign_jwt(self.signer.as_ref(), &self.header, &self.claims)
+    }
+
+    /// [`UnsignedJwt::sign`], as a header value (the `DPoP` header).
+    pub fn sign_header_value(self) -> Result<http::HeaderValue, SignError> {
+        let jws = self.sign()?;
+        http::HeaderValue::from_str(&jws)
+            .map_err(|_| SignError("the JWS is not a valid header value".into()))
+    }
+}
+
+impl fmt::Debug for UnsignedJwt {
+    // Terse: the kind of JWT, not its claims.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let member = |name: &str| self.header.get(name).and_then(Value::as_str);
+        f.debug_struct("UnsignedJwt")
+            .field("alg", &member("alg"))
+            .field("typ", &member("typ"))
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[derive(Debug)]
+    struct Echo(PublicJwk);
+
+    impl Signer for Echo {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::ES256
+        }
+        fn public_jwk(&self) -> &PublicJwk {
+            &self.0
+        }
+        fn sign(&self, input: &[u8]) -> Result<Vec<u8>, SignError> {
+            Ok(input.len().to_be_bytes().to_vec())
+        }
+    }
+
+    #[test]
+    fn an_unsigned_jwt_signs_as_sign_jwt_does_and_shows_no_claims() {
+        fn send<T: Send + 'static>(value: T) -> T {
+            value
+        }
+        let jwk = json!({"kty":"EC","crv":"P-256","x":"a","y":"b"});
+        let signer: Arc<dyn Signer> =
+            Arc::new(Echo(PublicJwk::new(jwk.as_object().unwrap()).unwrap()));
+        let header = json!({"alg": "ES256", "typ": "dpop+jwt"});
+        let claims = json!({"jti": "j-1", "htu": "https://api.example/secretive"});
+        let unsigned = send(UnsignedJwt::new(
+            Arc::clone(&signer),
+            header.clone(),
+            claims.clone(),
+        ));
+        assert_eq!(unsigned.claims()["jti"], "j-1");
+        let debug = format!("{unsigned:?}");
+        assert!(
+            debug.contains("dpop+jwt") && !debug.contains("secretive"),
+            "{debug}"
+        );
+        assert_eq!(
+            unsigned.sign().unwrap(),
+            sign_jwt(signer.as_ref(), &header, &claims).unwrap()
+        );
+    }
 
     #[test]
     fn rfc_7638_example_thumbprint() {

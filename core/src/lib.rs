@@ -20,13 +20,19 @@
 //! ```text
 //!  inputs                                   outputs (drain after every input)
 //!  ───────────────────────────────────      ─────────────────────────────────────
-//!  authorize(key, now)          ──┐         poll_request()  → TokenRequest to send
+//!  authorize(key, now)          ──┐         poll_request()  → TokenRequest to sign and send
 //!  handle_response(id, resp, now) │  core   poll_snapshot() → (KeyId, Snapshot) to publish
 //!  handle_transport_error(id, …)  ├──────►  poll_event()    → Event to log
-//!  handle_resource_response(…)    │         poll_timeout()  → (Instant, reason) to sleep until
+//!  handle_signing_error(id, …)    │         poll_timeout()  → (Instant, reason) to sleep until
+//!  handle_resource_response(…)    │
 //!  handle_timeout(now)            │
 //!  force_refresh / invalidate   ──┘
 //! ```
+//!
+//! The core never calls a [`jose::Signer`]: the JWTs it needs (DPoP proofs,
+//! `private_key_jwt` assertions) come out complete but unsigned
+//! ([`jose::UnsignedJwt`]), for the adapter to sign after releasing its
+//! lock, since a signer in an HSM or a KMS may take seconds.
 //!
 //! For an API call, the adapter first reads the key's published
 //! [`Snapshot`] without any lock: if [`Snapshot::is_fresh`] it attaches
@@ -42,10 +48,11 @@
 //!   fail now with the last error instead of hammering the token endpoint.
 //!
 //! Queued token requests come out of [`TokenManager::poll_request`]; the
-//! adapter sends each and reports the outcome with
-//! [`TokenManager::handle_response`] or
-//! [`TokenManager::handle_transport_error`], then wakes its waiters, who ask
-//! again. A background task sleeps until [`TokenManager::poll_timeout`] and
+//! adapter signs each ([`TokenRequest::into_request`], with no lock held),
+//! sends it and reports the outcome with [`TokenManager::handle_response`]
+//! or [`TokenManager::handle_transport_error`] (or, if it could not be
+//! signed, [`TokenManager::handle_signing_error`]), then wakes its waiters,
+//! who ask again. A background task sleeps until [`TokenManager::poll_timeout`] and
 //! calls [`TokenManager::handle_timeout`], which starts refreshes ahead of
 //! expiry off the callers' path, ends backoffs and gives up on lost requests.
 //! When an API answers 401, [`TokenManager::handle_resource_response`]
@@ -103,10 +110,14 @@
 //! let t0 = Now::from_secs(0);
 //! let Authorization::Fetch(id) = manager.authorize(key, t0) else { unreachable!() };
 //! let request = manager.poll_request().expect("a request was queued");
-//! assert_eq!(request.request().uri(), "https://auth.example.com/connect/token");
-//! assert_eq!(request.request().body(), b"grant_type=client_credentials&scope=api");
+//! assert_eq!(request.id(), id);
+//! // The adapter signs it (nothing to sign with a client secret; a DPoP proof
+//! // or a client assertion otherwise), with no lock held, and sends it…
+//! let request = request.into_request()?;
+//! assert_eq!(request.uri(), "https://auth.example.com/connect/token");
+//! assert_eq!(request.body(), b"grant_type=client_credentials&scope=api");
 //!
-//! // The adapter sends it and hands the response back.
+//! // …and hands the response back.
 //! let response = http::Response::builder()
 //!     .status(200)
 //!     .body(r#"{"access_token":"abc","token_type":"Bearer","expires_in":3600}"#)?;
@@ -146,11 +157,15 @@
 //!
 //! Give a [`ClientConfig`] a [`jose::Signer`] with [`ClientConfig::dpop`] and
 //! its tokens are bound to that key: token requests carry a proof, and
-//! [`TokenManager::authorize_request`] returns, with the `DPoP` header value,
-//! a fresh proof for each API request. [`ClientAuth::PrivateKeyJwt`]
+//! [`TokenManager::authorize_request`] returns, with the `Authorization`
+//! header value, a fresh proof for each API request
+//! ([`Attach::dpop_proof_to_sign`]). [`ClientAuth::PrivateKeyJwt`]
 //! authenticates the client with a signed assertion instead of a secret.
 //! Both are signed through the [`jose::Signer`] trait, so keys can live in an
-//! HSM or a KMS; `token-keeper-keys` ships a default on `ring`.
+//! HSM or a KMS; `token-keeper-keys` ships a default on `ring`. The core
+//! decides every claim (`jti`, `iat`, nonce, `htu`, `ath`, `aud`, `exp`) but
+//! leaves the signature to the adapter ([`jose::UnsignedJwt::sign`]), which
+//! makes it outside its lock.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

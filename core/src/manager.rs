@@ -14,7 +14,7 @@ use crate::error::{
     ConfigError, InvalidResponse, ResponseProblem, TokenError, TransportError, UnknownRequest,
 };
 use crate::event::{Event, InvalidationReason, RequestReason};
-use crate::jose::SignError;
+use crate::jose::{SignError, UnsignedJwt};
 use crate::key::{KeyDescriptor, KeyId, KeyOverrides};
 use crate::lifecycle::{backoff_delay, reached, Phase, TokenTimes};
 use crate::random::{RandomSource, Randomness};
@@ -67,7 +67,7 @@ pub struct Attach<'a> {
     header: &'a HeaderValue,
     generation: u64,
     state: TokenState,
-    proof: Option<Result<HeaderValue, SignError>>,
+    proof: Option<Result<UnsignedJwt, SignError>>,
 }
 
 impl<'a> Attach<'a> {
@@ -86,16 +86,18 @@ impl<'a> Attach<'a> {
         self.state
     }
 
-    /// The `DPoP` header to send with the request, for a DPoP-bound token
-    /// asked for with [`TokenManager::authorize_request`]; `Ok(None)` for a
-    /// Bearer token. An error means the proof could not be signed: do not send
-    /// the request (a DPoP-bound token is never downgraded to Bearer).
-    pub fn dpop_proof(&self) -> Result<Option<&HeaderValue>, &SignError> {
-        match &self.proof {
-            None => Ok(None),
-            Some(Ok(proof)) => Ok(Some(proof)),
-            Some(Err(error)) => Err(error),
-        }
+    /// The DPoP proof to sign and send (its signature is the `DPoP` header:
+    /// [`UnsignedJwt::sign_header_value`]) with the request, for a DPoP-bound
+    /// token asked for with [`TokenManager::authorize_request`]; `Ok(None)`
+    /// for a Bearer token. The core builds it (`jti`, `htm`, `htu`, `iat`,
+    /// `ath`, the origin's nonce) but does not sign it: sign it after
+    /// releasing any lock that guards the core, since a signer may be slow.
+    ///
+    /// An error, or a failure to sign, means no proof can be made: do not
+    /// send the request (a DPoP-bound token is never downgraded to Bearer).
+    /// Read [`Attach::header`] first: this consumes the `Attach`.
+    pub fn dpop_proof_to_sign(self) -> Result<Option<UnsignedJwt>, SignError> {
+        self.proof.transpose()
     }
 
     /// Whether the token is DPoP-bound (and so needs a proof on every request).
@@ -536,7 +538,7 @@ impl TokenManager {
     ///
     /// This is the hit path: with a Fresh Bearer token cached it only compares
     /// instants and returns a reference, with no allocation. For a DPoP-bound
-    /// token use [`TokenManager::authorize_request`], which also signs the proof.
+    /// token use [`TokenManager::authorize_request`], which also builds the proof.
     pub fn authorize(&mut self, key: KeyId, now: Now) -> Authorization<'_> {
         self.decide(key, None, now)
     }
@@ -544,7 +546,7 @@ impl TokenManager {
     /// [`TokenManager::authorize`] for a request about to be sent with
     /// `method` to `uri`: when the token is DPoP-bound, the [`Attach`] also
     /// carries a fresh proof for that request (with `ath` and the origin's
-    /// latest nonce).
+    /// latest nonce), to sign ([`Attach::dpop_proof_to_sign`]).
     pub fn authorize_request(
         &mut self,
         key: KeyId,
@@ -639,15 +641,15 @@ impl TokenManager {
         }
     }
 
-    /// A DPoP proof for an API request with the cached DPoP-bound token of
-    /// `key`; `None` when the token is a Bearer token.
+    /// A DPoP proof, to sign, for an API request with the cached DPoP-bound
+    /// token of `key`; `None` when the token is a Bearer token.
     fn resource_proof(
         &mut self,
         key: KeyId,
         method: &Method,
         uri: &Uri,
         now: Now,
-    ) -> Option<Result<HeaderValue, SignError>> {
+    ) -> Option<Result<UnsignedJwt, SignError>> {
         let slot = &self.slots[key.index()];
         let token = slot.token.as_ref()?;
         if token.token_type != TokenType::DPoP {
@@ -662,8 +664,8 @@ impl TokenManager {
             return Some(Err(SignError("a DPoP-bound token but no DPoP key".into())));
         };
         let nonce = dpop::origin_of(uri).and_then(|origin| self.nonces.get(&origin, self.latest));
-        Some(dpop::proof(
-            signer.as_ref(),
+        Some(dpop::unsigned_proof(
+            signer,
             method,
             uri,
             now.wall(),
@@ -812,6 +814,24 @@ impl TokenManager {
         let t = self.advance(now);
         let (key, _) = self.finish_flight(id)?;
         self.fail(key, id, TokenError::Transport(error), None, t);
+        Ok(())
+    }
+
+    /// Tells the core that token request `id` could not be signed
+    /// ([`TokenRequest::into_request`] failed), so it was never sent.
+    ///
+    /// The key fails as with any other failure: [`TokenError::Signing`],
+    /// [`Event::RequestFailed`] and a backoff ([`Event::BackoffEntered`]),
+    /// during which callers get that error instead of a new attempt.
+    pub fn handle_signing_error(
+        &mut self,
+        id: RequestId,
+        error: SignError,
+        now: Now,
+    ) -> Result<(), UnknownRequest> {
+        let t = self.advance(now);
+        let (key, _) = self.finish_flight(id)?;
+        self.fail(key, id, TokenError::Signing(error), None, t);
         Ok(())
     }
 
@@ -970,8 +990,9 @@ impl TokenManager {
             .proactive
     }
 
-    /// Queues a token request for `key`, or, when it cannot even be signed,
-    /// fails at once (which backs off) and returns `None`.
+    /// Queues a token request for `key` (its JWTs unsigned: the driver signs
+    /// them, see [`TokenRequest::into_request`]), or, when its DPoP proof
+    /// cannot even be made, fails at once (which backs off) and returns `None`.
     fn start_request(&mut self, key: KeyId, reason: RequestReason, now: Now) -> Option<RequestId> {
         let t = self.latest;
         let id = RequestId(self.next_request);
@@ -992,7 +1013,8 @@ impl TokenManager {
             proof_jti,
             nonce: nonce.as_deref(),
         };
-        let request = match build_token_request(&client.config, &slot.descriptor, &attempt) {
+        let request = match build_token_request(id, key, &client.config, &slot.descriptor, &attempt)
+        {
             Ok(request) => request,
             Err(error) => {
                 self.fail(key, id, TokenError::Signing(error), None, t);
@@ -1007,7 +1029,7 @@ impl TokenManager {
             rejections: self.slots[key.index()].rejections,
         });
         self.in_flight.insert(id, key);
-        self.requests.push_back(TokenRequest { id, key, request });
+        self.requests.push_back(request);
         self.events
             .push_back(Event::RequestStarted { key, id, reason });
         self.mark_changed(key);

@@ -1,10 +1,14 @@
 //! Token requests (RFC 6749 §4.4.2): what the core hands adapters to send.
 //!
-//! A request is a complete `http::Request<Vec<u8>>`: a `POST` to the token
+//! A request becomes an `http::Request<Vec<u8>>`: a `POST` to the token
 //! endpoint with a form body, `Accept: application/json`, and client
-//! authentication in the `Authorization` header (`client_secret_basic`) or in
-//! the body (`client_secret_post`). Each carries a [`RequestId`] that the
-//! adapter hands back with the response, like quinn-proto's `Transmit`.
+//! authentication in the `Authorization` header (`client_secret_basic`), in
+//! the body (`client_secret_post`) or as a signed assertion
+//! (`private_key_jwt`), plus a `DPoP` proof for a DPoP client. Each carries a
+//! [`RequestId`] that the adapter hands back with the response, like
+//! quinn-proto's `Transmit`. The core signs nothing: its [`TokenRequest`]
+//! holds the JWTs unsigned, and [`TokenRequest::into_request`] signs them
+//! where the adapter sends from, with no lock held.
 
 use std::fmt;
 
@@ -13,6 +17,7 @@ use base64::Engine as _;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method};
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::json;
@@ -20,7 +25,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{AssertionAudience, ClientAuth, ClientConfig, PrivateKeyJwt};
 use crate::dpop::{self, unix_seconds};
-use crate::jose::{sign_jwt, SignError};
+use crate::jose::{SignError, UnsignedJwt};
 use crate::key::{KeyDescriptor, KeyId};
 
 /// Identifies one token request while it is in flight.
@@ -37,10 +42,24 @@ impl fmt::Display for RequestId {
 /// [`TokenManager::handle_response`](crate::TokenManager::handle_response)
 /// under the same [`id`](TokenRequest::id), or its failure with
 /// [`TokenManager::handle_transport_error`](crate::TokenManager::handle_transport_error).
+///
+/// The core builds it without signing anything: the JWTs it needs (the
+/// `private_key_jwt` client assertion, the DPoP proof) are complete but
+/// unsigned, and [`TokenRequest::into_request`] signs them, so that a slow
+/// [`Signer`](crate::jose::Signer) runs where the caller chooses (the driver:
+/// on the thread that sends the request, with the core's lock released). If
+/// signing fails, report it with
+/// [`TokenManager::handle_signing_error`](crate::TokenManager::handle_signing_error).
 pub struct TokenRequest {
     pub(crate) id: RequestId,
     pub(crate) key: KeyId,
+    /// Complete but for the JWTs below: the form ends before `client_assertion`,
+    /// and there is no `DPoP` header yet.
     pub(crate) request: http::Request<Vec<u8>>,
+    /// `private_key_jwt`: the assertion, the form's last field once signed.
+    pub(crate) assertion: Option<UnsignedJwt>,
+    /// DPoP: the proof for the token endpoint, the `DPoP` header once signed.
+    pub(crate) proof: Option<UnsignedJwt>,
 }
 
 impl TokenRequest {
@@ -54,15 +73,69 @@ impl TokenRequest {
         self.key
     }
 
-    /// The HTTP request.
+    /// The HTTP request as the core built it, before signing: complete for a
+    /// client that signs nothing (secret-based, no DPoP); otherwise without
+    /// the `client_assertion` form field and the `DPoP` header, which
+    /// [`TokenRequest::into_request`] adds.
     pub fn request(&self) -> &http::Request<Vec<u8>> {
         &self.request
     }
 
-    /// Takes the HTTP request out, to send it.
-    pub fn into_request(self) -> http::Request<Vec<u8>> {
-        self.request
+    /// Whether [`TokenRequest::into_request`] has JWTs to sign (and so may
+    /// take as long as the signer does).
+    pub fn needs_signing(&self) -> bool {
+        self.assertion.is_some() || self.proof.is_some()
     }
+
+    /// Signs the request's JWTs and takes out the finished HTTP request, to
+    /// send it. Signing may take as long as the [`Signer`](crate::jose::Signer)
+    /// does (an HSM, a KMS): call it with no lock held that others wait for.
+    ///
+    /// On an error nothing is sent; hand the error to
+    /// [`TokenManager::handle_signing_error`](crate::TokenManager::handle_signing_error)
+    /// under [`TokenRequest::id`].
+    pub fn into_request(self) -> Result<http::Request<Vec<u8>>, SignError> {
+        let TokenRequest {
+            mut request,
+            assertion,
+            proof,
+            ..
+        } = self;
+        let signed = assertion
+            .map(UnsignedJwt::sign)
+            .transpose()
+            .and_then(|assertion| {
+                let proof = proof.map(UnsignedJwt::sign_header_value).transpose()?;
+                Ok((assertion, proof))
+            });
+        let (assertion, proof) = match signed {
+            Ok(signed) => signed,
+            Err(error) => {
+                // Never sent: wipe the body (with `client_secret_post`, it holds the secret).
+                drop(Zeroizing::new(std::mem::take(request.body_mut())));
+                return Err(error);
+            }
+        };
+        if let Some(assertion) = assertion {
+            let body = Zeroizing::new(std::mem::take(request.body_mut()));
+            *request.body_mut() = append_form_field(&body, "client_assertion", &assertion);
+        }
+        if let Some(proof) = proof {
+            request.headers_mut().insert(dpop::DPOP, proof);
+        }
+        Ok(request)
+    }
+}
+
+/// `body` (a form) with `name=value` appended, in a buffer sized up front:
+/// one that grows leaves copies behind in freed memory.
+fn append_form_field(body: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let body = std::str::from_utf8(body).expect("the core builds form bodies as text");
+    let mut text = String::with_capacity(body.len() + 3 * (name.len() + value.len()) + 2);
+    text.push_str(body);
+    let mut serializer = form_urlencoded::Serializer::for_suffix(text, 0);
+    serializer.append_pair(name, value);
+    serializer.finish().into_bytes()
 }
 
 impl fmt::Debug for TokenRequest {
@@ -74,6 +147,7 @@ impl fmt::Debug for TokenRequest {
             .field("method", self.request.method())
             .field("uri", self.request.uri())
             .field("body_len", &self.request.body().len())
+            .field("needs_signing", &self.needs_signing())
             .finish_non_exhaustive()
     }
 }
@@ -145,12 +219,12 @@ pub(crate) struct Attempt<'a> {
     pub(crate) nonce: Option<&'a str>,
 }
 
-/// The `client_assertion` of `private_key_jwt` (RFC 7523 §3).
+/// The `client_assertion` of `private_key_jwt` (RFC 7523 §3), to sign.
 fn client_assertion(
     client: &ClientConfig,
     settings: &PrivateKeyJwt,
     attempt: &Attempt<'_>,
-) -> Result<String, SignError> {
+) -> UnsignedJwt {
     let iat = unix_seconds(attempt.wall);
     let aud = match &settings.audience {
         AssertionAudience::TokenEndpoint => client.token_endpoint.to_string(),
@@ -165,31 +239,34 @@ fn client_assertion(
         "exp": iat.saturating_add(settings.lifetime.as_secs().max(1)),
         "jti": attempt.assertion_jti,
     });
-    sign_jwt(settings.signer.as_ref(), &header, &claims)
+    UnsignedJwt::new(Arc::clone(&settings.signer), header, claims)
 }
 
-/// Builds the token request for `key` of `client`.
+/// Builds token request `id` for `key` of `client`, its JWTs unsigned.
+/// Fails only if the DPoP proof cannot be made (no `htu` for the endpoint).
 pub(crate) fn build_token_request(
+    id: RequestId,
+    key: KeyId,
     client: &ClientConfig,
-    key: &KeyDescriptor,
+    descriptor: &KeyDescriptor,
     attempt: &Attempt<'_>,
-) -> Result<http::Request<Vec<u8>>, SignError> {
-    let scope = key.scope.to_request_string();
+) -> Result<TokenRequest, SignError> {
+    let scope = descriptor.scope.to_request_string();
     let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
     if !scope.is_empty() {
         form.push(("scope", &scope));
     }
-    for resource in &key.resources {
+    for resource in &descriptor.resources {
         form.push(("resource", resource));
     }
-    if let Some(audience) = &key.audience {
+    if let Some(audience) = &descriptor.audience {
         form.push(("audience", audience));
     }
-    for (name, value) in &key.params {
+    for (name, value) in &descriptor.params {
         form.push((name, value));
     }
     let mut authorization = None;
-    let assertion;
+    let mut assertion = None;
     match &client.auth {
         ClientAuth::Basic(secret) => {
             authorization = Some(basic_credentials(
@@ -211,10 +288,10 @@ pub(crate) fn build_token_request(
         }
         ClientAuth::None => form.push(("client_id", &client.client_id)),
         ClientAuth::PrivateKeyJwt(settings) => {
-            assertion = client_assertion(client, settings, attempt)?;
             form.push(("client_id", &client.client_id));
             form.push(("client_assertion_type", JWT_BEARER_ASSERTION));
-            form.push(("client_assertion", &assertion));
+            // `client_assertion` comes last, appended once signed (`into_request`).
+            assertion = Some(client_assertion(client, settings, attempt));
         }
     }
     // Sized up front (three bytes out per byte in, at most): with
@@ -239,21 +316,28 @@ pub(crate) fn build_token_request(
     if let Some(authorization) = authorization {
         builder = builder.header(AUTHORIZATION, authorization);
     }
-    if let Some(signer) = &client.dpop {
-        let proof = dpop::proof(
-            signer.as_ref(),
+    let proof = match &client.dpop {
+        Some(signer) => Some(dpop::unsigned_proof(
+            signer,
             &Method::POST,
             &client.token_endpoint,
             attempt.wall,
             &attempt.proof_jti,
             attempt.nonce,
             None,
-        )?;
-        builder = builder.header(dpop::DPOP, proof);
-    }
-    Ok(builder
+        )?),
+        None => None,
+    };
+    let request = builder
         .body(body)
-        .expect("method, validated URI and checked headers always build"))
+        .expect("method, validated URI and checked headers always build");
+    Ok(TokenRequest {
+        id,
+        key,
+        request,
+        assertion,
+        proof,
+    })
 }
 
 /// The `client_assertion_type` of RFC 7523 §2.2.
@@ -353,6 +437,10 @@ mod tests {
         )
     }
 
+    fn build(config: &ClientConfig, key: &KeyDescriptor) -> TokenRequest {
+        build_token_request(RequestId(7), KeyId(0), config, key, &attempt()).unwrap()
+    }
+
     fn form(request: &http::Request<Vec<u8>>) -> Vec<(String, String)> {
         serde_urlencoded::from_bytes(request.body()).unwrap()
     }
@@ -360,7 +448,7 @@ mod tests {
     #[test]
     fn basic_request_shape() {
         let config = client(ClientAuth::Basic(ClientSecret::new("s e:c")));
-        let request = build_token_request(&config, &descriptor(&config), &attempt()).unwrap();
+        let request = build(&config, &descriptor(&config)).into_request().unwrap();
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri(), "https://as.example/connect/token");
         assert_eq!(request.headers()[ACCEPT], "application/json");
@@ -394,7 +482,7 @@ mod tests {
     #[test]
     fn post_request_carries_credentials_in_body() {
         let config = client(ClientAuth::Post(ClientSecret::new("p&ss=w rd")));
-        let request = build_token_request(&config, &descriptor(&config), &attempt()).unwrap();
+        let request = build(&config, &descriptor(&config)).into_request().unwrap();
         assert!(request.headers().get(AUTHORIZATION).is_none());
         let fields = form(&request);
         assert!(fields.contains(&("client_id".into(), "m2m".into())));
@@ -405,7 +493,7 @@ mod tests {
     fn public_client_sends_only_its_id() {
         let config = ClientConfig::new("https://as.example/t", "pub", ClientAuth::None).unwrap();
         let key = KeyDescriptor::new(0, &Scope::default(), &[], None, &[], &KeyOverrides::new());
-        let request = build_token_request(&config, &key, &attempt()).unwrap();
+        let request = build(&config, &key).into_request().unwrap();
         assert_eq!(
             form(&request),
             vec![
@@ -418,17 +506,102 @@ mod tests {
     #[test]
     fn debug_shows_no_credentials() {
         let config = client(ClientAuth::Post(ClientSecret::new("topsecret")));
-        let request = TokenRequest {
-            id: RequestId(7),
-            key: KeyId(0),
-            request: build_token_request(&config, &descriptor(&config), &attempt()).unwrap(),
-        };
+        let request = build(&config, &descriptor(&config));
         let debug = format!("{request:?}");
         assert!(!debug.contains("topsecret"), "{debug}");
         assert!(debug.starts_with("TokenRequest"), "{debug}");
         let basic = client(ClientAuth::Basic(ClientSecret::new("topsecret")));
-        let request = build_token_request(&basic, &descriptor(&basic), &attempt()).unwrap();
+        let request = build(&basic, &descriptor(&basic)).into_request().unwrap();
         let debug = format!("{:?}", request.headers());
         assert!(!debug.contains(&BASE64.encode("m2m:topsecret")), "{debug}");
+    }
+
+    /// Signs what it is given as the bytes of its length, or fails.
+    #[derive(Debug)]
+    struct TestSigner(crate::jose::PublicJwk, bool);
+
+    impl crate::jose::Signer for TestSigner {
+        fn algorithm(&self) -> crate::jose::Algorithm {
+            crate::jose::Algorithm::ES256
+        }
+        fn public_jwk(&self) -> &crate::jose::PublicJwk {
+            &self.0
+        }
+        fn sign(&self, input: &[u8]) -> Result<Vec<u8>, SignError> {
+            if self.1 {
+                Ok(input.len().to_be_bytes().to_vec())
+            } else {
+                Err(SignError("the HSM said no".into()))
+            }
+        }
+    }
+
+    fn signer(works: bool) -> Arc<dyn crate::jose::Signer> {
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": "x", "y": "y"});
+        let jwk = crate::jose::PublicJwk::new(jwk.as_object().unwrap()).unwrap();
+        Arc::new(TestSigner(jwk, works))
+    }
+
+    fn claims_of(jws: &str) -> serde_json::Value {
+        let claims = jws.split('.').nth(1).unwrap();
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap();
+        serde_json::from_slice(&claims).unwrap()
+    }
+
+    #[test]
+    fn jwts_are_built_by_the_core_and_signed_by_into_request() {
+        let auth = ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(signer(true)));
+        let config = client(auth).dpop(signer(true));
+        let request = build(&config, &descriptor(&config));
+        assert!(request.needs_signing());
+        // Before signing: the form stops before the assertion; no proof yet.
+        let unsigned = form(request.request());
+        assert_eq!(unsigned.last().unwrap().0, "client_assertion_type");
+        assert!(request.request().headers().get(dpop::DPOP).is_none());
+        assert_eq!(request.assertion.as_ref().unwrap().claims()["jti"], "a-1");
+        assert_eq!(request.proof.as_ref().unwrap().claims()["jti"], "p-1");
+
+        let signed = request.into_request().unwrap();
+        let fields = form(&signed);
+        assert_eq!(fields[..unsigned.len()], unsigned[..]);
+        assert_eq!(fields.len(), unsigned.len() + 1);
+        let (name, assertion) = fields.last().unwrap();
+        assert_eq!(name, "client_assertion");
+        let claims = claims_of(assertion);
+        assert_eq!(claims["jti"], "a-1");
+        assert_eq!(claims["aud"], "https://as.example/connect/token");
+        assert_eq!(claims["exp"], claims["iat"].as_u64().unwrap() + 60);
+        let proof = claims_of(signed.headers()[dpop::DPOP].to_str().unwrap());
+        assert_eq!(proof["jti"], "p-1");
+        assert_eq!(proof["htm"], "POST");
+        assert_eq!(proof["htu"], "https://as.example/connect/token");
+    }
+
+    #[test]
+    fn a_request_that_signs_nothing_is_complete_before_into_request() {
+        let config = client(ClientAuth::Post(ClientSecret::new("s")));
+        let request = build(&config, &descriptor(&config));
+        assert!(!request.needs_signing());
+        let before = request.request().clone();
+        let after = request.into_request().unwrap();
+        assert_eq!(before.body(), after.body());
+        assert_eq!(before.headers(), after.headers());
+    }
+
+    #[test]
+    fn a_signing_failure_is_returned_by_into_request() {
+        let auth = ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(signer(false)));
+        let config = client(auth);
+        let error = build(&config, &descriptor(&config))
+            .into_request()
+            .unwrap_err();
+        assert_eq!(error, SignError("the HSM said no".into()));
+        let config = client(ClientAuth::Post(ClientSecret::new("s"))).dpop(signer(false));
+        let error = build(&config, &descriptor(&config))
+            .into_request()
+            .unwrap_err();
+        assert_eq!(error, SignError("the HSM said no".into()));
     }
 }

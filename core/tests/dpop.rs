@@ -4,6 +4,9 @@
 //! signing input), so these tests check what the core builds and decides:
 //! claims, nonces, retries, origins. Real signatures are verified by an
 //! independent JOSE implementation in the adapters' and the testkit's tests.
+//!
+//! The core hands out its JWTs unsigned; these tests sign them as the driver
+//! does ([`TokenRequest::into_request`], [`Attach::dpop_proof_to_sign`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -16,9 +19,9 @@ use serde_json::{json, Map, Value};
 use token_keeper::jose::{sha256_base64url, Algorithm, PublicJwk, SignError, Signer};
 use token_keeper::request::JWT_BEARER_ASSERTION;
 use token_keeper::{
-    AssertionAudience, Authorization, ClientAuth, ClientConfig, ClientSecret, Event, KeyId,
-    ManagerConfig, Now, PrivateKeyJwt, RandomSource, RequestReason, ResourceOutcome,
-    ResourceResponse, ResponseProblem, TokenError, TokenManager, TokenRequest,
+    AssertionAudience, Attach, Authorization, ClientAuth, ClientConfig, ClientSecret, Event, KeyId,
+    ManagerConfig, Now, PrivateKeyJwt, RandomSource, RequestId, RequestReason, ResourceOutcome,
+    ResourceResponse, ResponseProblem, TokenError, TokenManager, TokenRequest, UnknownRequest,
 };
 
 #[derive(Debug)]
@@ -90,9 +93,39 @@ fn at(secs: u64) -> Now {
     Now::from_secs(secs)
 }
 
-fn fetch(m: &mut TokenManager, key: KeyId, now: Now) -> TokenRequest {
+/// A token request as the driver sends it: signed.
+struct Sent {
+    id: RequestId,
+    http: http::Request<Vec<u8>>,
+}
+
+impl Sent {
+    fn id(&self) -> RequestId {
+        self.id
+    }
+
+    fn request(&self) -> &http::Request<Vec<u8>> {
+        &self.http
+    }
+}
+
+fn signed(request: TokenRequest) -> Sent {
+    Sent {
+        id: request.id(),
+        http: request.into_request().expect("the fake signer signs"),
+    }
+}
+
+fn fetch(m: &mut TokenManager, key: KeyId, now: Now) -> Sent {
     assert!(matches!(m.authorize(key, now), Authorization::Fetch(_)));
-    m.poll_request().expect("a request")
+    signed(m.poll_request().expect("a request"))
+}
+
+/// The `DPoP` header an API request goes with, signed as the driver signs it.
+fn api_proof(attach: Attach<'_>) -> Option<String> {
+    let proof = attach.dpop_proof_to_sign().expect("a proof can be made")?;
+    let header = proof.sign_header_value().expect("the fake signer signs");
+    Some(header.to_str().unwrap().to_owned())
 }
 
 fn proof_of(request: &http::Request<Vec<u8>>) -> (Map<String, Value>, Map<String, Value>) {
@@ -101,7 +134,7 @@ fn proof_of(request: &http::Request<Vec<u8>>) -> (Map<String, Value>, Map<String
 
 fn respond(
     m: &mut TokenManager,
-    request: &TokenRequest,
+    request: &Sent,
     status: u16,
     body: &str,
     nonce: Option<&str>,
@@ -154,7 +187,7 @@ fn use_dpop_nonce_at_the_token_endpoint_retries_once_with_fresh_proof_and_assert
     let (_, first_proof) = proof_of(first.request());
     let first_assertion = assertion_claims(first.request());
     respond(&mut m, &first, 400, USE_NONCE, Some("nonce-A"), at(1));
-    let retry = m.poll_request().expect("one retry");
+    let retry = signed(m.poll_request().expect("one retry"));
     assert_ne!(retry.id(), first.id());
     let (_, retry_proof) = proof_of(retry.request());
     assert_eq!(retry_proof["nonce"], "nonce-A");
@@ -217,13 +250,7 @@ fn dpop_tokens_are_attached_with_a_proof_bound_to_the_request() {
     };
     assert_eq!(attach.header(), "DPoP dpop-tok");
     assert!(attach.is_dpop());
-    let proof = attach
-        .dpop_proof()
-        .unwrap()
-        .expect("a proof")
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let proof = api_proof(attach).expect("a proof");
     let (_, claims) = decode(&proof);
     assert_eq!(claims["htm"], "DELETE");
     assert_eq!(claims["htu"], "https://api.example/orders/7");
@@ -237,7 +264,7 @@ fn dpop_tokens_are_attached_with_a_proof_bound_to_the_request() {
     else {
         panic!()
     };
-    let (_, again) = decode(again.dpop_proof().unwrap().unwrap().to_str().unwrap());
+    let (_, again) = decode(&api_proof(again).unwrap());
     assert_ne!(again["jti"], claims["jti"]);
     // And lock-free readers are sent to the core for every request.
     let snapshot = m.snapshot(key).unwrap();
@@ -267,7 +294,7 @@ fn api_nonce_in_next_proof(m: &mut TokenManager, key: KeyId, uri: &Uri) -> Optio
     let Authorization::Attach(attach) = m.authorize_request(key, &Method::GET, uri, at(3)) else {
         panic!()
     };
-    let (_, claims) = decode(attach.dpop_proof().unwrap().unwrap().to_str().unwrap());
+    let (_, claims) = decode(&api_proof(attach).unwrap());
     claims.get("nonce").map(|n| n.as_str().unwrap().to_owned())
 }
 
@@ -381,7 +408,7 @@ fn a_bearer_answer_to_a_dpop_client_is_used_as_bearer_and_reported() {
         panic!()
     };
     assert_eq!(attach.header(), "Bearer plain");
-    assert!(attach.dpop_proof().unwrap().is_none());
+    assert!(api_proof(attach).is_none());
 }
 
 #[test]
@@ -657,7 +684,7 @@ fn first_jtis(m: &mut TokenManager, key: KeyId) -> [String; 3] {
     let Authorization::Attach(attach) = m.authorize_request(key, &Method::GET, &uri, at(1)) else {
         panic!()
     };
-    let api = decode(attach.dpop_proof().unwrap().unwrap().to_str().unwrap()).1["jti"].clone();
+    let api = decode(&api_proof(attach).unwrap()).1["jti"].clone();
     [assertion, proof, api].map(|v| v.as_str().unwrap().to_owned())
 }
 
@@ -726,33 +753,94 @@ fn without_a_source_the_seed_still_decides_everything() {
     );
 }
 
-#[test]
-fn a_signer_that_fails_backs_off_without_sending_anything() {
-    let broken = Arc::new(FakeSigner {
+fn broken_signer() -> Arc<FakeSigner> {
+    Arc::new(FakeSigner {
         fail: true,
         ..Arc::try_unwrap(FakeSigner::new("k")).unwrap()
-    });
-    let mut m = TokenManager::new(ManagerConfig::default(), 5);
-    let client = m
-        .add_client(
-            "m2m",
-            ClientConfig::new(
-                TOKEN_URL,
-                "m2m",
-                ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(broken)),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-    let key = m.default_key(client);
-    match m.authorize(key, at(0)) {
-        Authorization::Unavailable { error, .. } => {
-            assert!(matches!(error, TokenError::Signing(_)));
-            assert!(error.to_string().contains("KMS"));
-        }
-        other => panic!("{other:?}"),
+    })
+}
+
+/// A client whose token requests cannot be signed: with `private_key_jwt`,
+/// or with DPoP.
+fn broken_clients() -> Vec<(&'static str, ClientConfig)> {
+    let assertion = ClientConfig::new(
+        TOKEN_URL,
+        "m2m",
+        ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(broken_signer())),
+    )
+    .unwrap();
+    let proof = ClientConfig::new(TOKEN_URL, "m2m", secret())
+        .unwrap()
+        .dpop(broken_signer());
+    vec![("private_key_jwt", assertion), ("dpop", proof)]
+}
+
+#[test]
+fn a_signer_that_fails_backs_off_without_sending_anything() {
+    for (what, config) in broken_clients() {
+        let mut m = TokenManager::new(ManagerConfig::default(), 5);
+        let client = m.add_client("m2m", config).unwrap();
+        let key = m.default_key(client);
+        // The core builds the request and leaves the signing to the driver…
+        let Authorization::Fetch(id) = m.authorize(key, at(0)) else {
+            panic!("{what}")
+        };
+        let request = m.poll_request().expect(what);
+        assert!(request.needs_signing(), "{what}");
+        // …whose signer fails: nothing is sent, and the core is told.
+        let error = request.into_request().unwrap_err();
+        assert!(error.to_string().contains("KMS"), "{what}: {error}");
+        while m.poll_event().is_some() {}
+        m.handle_signing_error(id, error.clone(), at(1)).unwrap();
+        // As any failed request: the error, an event, a backoff.
+        let events: Vec<Event> = std::iter::from_fn(|| m.poll_event()).collect();
+        assert!(
+            matches!(
+                &events[..],
+                [
+                    Event::RequestFailed { key: k, id: i, error: TokenError::Signing(e) },
+                    Event::BackoffEntered { key: b, failures: 1, serving_cached: false, .. },
+                ] if *k == key && *i == id && *e == error && *b == key
+            ),
+            "{what}: {events:?}"
+        );
+        assert_eq!(m.in_flight(key), None, "{what}");
+        let retry_at = match m.authorize(key, at(1)) {
+            Authorization::Unavailable { error, retry_at } => {
+                assert!(matches!(error, TokenError::Signing(_)), "{what}");
+                assert!(error.to_string().contains("KMS"), "{what}");
+                retry_at
+            }
+            other => panic!("{what}: {other:?}"),
+        };
+        assert!(retry_at > at(1).monotonic(), "{what}");
+        assert!(m.poll_request().is_none(), "{what}");
+        // A second report of the same request is refused, and changes nothing.
+        assert_eq!(
+            m.handle_signing_error(id, error, at(1)),
+            Err(UnknownRequest),
+            "{what}"
+        );
+        assert!(m.poll_event().is_none(), "{what}");
+        // After the backoff, a new attempt, with a new id.
+        let secs = retry_at
+            .saturating_duration_since(at(0).monotonic())
+            .as_secs()
+            + 1;
+        let Authorization::Fetch(next) = m.authorize(key, at(secs)) else {
+            panic!("{what}")
+        };
+        assert_ne!(next, id, "{what}");
+        // A second failure in a row backs off longer.
+        let error = m.poll_request().unwrap().into_request().unwrap_err();
+        while m.poll_event().is_some() {}
+        m.handle_signing_error(next, error, at(secs)).unwrap();
+        assert!(
+            std::iter::from_fn(|| m.poll_event())
+                .any(|e| matches!(e, Event::BackoffEntered { failures: 2, .. })),
+            "{what}"
+        );
     }
-    assert!(m.poll_request().is_none());
 }
 
 #[test]
@@ -832,14 +920,14 @@ mod properties {
             let live = |handed_out: &HashMap<String, (String, u64)>, origin: &str, t: u64| -> Option<String> {
                 handed_out.get(origin).filter(|(_, at)| t < at + 3600).map(|(n, _)| n.clone())
             };
-            let mut in_flight: Option<(TokenRequest, u32)> = None;
+            let mut in_flight: Option<(Sent, u32)> = None;
             let mut attempts_per_flight = 0u32;
             let token_origin = "https://as.example".to_owned();
             for (i, step) in steps.into_iter().enumerate() {
                 let now = at(t);
                 if in_flight.is_none() {
                     if let Authorization::Fetch(_) = m.authorize(key, now) {
-                        let request = m.poll_request().unwrap();
+                        let request = signed(m.poll_request().unwrap());
                         let (_, proof) = proof_of(request.request());
                         let expected = live(&handed_out, &token_origin, t);
                         prop_assert_eq!(proof.get("nonce").and_then(Value::as_str), expected.as_deref());
@@ -857,7 +945,7 @@ mod properties {
                         let body = if use_nonce { USE_NONCE } else if success { DPOP_TOKEN } else { "{}" };
                         let status = if use_nonce { 400 } else if success { 200 } else { 500 };
                         respond(&mut m, &request, status, body, nonce.as_deref(), now);
-                        if let Some(retry) = m.poll_request() {
+                        if let Some(retry) = m.poll_request().map(signed) {
                             // Only a use_dpop_nonce with a nonce is retried, and only once per flight.
                             prop_assert!(use_nonce && nonce.is_some());
                             attempts_per_flight += 1;
@@ -871,8 +959,8 @@ mod properties {
                         let uri: Uri = format!("{}/resource", ORIGINS[origin]).parse().unwrap();
                         let Authorization::Attach(attach) = m.authorize_request(key, &Method::GET, &uri, now) else { continue };
                         let sent = attach.header().clone();
-                        if let Ok(Some(proof)) = attach.dpop_proof() {
-                            let (_, claims) = decode(proof.to_str().unwrap());
+                        if let Some(proof) = api_proof(attach) {
+                            let (_, claims) = decode(&proof);
                             let expected = live(&handed_out, ORIGINS[origin], t);
                             prop_assert_eq!(claims.get("nonce").and_then(Value::as_str), expected.as_deref());
                             prop_assert_eq!(claims["htu"].as_str().unwrap(), format!("{}/resource", ORIGINS[origin]));

@@ -70,6 +70,7 @@ use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use token_keeper::jose::SignError;
 use token_keeper::{
     Authorization, BackoffPolicy, ClientAuth, ClientConfig, ClientSecret, Event, ForcedRefresh,
     Instant, InvalidationReason, KeyId, KeyOverrides, ManagerConfig, Now, RefreshPolicy, RequestId,
@@ -349,6 +350,8 @@ enum Reply {
         retry_after: Option<RetryAfter>,
     },
     Transport(TransportErrorKind),
+    /// Never sent: the driver could not sign it (`handle_signing_error`).
+    Signing,
 }
 
 /// Which `Authorization` a request to the API carried when it got its answer.
@@ -556,6 +559,7 @@ fn reply_strategy(mix: Mix) -> impl Strategy<Value = Reply> {
             Just(TransportErrorKind::Other),
         ]
         .prop_map(Reply::Transport),
+        1 => Just(Reply::Signing),
     ]
 }
 
@@ -828,6 +832,7 @@ struct KeyModel {
 enum Failure {
     Transport,
     CoreTimeout,
+    Signing,
     OAuth(StatusCode),
     Invalid(StatusCode),
 }
@@ -835,7 +840,7 @@ enum Failure {
 impl Failure {
     fn status(self) -> Option<StatusCode> {
         match self {
-            Failure::Transport | Failure::CoreTimeout => None,
+            Failure::Transport | Failure::CoreTimeout | Failure::Signing => None,
             Failure::OAuth(s) | Failure::Invalid(s) => Some(s),
         }
     }
@@ -846,6 +851,7 @@ impl Failure {
             (Failure::CoreTimeout, TokenError::Transport(e)) => {
                 e.kind() == TransportErrorKind::Timeout
             }
+            (Failure::Signing, e) => matches!(e, TokenError::Signing(_)),
             (Failure::OAuth(s), e) => e.is_oauth() && e.status() == Some(s),
             (Failure::Invalid(s), e) => e.is_invalid_response() && e.status() == Some(s),
             _ => false,
@@ -1078,6 +1084,11 @@ impl Harness {
             Reply::Transport(kind) => {
                 let error = TransportError::new(*kind, "connection reset by peer");
                 let result = self.manager.handle_transport_error(id, error, now);
+                (None, None, result)
+            }
+            Reply::Signing => {
+                let error = SignError("the KMS is unreachable".into());
+                let result = self.manager.handle_signing_error(id, error, now);
                 (None, None, result)
             }
             Reply::Http {
@@ -1546,6 +1557,7 @@ impl Harness {
         prop_assert_eq!(flight.id, id);
         let (status, body) = match reply {
             Reply::Transport(_) => return self.model_fail(k, id, Failure::Transport, None, t),
+            Reply::Signing => return self.model_fail(k, id, Failure::Signing, None, t),
             Reply::Http { status, body, .. } => {
                 (StatusCode::from_u16(*status).expect("valid"), body)
             }

@@ -3,6 +3,12 @@
 //! core act at its deadlines, and the threads that send every token request
 //! (callers only ask and wait, so a caller that stops waiting strands nobody).
 //!
+//! No [`Signer`](token_keeper::jose::Signer) is called with the core's lock
+//! held: a token request's JWTs are signed on its sender thread
+//! ([`TokenRequest::into_request`]) and an API request's proof by its caller
+//! after the round ([`Attached::sign`](crate::Attached::sign)), so a signer
+//! that takes seconds holds up only its own request.
+//!
 //! Adapters add only what differs: how a caller waits (a condition variable
 //! for threads, an event for tasks) and how a request is sent (the transport).
 
@@ -39,6 +45,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     stopping: AtomicBool,
     request_deadline: Duration,
+    /// [`ManagerConfig::max_response_body`], read once: no lock to send.
+    max_response_body: usize,
     send: Box<BlockingSend>,
 }
 
@@ -107,8 +115,10 @@ impl Engine {
         // `jti`s and jitter from the OS generator, not from the seed.
         core.set_random_source(Box::new(crate::OsRandom::new()));
         let (request_deadline, max_keys) = (core.config().request_timeout, core.config().max_keys);
+        let max_response_body = core.config().max_response_body;
         let engine = Arc::new(Engine {
             request_deadline,
+            max_response_body,
             registry: Registry::new(max_keys),
             core: Mutex::new(core),
             timers: Condvar::new(),
@@ -228,7 +238,8 @@ impl Engine {
         self.timers.notify_all();
     }
 
-    /// Sends each request on a thread of its own, off every caller's path.
+    /// Signs and sends each request on a thread of its own, off every
+    /// caller's path and outside the core's lock.
     pub fn dispatch(self: &Arc<Self>, requests: Vec<TokenRequest>) {
         for request in requests {
             let engine = Arc::clone(self);
@@ -246,12 +257,21 @@ impl Engine {
         }
     }
 
-    /// Sends `request` on this thread and feeds the outcome to the core.
+    /// Signs `request`'s JWTs and sends it, on this thread and without the
+    /// core's lock (a slow signer holds up this request only), then feeds the
+    /// outcome to the core: the response, the transport error, or, if it
+    /// could not be signed, the signing error (it was never sent).
     pub fn send_blocking(self: &Arc<Self>, request: TokenRequest) {
         let id = request.id();
-        let max_body = self.lock_core().config().max_response_body;
-        let outcome = (self.send)(request.into_request(), max_body);
-        self.finish(id, outcome);
+        match request.into_request() {
+            Ok(request) => {
+                let outcome = (self.send)(request, self.max_response_body);
+                self.finish(id, outcome);
+            }
+            Err(error) => self.end_flight(|core, now| {
+                let _late = core.handle_signing_error(id, error, now);
+            }),
+        }
     }
 
     /// Feeds a request's outcome to the core, wakes everyone who waits, and
@@ -261,13 +281,20 @@ impl Engine {
         id: RequestId,
         outcome: Result<http::Response<Vec<u8>>, TransportError>,
     ) {
+        self.end_flight(|core, now| {
+            // An answer the core no longer waits for (it gave up on the request) is dropped.
+            let _late = match outcome {
+                Ok(response) => core.handle_response(id, response, now),
+                Err(error) => core.handle_transport_error(id, error, now),
+            };
+        });
+    }
+
+    /// Feeds the end of a request to the core (`input`, under the lock),
+    /// wakes everyone who waits, and sends whatever the core queued.
+    fn end_flight(self: &Arc<Self>, input: impl FnOnce(&mut TokenManager, token_keeper::Now)) {
         let mut core = self.lock_core();
-        let now = self.clock.now();
-        // An answer the core no longer waits for (it gave up on the request) is dropped.
-        let _late = match outcome {
-            Ok(response) => core.handle_response(id, response, now),
-            Err(error) => core.handle_transport_error(id, error, now),
-        };
+        input(&mut core, self.clock.now());
         let requests = self.registry.drain(&mut core);
         self.flight_ended.notify_all();
         (self.on_flight_end)();

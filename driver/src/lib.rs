@@ -11,9 +11,10 @@
 //!   the hit path, discovery results, and counters, plus
 //!   [`Registry::drain`], which empties the core's outputs after every input;
 //! - [`step()`]: one round of "ask the core for a header", turned into what the
-//!   adapter must do next (done, send this request, or wait for that one);
+//!   adapter must do next (done, send this request, or wait for that one),
+//!   with any DPoP proof left to sign after the lock is released ([`Attached`]);
 //! - [`Engine`]: the core behind its lock, the timer thread, and the threads
-//!   that send token requests off the callers' path;
+//!   that sign and send token requests off the callers' path;
 //! - [`Routes`]: which origins get which client's tokens;
 //! - [`proxy_from_env`]: the proxy environment, read once for the core's
 //!   proxy decision;
@@ -38,7 +39,7 @@ pub use proxy::proxy_from_env;
 pub use random::OsRandom;
 pub use registry::{random_seed, ClientStats, Registry, TokenInfo};
 pub use routes::{may_carry_body, Routes};
-pub use step::{start_forced_refresh, step, Authorized, Step};
+pub use step::{start_forced_refresh, step, Attached, Authorized, Step};
 
 /// Spawns a named thread and returns once it runs, so that it is visible
 /// (by name, to tools and tests) as soon as its owner exists.

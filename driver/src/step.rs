@@ -8,8 +8,15 @@
 //! future, a timeout) strands nobody, since the request and the wake-up of
 //! every waiter belong to the engine. Only the waiting differs between
 //! blocking and async adapters.
+//!
+//! Nothing is signed under the lock: a round's answer for a DPoP-bound token
+//! carries its proof unsigned ([`Attached`]), and the caller signs it
+//! ([`Attached::sign`]) after unlocking, so a slow signer (an HSM, a KMS)
+//! holds up only its own call. Token requests are signed by the engine, on
+//! the thread that sends them.
 
 use http::{HeaderValue, Method, Uri};
+use token_keeper::jose::UnsignedJwt;
 use token_keeper::{
     Attach, Authorization, ForcedRefresh, KeyId, Now, RequestId, TokenError, TokenManager,
     TokenRequest,
@@ -39,9 +46,10 @@ pub enum Step<T> {
 /// `waited` says whether this caller already waited for a request in this
 /// call: if so, a failure is reported as the error itself (the caller saw it
 /// happen); if not, as [`Error::Unavailable`] (the key was already backing off).
-/// The answer is owned ([`Authorized`]): the caller runs its own code on it
-/// after the core's lock is released, so that code may call the client
-/// again (a closure under the lock would deadlock on a cold cache).
+/// The answer is owned ([`Attached`]): the caller signs its DPoP proof, if
+/// any, and runs its own code on it after the core's lock is released, so
+/// that a slow signer holds up no other caller, and that code may call the
+/// client again (a closure under the lock would deadlock on a cold cache).
 pub fn step(
     core: &mut TokenManager,
     registry: &Registry,
@@ -49,9 +57,9 @@ pub fn step(
     request: Option<(&Method, &Uri)>,
     now: Now,
     waited: bool,
-) -> Step<Authorized> {
+) -> Step<Attached> {
     enum Decision {
-        Done(Result<Authorized, Error>),
+        Done(Result<Attached, Error>),
         Wait(RequestId),
     }
     let authorization = match request {
@@ -59,7 +67,7 @@ pub fn step(
         None => core.authorize(key, now),
     };
     let decision = match authorization {
-        Authorization::Attach(attach) => Decision::Done(Authorized::from_attach(&attach)),
+        Authorization::Attach(attach) => Decision::Done(Attached::from_attach(attach)),
         Authorization::Unavailable { error, retry_at } => Decision::Done(Err(if waited {
             Error::from_token_error(error)
         } else {
@@ -88,16 +96,42 @@ pub struct Authorized {
     pub dpop: Option<HeaderValue>,
 }
 
-impl Authorized {
-    /// The headers of an [`Attach`]; fails if its DPoP proof could not be signed
-    /// (the request must then not be sent: a DPoP token is never sent as Bearer).
-    pub fn from_attach(attach: &Attach<'_>) -> Result<Authorized, Error> {
-        let dpop = attach
-            .dpop_proof()
-            .map_err(|e| Error::Signing(e.clone()))?
-            .cloned();
+/// The core's answer for an API request, owned and not yet signed:
+/// `Authorization`, and for a DPoP-bound token the proof to sign. Sign it
+/// with [`Attached::sign`] once the core's lock is released.
+#[derive(Debug)]
+pub struct Attached {
+    /// The `Authorization` header value.
+    pub authorization: HeaderValue,
+    /// The DPoP proof to sign, for a DPoP-bound token.
+    pub dpop: Option<UnsignedJwt>,
+}
+
+impl Attached {
+    /// The header and unsigned proof of an [`Attach`]; fails if no proof can
+    /// be made for the request (the request must then not be sent: a DPoP
+    /// token is never sent as Bearer).
+    pub fn from_attach(attach: Attach<'_>) -> Result<Attached, Error> {
+        let authorization = attach.header().clone();
+        let dpop = attach.dpop_proof_to_sign().map_err(Error::Signing)?;
+        Ok(Attached {
+            authorization,
+            dpop,
+        })
+    }
+
+    /// Signs the DPoP proof, if any: the headers to send. Call it with the
+    /// core's lock released (the signer may be an HSM or a KMS, and slow).
+    /// Fails with [`Error::Signing`] if the signer does: the request must
+    /// then not be sent (a DPoP token is never sent as Bearer).
+    pub fn sign(self) -> Result<Authorized, Error> {
+        let dpop = self
+            .dpop
+            .map(UnsignedJwt::sign_header_value)
+            .transpose()
+            .map_err(Error::Signing)?;
         Ok(Authorized {
-            authorization: attach.header().clone(),
+            authorization: self.authorization,
             dpop,
         })
     }

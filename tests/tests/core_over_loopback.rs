@@ -70,10 +70,12 @@ fn header_for(manager: &mut TokenManager, key: KeyId) -> Result<HeaderValue, Tok
             Authorization::Unavailable { error, .. } => return Err(error.clone()),
             Authorization::Fetch(_) | Authorization::Wait(_) => {
                 while let Some(request) = manager.poll_request() {
-                    let response = send(request.request());
-                    manager
-                        .handle_response(request.id(), response, now())
-                        .unwrap();
+                    let id = request.id();
+                    match request.into_request() {
+                        Ok(request) => manager.handle_response(id, send(&request), now()),
+                        Err(error) => manager.handle_signing_error(id, error, now()),
+                    }
+                    .unwrap();
                 }
             }
         }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use token_keeper::jose::{Algorithm, Signer};
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret, PrivateKeyJwt, ProxySettings};
-use token_keeper_keys::PrivateKey;
 use token_keeper_driver::tls::TlsSettings;
+use token_keeper_keys::PrivateKey;
 use token_keeper_surf::AsyncTokenClient;
 use token_keeper_ureq::{Error, TokenClient, TokenInfo};
 

@@ -11,8 +11,8 @@ use token_keeper::{
     ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, RequestId, ResourceOutcome,
 };
 use token_keeper_driver::{
-    proxy_from_env, random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats,
-    Clock, Engine, EngineHandle, Error, Step, SystemClock, TokenInfo,
+    proxy_from_env, random_seed, start_forced_refresh, step, Attached, Authorized, BlockingSend,
+    ClientStats, Clock, Engine, EngineHandle, Error, Step, SystemClock, TokenInfo,
 };
 
 use crate::transport::{self, TokenTransport};
@@ -433,7 +433,8 @@ impl AsyncTokenClient {
             match round {
                 Step::Done(result, requests) => {
                     engine.dispatch(requests);
-                    return result;
+                    // Signed with the lock released: a slow signer holds up this call only.
+                    return result.and_then(Attached::sign);
                 }
                 Step::Wait { id, requests } => {
                     engine.dispatch(requests);

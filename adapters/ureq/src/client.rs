@@ -10,8 +10,8 @@ use token_keeper::{
 };
 use token_keeper_driver::tls::TlsSettings;
 use token_keeper_driver::{
-    proxy_from_env, random_seed, start_forced_refresh, step, Authorized, BlockingSend, ClientStats,
-    Engine, EngineHandle, Step, TokenInfo,
+    proxy_from_env, random_seed, start_forced_refresh, step, Attached, Authorized, BlockingSend,
+    ClientStats, Engine, EngineHandle, Step, TokenInfo,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -367,7 +367,8 @@ impl TokenClient {
                 Step::Done(result, requests) => {
                     drop(core);
                     engine.dispatch(requests);
-                    return result;
+                    // Signed with the lock released: a slow signer holds up this call only.
+                    return result.and_then(Attached::sign);
                 }
                 Step::Wait { id, requests } => {
                     if !requests.is_empty() {
