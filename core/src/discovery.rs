@@ -34,7 +34,7 @@ use http::header::ACCEPT;
 use http::{HeaderValue, Method, StatusCode, Uri};
 use serde::Deserialize;
 
-use crate::error::{clean_text, ConfigError};
+use crate::error::{clean_text, ConfigError, TransportError, TransportErrorKind};
 use crate::url::{HttpUrl, UrlError};
 
 /// Largest discovery document accepted (64 KiB; real ones are a few KiB).
@@ -90,6 +90,17 @@ pub enum DiscoveryError {
     },
     /// The document has no usable `token_endpoint`.
     InvalidTokenEndpoint(&'static str),
+    /// The metadata document could not be fetched (no connection, no answer
+    /// in time, a broken connection): the authorization server's well-known
+    /// URL failed, not its token endpoint.
+    Unreachable(TransportError),
+}
+
+impl DiscoveryError {
+    /// A transport failure while fetching the metadata document.
+    pub fn unreachable(error: TransportError) -> DiscoveryError {
+        DiscoveryError::Unreachable(error)
+    }
 }
 
 impl fmt::Display for DiscoveryError {
@@ -105,6 +116,15 @@ impl fmt::Display for DiscoveryError {
                 "discovery failed: the document is for issuer {found:?}, not {expected:?}"
             ),
             DiscoveryError::InvalidTokenEndpoint(why) => write!(f, "discovery failed: token_endpoint {why}"),
+            DiscoveryError::Unreachable(error) => {
+                let what = match error.kind() {
+                    TransportErrorKind::Connect => "could not connect to the authorization server",
+                    TransportErrorKind::Timeout => "the authorization server did not answer in time",
+                    TransportErrorKind::Io => "the connection to the authorization server broke",
+                    TransportErrorKind::Other => "fetching the metadata document failed",
+                };
+                write!(f, "discovery failed: {what}: {}", error.message())
+            }
         }
     }
 }
@@ -518,5 +538,21 @@ mod tests {
             parse_metadata(huge.as_bytes(), issuer),
             Err(DiscoveryError::InvalidDocument(_))
         ));
+    }
+    #[test]
+    fn an_unreachable_issuer_is_named_as_such_not_as_the_token_endpoint() {
+        use crate::error::{TransportError, TransportErrorKind};
+        for kind in [
+            TransportErrorKind::Connect,
+            TransportErrorKind::Timeout,
+            TransportErrorKind::Io,
+            TransportErrorKind::Other,
+        ] {
+            let error = DiscoveryError::unreachable(TransportError::new(kind, "refused"));
+            let text = error.to_string();
+            assert!(text.starts_with("discovery failed: "), "{text}");
+            assert!(!text.contains("token endpoint"), "{text}");
+            assert!(text.ends_with("refused"), "{text}");
+        }
     }
 }

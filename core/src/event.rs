@@ -105,6 +105,20 @@ pub enum Event {
         /// The key.
         key: KeyId,
     },
+    /// The server granted a scope other than the one requested (RFC 6749
+    /// §5.1 lets it, and obliges it to say so). The token is cached and used
+    /// all the same; worth a warning, since a scope dropped quietly shows up
+    /// later as a 403 from the API. Only when a scope was requested and the
+    /// answer names one: the two are compared as sets, so order and
+    /// repetition do not count. Scopes are not secrets.
+    ScopeDiffers {
+        /// The key.
+        key: KeyId,
+        /// The scope requested, space-separated and sorted.
+        requested: String,
+        /// The scope granted, as the server wrote it.
+        granted: String,
+    },
     /// A protected resource answered 401 to the key's current token, which was
     /// fetched after an earlier 401 had thrown the previous one away, within
     /// [`ManagerConfig::resource_rejection_damping`](crate::ManagerConfig::resource_rejection_damping):

@@ -176,6 +176,7 @@ pub mod discovery;
 pub mod dpop;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod jose;
 pub mod key;
 mod lifecycle;
@@ -198,6 +199,7 @@ pub use error::{
     TransportErrorKind, UnknownRequest,
 };
 pub use event::{Event, InvalidationReason, RequestReason};
+pub use health::{HealthError, HealthState, KeyHealth};
 pub use key::{KeyId, KeyOverrides, Scope};
 pub use manager::{
     Attach, Authorization, ClientHandle, ForcedRefresh, ResourceOutcome, ResourceResponse,

@@ -14,8 +14,9 @@ use crate::error::{
     ConfigError, InvalidResponse, ResponseProblem, TokenError, TransportError, UnknownRequest,
 };
 use crate::event::{Event, InvalidationReason, RequestReason};
+use crate::health::{HealthError, HealthState, KeyHealth};
 use crate::jose::{SignError, UnsignedJwt};
-use crate::key::{KeyDescriptor, KeyId, KeyOverrides};
+use crate::key::{KeyDescriptor, KeyId, KeyOverrides, Scope};
 use crate::lifecycle::{backoff_delay, reached, Phase, TokenTimes};
 use crate::random::{RandomSource, Randomness};
 use crate::request::{
@@ -248,6 +249,13 @@ struct Backoff {
     error: TokenError,
 }
 
+/// A failed token request, kept for [`TokenManager::health`].
+#[derive(Debug)]
+struct Failure {
+    error: TokenError,
+    at: Instant,
+}
+
 #[derive(Debug)]
 struct Slot {
     descriptor: KeyDescriptor,
@@ -255,6 +263,13 @@ struct Slot {
     flight: Option<Flight>,
     backoff: Option<Backoff>,
     failures: u32,
+    /// The last failure, kept after later successes (health only).
+    last_failure: Option<Failure>,
+    /// Whether the last token was dropped at the end of its usable life and
+    /// none has been cached since (health only).
+    expired: bool,
+    /// Token requests started (health only).
+    token_requests: u64,
     /// How many times a 401 invalidated this key's token, and when it last did.
     rejections: u64,
     rejected_at: Option<Instant>,
@@ -514,6 +529,9 @@ impl TokenManager {
             flight: None,
             backoff: None,
             failures: 0,
+            last_failure: None,
+            expired: false,
+            token_requests: 0,
             rejections: 0,
             rejected_at: None,
             snapshot: None,
@@ -525,6 +543,13 @@ impl TokenManager {
     /// The number of keys interned so far; [`KeyId::index`] is below it.
     pub fn key_count(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Every key interned so far, in the order they were made (each
+    /// client's default key when it was added, then any made by
+    /// [`TokenManager::key`]).
+    pub fn keys(&self) -> impl Iterator<Item = KeyId> {
+        (0..self.slots.len() as u32).map(KeyId)
     }
 
     /// Moves the core's clock. Time that goes backwards is ignored, so a
@@ -749,6 +774,103 @@ impl TokenManager {
             token,
             remaining: token.times.remaining(t),
         })
+    }
+
+    /// Where `key` stands at `now`, as a health check reports it: its
+    /// state, how long its token may still be attached, when the next token
+    /// request may start, its last failure (its `Display`, and how long ago)
+    /// and how many token requests it made. Owned and secret-free (see
+    /// [`health`](crate::health)); reads the state only, like
+    /// [`TokenManager::token`]: time that has passed without an input (a
+    /// refresh point, an expiry, the end of a backoff) counts as passed.
+    pub fn health(&self, key: KeyId, now: Now) -> KeyHealth {
+        let t = self.latest.max(now.monotonic());
+        let slot = &self.slots[key.index()];
+        let usable = slot.token.as_ref().filter(|tok| tok.times.attachable(t));
+        let backoff = slot.backoff_at(t);
+        let state = match (backoff, usable) {
+            (Some(_), _) => HealthState::BackingOff,
+            (None, Some(tok)) if tok.times.refresh_due(t) => HealthState::Stale,
+            (None, Some(_)) => HealthState::Fresh,
+            (None, None) if slot.flight.is_some() => HealthState::Fetching,
+            // Expired, whether the timer has dropped it yet or not.
+            (None, None) if slot.expired || slot.token.is_some() => HealthState::Expired,
+            (None, None) => HealthState::Empty,
+        };
+        let refresh_in = if slot.flight.is_some() {
+            Some(Duration::ZERO)
+        } else if let Some(backoff) = backoff {
+            Some(backoff.until.saturating_duration_since(t))
+        } else {
+            usable.map(|tok| tok.times.refresh_at.saturating_duration_since(t))
+        };
+        KeyHealth {
+            state,
+            usable_for: usable.map(|tok| tok.times.remaining(t)),
+            refresh_in,
+            last_error: slot.last_failure.as_ref().map(|failure| HealthError {
+                message: failure.error.to_string(),
+                ago: t.saturating_duration_since(failure.at),
+            }),
+            token_requests: slot.token_requests,
+        }
+    }
+
+    /// The client `key` belongs to.
+    pub fn client_of(&self, key: KeyId) -> ClientHandle {
+        ClientHandle(self.slots[key.index()].descriptor.client)
+    }
+
+    /// The name a client was registered under.
+    pub fn client_name(&self, client: ClientHandle) -> &str {
+        &self.clients[client.0 as usize].name
+    }
+
+    /// What sets `key` apart from its client's configured request, for logs
+    /// and health views; `None` for the client's default key. Lists the
+    /// scope, resources and audience that differ, and the names (not the
+    /// values) of the parameters that do, for example
+    /// `scope="reports.read" params=[tenant]`.
+    pub fn key_overrides(&self, key: KeyId) -> Option<String> {
+        use std::fmt::Write as _;
+        let own = &self.slots[key.index()].descriptor;
+        let client = &self.clients[own.client as usize];
+        if client.default_key == key {
+            return None;
+        }
+        let base = &self.slots[client.default_key.index()].descriptor;
+        let mut out = String::new();
+        let mut part = |args: std::fmt::Arguments<'_>| {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            let _ = out.write_fmt(args);
+        };
+        if own.scope != base.scope {
+            part(format_args!("scope={:?}", own.scope.to_request_string()));
+        }
+        if own.resources != base.resources {
+            part(format_args!("resources={:?}", own.resources));
+        }
+        if own.audience != base.audience {
+            part(format_args!(
+                "audience={:?}",
+                own.audience.as_deref().unwrap_or("")
+            ));
+        }
+        let changed: Vec<&str> = own
+            .params
+            .iter()
+            .filter(|param| !base.params.contains(param))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !changed.is_empty() {
+            part(format_args!("params=[{}]", changed.join(",")));
+        }
+        if out.is_empty() {
+            let _ = write!(out, "{key}");
+        }
+        Some(out)
     }
 
     /// Hands the core the response to token request `id`.
@@ -1028,6 +1150,7 @@ impl TokenManager {
             nonce_retried: false,
             rejections: self.slots[key.index()].rejections,
         });
+        self.slots[key.index()].token_requests += 1;
         self.in_flight.insert(id, key);
         self.requests.push_back(request);
         self.events
@@ -1101,6 +1224,18 @@ impl TokenManager {
             token_type: response.token_type,
             scope: response.scope.clone(),
         });
+        // RFC 6749 §5.1: a server that grants other than what was asked must
+        // say so; a scope quietly dropped shows up only as 403s later.
+        let requested = &self.slots[key.index()].descriptor.scope;
+        if let Some(granted) = response.scope.as_deref() {
+            if !requested.is_empty() && Scope::parse(granted) != *requested {
+                self.events.push_back(Event::ScopeDiffers {
+                    key,
+                    requested: requested.to_request_string(),
+                    granted: granted.to_owned(),
+                });
+            }
+        }
         let slot = &mut self.slots[key.index()];
         slot.token = Some(CachedToken {
             access_token: response.access_token,
@@ -1113,6 +1248,7 @@ impl TokenManager {
         });
         slot.failures = 0;
         slot.backoff = None;
+        slot.expired = false;
         self.mark_changed(key);
         Ok(())
     }
@@ -1139,6 +1275,10 @@ impl TokenManager {
             until,
             error: error.clone(),
         });
+        slot.last_failure = Some(Failure {
+            error: error.clone(),
+            at: t,
+        });
         self.events
             .push_back(Event::RequestFailed { key, id, error });
         self.events.push_back(Event::BackoffEntered {
@@ -1152,7 +1292,9 @@ impl TokenManager {
     }
 
     fn expire(&mut self, key: KeyId) {
-        if self.slots[key.index()].token.take().is_some() {
+        let slot = &mut self.slots[key.index()];
+        if slot.token.take().is_some() {
+            slot.expired = true;
             self.events.push_back(Event::TokenExpired { key });
             self.mark_changed(key);
         }

@@ -1075,3 +1075,54 @@ fn an_echoing_server_cannot_leak_the_secret_through_errors() {
     let text = format!("{error} {error:?}");
     assert!(!text.contains(encoded) && !text.contains(SECRET), "{text}");
 }
+
+/// The scope-difference events a token granted with `granted` (`None`: no
+/// `scope` field) raises, for a client configured with `requested`.
+fn scope_differences(requested: &str, granted: Option<&str>) -> Vec<(String, String)> {
+    let (mut m, _, key) = manager_with(config().scope(requested));
+    let id = fetch(&mut m, key, at(0.0));
+    let scope = granted.map_or(String::new(), |s| format!(r#","scope":"{s}""#));
+    let body = format!(r#"{{"access_token":"t","token_type":"Bearer","expires_in":60{scope}}}"#);
+    respond(&mut m, id, 200, &body, at(0.0));
+    attached(&mut m, key, at(1.0));
+    events(&mut m)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ScopeDiffers {
+                key: k,
+                requested,
+                granted,
+            } => {
+                assert_eq!(k, key);
+                Some((requested, granted))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_scope_the_server_drops_is_reported_and_the_token_still_used() {
+    assert_eq!(
+        scope_differences("read write", Some("read")),
+        [("read write".to_owned(), "read".to_owned())]
+    );
+    assert_eq!(
+        scope_differences("read", Some("read admin")),
+        [("read".to_owned(), "read admin".to_owned())],
+        "more than asked is a difference too"
+    );
+}
+
+#[test]
+fn the_same_scope_in_any_order_or_none_said_or_none_asked_is_not_reported() {
+    assert!(scope_differences("write read", Some("read write read")).is_empty());
+    assert!(
+        scope_differences("read", None).is_empty(),
+        "RFC 6749 §5.1: omitted means as requested"
+    );
+    assert!(
+        scope_differences("", Some("default")).is_empty(),
+        "nothing asked: the server's default scope is no surprise"
+    );
+}

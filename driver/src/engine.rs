@@ -24,7 +24,7 @@ use token_keeper::{
 
 use crate::error::Error;
 
-use crate::registry::Registry;
+use crate::registry::{ClientHealth, Registry};
 
 /// Sends one token request and reads at most `max_body + 1` bytes of the
 /// answer, blocking the calling thread (a sender thread of the engine).
@@ -102,14 +102,17 @@ impl Drop for TimerGuard {
 
 impl Engine {
     /// Starts an engine: a core with `manager` limits and `seed`, reading
-    /// `clock`, sending background requests with `send`, and calling
-    /// `on_flight_end` whenever a request ends.
+    /// `clock`, sending background requests with `send`, calling
+    /// `on_flight_end` whenever a request ends, and logging what the core
+    /// does under `log_target`: the adapter's crate name
+    /// (`"token_keeper_ureq"`), which its users filter on.
     pub fn start(
         manager: ManagerConfig,
         seed: u64,
         clock: Arc<dyn Clock>,
         send: Box<BlockingSend>,
         on_flight_end: Box<dyn Fn() + Send + Sync>,
+        log_target: &'static str,
     ) -> EngineHandle {
         let mut core = TokenManager::new(manager, seed);
         // `jti`s and jitter from the OS generator, not from the seed.
@@ -119,7 +122,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             request_deadline,
             max_response_body,
-            registry: Registry::new(max_keys),
+            registry: Registry::with_log_target(max_keys, log_target),
             core: Mutex::new(core),
             timers: Condvar::new(),
             flight_ended: Condvar::new(),
@@ -171,6 +174,13 @@ impl Engine {
     /// How long a token request may stay in flight.
     pub fn request_deadline(&self) -> Duration {
         self.request_deadline
+    }
+
+    /// The health of every key of every named client, now (see
+    /// [`Registry::health`]): the core's lock is held only to read it.
+    pub fn health(&self) -> Vec<ClientHealth> {
+        let core = self.lock_core();
+        self.registry.health(&core, self.clock.now())
     }
 
     /// Registers a named client.

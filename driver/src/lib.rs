@@ -37,7 +37,7 @@ pub use engine::{BlockingSend, Engine, EngineHandle};
 pub use error::Error;
 pub use proxy::proxy_from_env;
 pub use random::OsRandom;
-pub use registry::{random_seed, ClientStats, Registry, TokenInfo};
+pub use registry::{random_seed, ClientHealth, ClientStats, Registry, TokenInfo};
 pub use routes::{may_carry_body, Routes};
 pub use step::{start_forced_refresh, step, Attached, Authorized, Step};
 

@@ -1,4 +1,5 @@
-//! [`Registry`]: named clients, published snapshots, discovery cache, counters.
+//! [`Registry`]: named clients, published snapshots, discovery cache,
+//! counters, the health view and the log lines of the core's events.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,21 +9,36 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use token_keeper::discovery::ServerMetadata;
 use token_keeper::{
-    AccessToken, ClientConfig, ClientHandle, ConfigError, Event, Instant, KeyId, Now, Snapshot,
-    TokenManager, TokenRequest, TokenType,
+    AccessToken, ClientConfig, ClientHandle, ConfigError, Event, Instant, KeyHealth, KeyId, Now,
+    RequestReason, Scope, Snapshot, TokenManager, TokenRequest, TokenType,
 };
 
 use crate::error::Error;
 
-/// Counts of what a client did, for reports and demos.
+/// Counts of what a client (every named client it holds, every key) did,
+/// for reports and demos.
+///
+/// Requests and tokens are counted apart: one token may cost more than one
+/// request. A server that demands a DPoP nonce (`use_dpop_nonce`) answers
+/// the first request with that demand, and the one retry, with the nonce,
+/// gets the token: two `token_requests`, one `tokens_acquired`, one
+/// `dpop_nonce_retries`. A failed request counts in `failures` (and is
+/// retried after a backoff, which is another request).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
-    /// Token requests started.
+    /// Token requests started: every request to the token endpoint, the
+    /// retries after `use_dpop_nonce` included (and one whose JWTs could not
+    /// be signed, which fails without being sent).
     pub token_requests: u64,
     /// Tokens received and cached.
     pub tokens_acquired: u64,
-    /// Token requests that failed.
+    /// Token requests that failed (an error answer, a transport error, a
+    /// timeout, a signing error). A `use_dpop_nonce` answer that is retried
+    /// is not a failure.
     pub failures: u64,
+    /// Of `token_requests`, the retries after a `use_dpop_nonce` answer (at
+    /// most one per token sought).
+    pub dpop_nonce_retries: u64,
 }
 
 /// A cached token with its remaining life.
@@ -56,6 +72,25 @@ struct Counters {
     token_requests: AtomicU64,
     tokens_acquired: AtomicU64,
     failures: AtomicU64,
+    dpop_nonce_retries: AtomicU64,
+}
+
+/// One key of a named client and its health, from [`Registry::health`]
+/// (and the adapters' `health()`). Owned and secret-free: no token, secret
+/// or proof, so it may be served as it is (as JSON at `/healthz`, say).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientHealth {
+    /// The name the client was registered under.
+    pub name: String,
+    /// The key.
+    pub key: KeyId,
+    /// What sets the key apart from the client's configured request
+    /// (per-call overrides: scope, resources, audience, parameter names);
+    /// `None` for the configured request itself.
+    pub overrides: Option<String>,
+    /// Where the key stands.
+    pub health: KeyHealth,
 }
 
 /// Most named clients one adapter holds.
@@ -85,6 +120,8 @@ pub struct Registry {
     snapshots: Box<[ArcSwapOption<Snapshot>]>,
     discovered: Mutex<HashMap<String, ServerMetadata>>,
     counters: Counters,
+    /// The `log` target of the events' lines: the adapter's crate.
+    log_target: &'static str,
 }
 
 impl std::fmt::Debug for Registry {
@@ -103,14 +140,28 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     /// A registry with room for `max_keys` snapshot cells (the core's
-    /// [`ManagerConfig::max_keys`](token_keeper::ManagerConfig::max_keys)).
+    /// [`ManagerConfig::max_keys`](token_keeper::ManagerConfig::max_keys)),
+    /// logging under this module's target (see [`Registry::with_log_target`]).
     pub fn new(max_keys: usize) -> Registry {
+        Registry::with_log_target(max_keys, module_path!())
+    }
+
+    /// [`Registry::new`], logging the core's events under `log_target`: the
+    /// adapter's crate (`"token_keeper_ureq"`), the one its users know, so
+    /// that `RUST_LOG=token_keeper_ureq=info` shows them.
+    pub fn with_log_target(max_keys: usize, log_target: &'static str) -> Registry {
         Registry {
             names: (0..MAX_CLIENTS * 2).map(|_| OnceLock::new()).collect(),
             snapshots: (0..max_keys).map(|_| ArcSwapOption::empty()).collect(),
             discovered: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            log_target,
         }
+    }
+
+    /// The `log` target the core's events are logged under.
+    pub fn log_target(&self) -> &'static str {
+        self.log_target
     }
 
     /// Registers a named client in the core and makes its name resolvable.
@@ -202,7 +253,8 @@ impl Registry {
     }
 
     /// Empties the core's outputs after an input, as its run loop requires:
-    /// publishes snapshots, counts and logs events, and returns the token
+    /// publishes snapshots, counts events and logs them (under
+    /// [`Registry::log_target`], naming the client), and returns the token
     /// requests to send. Call with the core's lock held.
     pub fn drain(&self, core: &mut TokenManager) -> Vec<TokenRequest> {
         while let Some((key, snapshot)) = core.poll_snapshot() {
@@ -211,27 +263,50 @@ impl Registry {
             }
         }
         while let Some(event) = core.poll_event() {
-            let counter = match &event {
-                Event::RequestStarted { .. } => Some(&self.counters.token_requests),
-                Event::TokenAcquired { .. } => Some(&self.counters.tokens_acquired),
-                Event::RequestFailed { .. } => Some(&self.counters.failures),
-                _ => None,
+            let counters = &self.counters;
+            let counted: &[&AtomicU64] = match &event {
+                Event::RequestStarted {
+                    reason: RequestReason::DPoPNonce,
+                    ..
+                } => &[&counters.token_requests, &counters.dpop_nonce_retries],
+                Event::RequestStarted { .. } => &[&counters.token_requests],
+                Event::TokenAcquired { .. } => &[&counters.tokens_acquired],
+                Event::RequestFailed { .. } => &[&counters.failures],
+                _ => &[],
             };
-            if let Some(counter) = counter {
+            for counter in counted {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            log_event(&event);
+            if log::log_enabled!(target: self.log_target, log::Level::Error) {
+                log_event(self.log_target, &key_label(core, event_key(&event)), &event);
+            }
         }
         std::iter::from_fn(|| core.poll_request()).collect()
     }
 
     /// What the client has done so far.
     pub fn stats(&self) -> ClientStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         ClientStats {
-            token_requests: self.counters.token_requests.load(Ordering::Relaxed),
-            tokens_acquired: self.counters.tokens_acquired.load(Ordering::Relaxed),
-            failures: self.counters.failures.load(Ordering::Relaxed),
+            token_requests: load(&self.counters.token_requests),
+            tokens_acquired: load(&self.counters.tokens_acquired),
+            failures: load(&self.counters.failures),
+            dpop_nonce_retries: load(&self.counters.dpop_nonce_retries),
         }
+    }
+
+    /// The health of every key of every named client at `now`, in the order
+    /// the keys were made (see [`TokenManager::health`]). Call with the
+    /// core's lock held; it only reads.
+    pub fn health(&self, core: &TokenManager, now: Now) -> Vec<ClientHealth> {
+        core.keys()
+            .map(|key| ClientHealth {
+                name: core.client_name(core.client_of(key)).to_owned(),
+                key,
+                overrides: core.key_overrides(key),
+                health: core.health(key, now),
+            })
+            .collect()
     }
 
     /// A discovery result fetched earlier for `issuer`.
@@ -266,34 +341,67 @@ impl Registry {
     }
 }
 
-/// Logs an event through the `log` facade. Events carry no secrets.
-pub fn log_event(event: &Event) {
+/// The key an event is about.
+fn event_key(event: &Event) -> Option<KeyId> {
     match event {
-        Event::RequestStarted { key, id, reason } => {
-            log::debug!("{key}: token request {id} started ({reason:?})")
+        Event::RequestStarted { key, .. }
+        | Event::TokenAcquired { key, .. }
+        | Event::RequestFailed { key, .. }
+        | Event::BackoffEntered { key, .. }
+        | Event::TokenInvalidated { key, .. }
+        | Event::TokenExpired { key }
+        | Event::TokenNotBound { key }
+        | Event::ScopeDiffers { key, .. }
+        | Event::RejectionDamped { key } => Some(*key),
+        _ => None,
+    }
+}
+
+/// How log lines name `key`: its client's name, followed by what sets the
+/// key apart from the client's configured request, if anything
+/// (`m2m (scope="reports.read")`).
+fn key_label(core: &TokenManager, key: Option<KeyId>) -> String {
+    let Some(key) = key.filter(|key| key.index() < core.key_count()) else {
+        return "token-keeper".to_owned();
+    };
+    let name = core.client_name(core.client_of(key));
+    match core.key_overrides(key) {
+        None => name.to_owned(),
+        Some(overrides) => format!("{name} ({overrides})"),
+    }
+}
+
+/// Logs an event through the `log` facade under `target` (the adapter's
+/// crate), naming the client as `client` (see [`Registry::drain`]). Events
+/// carry no secrets.
+pub fn log_event(target: &str, client: &str, event: &Event) {
+    match event {
+        Event::RequestStarted { id, reason, .. } => {
+            log::debug!(target: target, "{client}: token request {id} started ({reason:?})")
         }
         Event::TokenAcquired {
-            key,
             lifetime,
             token_type,
             scope,
+            ..
         } => log::info!(
-            "{key}: {} token acquired, lifetime {} s, scope {:?}",
+            target: target,
+            "{client}: {} token acquired, lifetime {} s, scope {:?}",
             token_type.scheme(),
             lifetime.as_secs(),
             scope.as_deref().unwrap_or("")
         ),
-        Event::RequestFailed { key, id, error } => {
-            log::warn!("{key}: token request {id} failed: {error}")
+        Event::RequestFailed { id, error, .. } => {
+            log::warn!(target: target, "{client}: token request {id} failed: {error}")
         }
         Event::BackoffEntered {
-            key,
             delay,
             failures,
             serving_cached,
             ..
         } => log::warn!(
-            "{key}: backing off {:.1} s after {failures} failure(s){}",
+            target: target,
+            "{client}: backing off {:.1} s after {failures} failure(s){}",
             delay.as_secs_f64(),
             if *serving_cached {
                 "; still serving the cached token"
@@ -301,15 +409,39 @@ pub fn log_event(event: &Event) {
                 ""
             }
         ),
-        Event::TokenInvalidated { key, reason } => {
-            log::info!("{key}: token invalidated ({reason:?})")
+        Event::TokenInvalidated { reason, .. } => {
+            log::info!(target: target, "{client}: token invalidated ({reason:?})")
         }
-        Event::TokenExpired { key } => log::debug!("{key}: token expired"),
-        Event::RejectionDamped { key } => log::warn!(
-            "{key}: the API rejected a token fetched after its last rejection; \
+        Event::TokenExpired { .. } => log::debug!(target: target, "{client}: token expired"),
+        Event::ScopeDiffers {
+            requested, granted, ..
+        } => {
+            let granted_set = Scope::parse(granted);
+            let requested_set = Scope::parse(requested);
+            let missing: Vec<&str> = requested_set
+                .iter()
+                .filter(|scope| !granted_set.iter().any(|g| g == *scope))
+                .collect();
+            if missing.is_empty() {
+                log::warn!(
+                    target: target,
+                    "{client}: the server granted scope {granted:?}, more than the {requested:?} requested"
+                )
+            } else {
+                log::warn!(
+                    target: target,
+                    "{client}: the server granted scope {granted:?}, not the {requested:?} requested: \
+                     API calls that need {:?} will likely be refused (403)",
+                    missing.join(" ")
+                )
+            }
+        }
+        Event::RejectionDamped { .. } => log::warn!(
+            target: target,
+            "{client}: the API rejected a token fetched after its last rejection; \
              not fetching another within the damping window (check the audience, scope or resource)"
         ),
-        other => log::debug!("{other:?}"),
+        other => log::debug!(target: target, "{client}: {other:?}"),
     }
 }
 
@@ -371,6 +503,60 @@ mod tests {
                 .expose_secret(),
             "t"
         );
+    }
+
+    #[test]
+    fn health_and_log_lines_name_each_key_by_its_client() {
+        let registry = Registry::with_log_target(16, "token_keeper_test");
+        assert_eq!(registry.log_target(), "token_keeper_test");
+        let mut core = TokenManager::new(ManagerConfig::default(), 1);
+        let config = ClientConfig::new(
+            "https://as.example/t",
+            "c",
+            ClientAuth::Basic(ClientSecret::new("s")),
+        )
+        .unwrap()
+        .scope("api");
+        registry.add_client(&mut core, "orders", config).unwrap();
+        let (handle, key) = registry.lookup("orders").unwrap();
+        let reports = core
+            .key(handle, &token_keeper::KeyOverrides::new().scope("reports"))
+            .unwrap();
+        assert_eq!(key_label(&core, Some(key)), "orders");
+        assert_eq!(
+            key_label(&core, Some(reports)),
+            r#"orders (scope="reports")"#
+        );
+        let Authorization::Fetch(_) = core.authorize(reports, Now::from_secs(0)) else {
+            panic!()
+        };
+        registry.drain(&mut core);
+        let health = registry.health(&core, Now::from_secs(1));
+        let summary: Vec<_> = health
+            .iter()
+            .map(|h| {
+                (
+                    h.name.as_str(),
+                    h.key,
+                    h.overrides.as_deref(),
+                    h.health.state,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("orders", key, None, token_keeper::HealthState::Empty),
+                (
+                    "orders",
+                    reports,
+                    Some(r#"scope="reports""#),
+                    token_keeper::HealthState::Fetching
+                ),
+            ]
+        );
+        assert_eq!(health[1].health.token_requests, 1);
+        assert_eq!(registry.stats().token_requests, 1);
     }
 
     #[test]

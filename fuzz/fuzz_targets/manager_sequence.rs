@@ -1034,6 +1034,18 @@ impl Harness {
                     );
                     self.retired.insert(old);
                 }
+                Event::ScopeDiffers {
+                    key,
+                    requested,
+                    granted,
+                } => {
+                    // Reported only when the two differ as sets of scopes.
+                    let _ = self.key_index(key);
+                    fn set(s: &str) -> HashSet<&str> {
+                        s.split(' ').filter(|t| !t.is_empty()).collect()
+                    }
+                    assert_ne!(set(&requested), set(&granted), "scopes reported as differing are equal");
+                }
                 Event::RejectionDamped { key } => {
                     assert!(damped.is_none(), "two damped rejections for one response");
                     damped = Some(self.key_index(key));

@@ -3,8 +3,9 @@
 //! One client secret, one private key and the access tokens the server
 //! issues are pushed through every public type that can hold or describe them
 //! (configurations, requests, responses, tokens, snapshots, decisions, events,
-//! every error, keys, both adapters' clients and middlewares), and every
-//! `Debug`, `Display` and log line produced along the way is searched for them.
+//! every error, keys, both adapters' clients, middlewares and health views),
+//! and every `Debug`, `Display` and log line produced along the way is
+//! searched for them.
 
 use std::sync::Arc;
 
@@ -141,6 +142,11 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
         None,
     );
     show("Snapshot", format!("{:?}", core.snapshot(key_id)), None);
+    show(
+        "KeyHealth",
+        format!("{:?}", core.health(key_id, Now::from_secs(1))),
+        None,
+    );
     show("TokenManager", format!("{core:?}"), None);
     while let Some(event) = core.poll_event() {
         show("Event", format!("{event:?}"), None);
@@ -197,6 +203,12 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
     wrong.add_client("m2m", wrong_secret).unwrap();
     let error = wrong.header("m2m").unwrap_err();
     show("ureq Error", format!("{error:?}"), Some(error.to_string()));
+    show("ureq health", format!("{:?}", tokens.health()), None);
+    show(
+        "ureq health (failing)",
+        format!("{:?}", wrong.health()),
+        None,
+    );
 
     // The async adapter.
     let async_tokens =
@@ -210,6 +222,11 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
     let error = async_std::task::block_on(async_tokens.header("m2m")).unwrap_err();
     show("surf Error", format!("{error:?}"), Some(error.to_string()));
     show("surf AsyncTokenClient", format!("{async_tokens:?}"), None);
+    show(
+        "surf health (failing)",
+        format!("{:?}", async_tokens.health()),
+        None,
+    );
     show(
         "surf TokenTransport (DirectHttp)",
         format!("{:?}", async_tokens.transport()),

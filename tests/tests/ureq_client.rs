@@ -111,3 +111,30 @@ fn an_issuer_audience_is_checked_against_the_discovered_issuer() {
         .add_client("right", with_audience(metadata.issuer()).unwrap())
         .unwrap();
 }
+
+#[test]
+fn an_unreachable_issuer_is_a_discovery_error_that_says_so() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let ureq_error = TokenClient::new().discover(&issuer).unwrap_err();
+    let surf_error = async_std::task::block_on(
+        token_keeper_surf::AsyncTokenClient::new(token_keeper_surf::DirectHttp::new())
+            .discover(&issuer),
+    )
+    .unwrap_err();
+    for error in [ureq_error, surf_error] {
+        assert!(
+            matches!(error, Error::Discovery(DiscoveryError::Unreachable(_))),
+            "{error:?}"
+        );
+        assert!(error.is_discovery(), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("authorization server"), "{text}");
+        assert!(!text.contains("token endpoint"), "{text}");
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
 use token_keeper_testkit::{LocalAuthServer, ServerConfig};
-use token_keeper_ureq::{Error, TlsSettings, TokenClient, TokenMiddleware};
+use token_keeper_ureq::{TlsSettings, TokenClient, TokenMiddleware};
 
 use crate::Managed;
 
@@ -163,11 +163,13 @@ fn ureq_call(agent: &ureq::Agent, url: &str) -> Result<(), CallFailure> {
             }
             read
         }
-        Err(ureq::Error::Other(inner)) => Err(match inner.downcast::<Error>() {
-            Ok(token_error) => (token_error.to_string(), token_exit_code(&token_error)),
-            Err(other) => (other.to_string(), 1),
+        Err(error) => Err(match token_keeper_ureq::token_failure(&error) {
+            Some(no_token) => (no_token.to_string(), token_exit_code(no_token)),
+            None => match error {
+                ureq::Error::Other(other) => (other.to_string(), 1),
+                other => (format!("calling the API: {other}"), 4),
+            },
         }),
-        Err(other) => Err((format!("calling the API: {other}"), 4)),
     }
 }
 
@@ -264,8 +266,8 @@ fn reusable_after(status: surf::StatusCode, framed: bool) -> bool {
 
 /// What to say about a failed surf exchange, and the exit code.
 fn surf_failure(error: &surf::Error) -> CallFailure {
-    if let Some(token_error) = error.downcast_ref::<Error>() {
-        return (token_error.to_string(), token_exit_code(token_error));
+    if let Some(no_token) = token_keeper_surf::token_failure(error) {
+        return (no_token.to_string(), token_exit_code(no_token));
     }
     if is_http10_refusal(error) {
         return (

@@ -45,22 +45,18 @@ impl Failure {
 }
 
 /// 3 refused (OAuth), 4 transport, 5 invalid response, 2 configuration, 1 otherwise.
+/// A client backing off exits as the failure it backs off after.
 pub fn token_exit_code(error: &Error) -> u8 {
-    use token_keeper::TokenError;
-    match error {
-        Error::OAuth(_) => 3,
-        Error::Transport(_) => 4,
-        Error::InvalidResponse(_) | Error::Discovery(_) => 5,
-        Error::Unavailable { cause, .. } => match cause {
-            TokenError::OAuth(_) => 3,
-            TokenError::Transport(_) => 4,
-            TokenError::InvalidResponse(_) => 5,
-            _ => 1,
-        },
-        Error::Config(_) => 2,
-        Error::Signing(_) => 1,
-        Error::Tls(_) => 2,
-        _ => 1,
+    if error.is_oauth() {
+        3
+    } else if error.is_transport() {
+        4
+    } else if error.is_invalid_response() || error.is_discovery() {
+        5
+    } else if error.is_config() || error.is_tls() {
+        2
+    } else {
+        1
     }
 }
 

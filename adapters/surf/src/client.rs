@@ -6,13 +6,15 @@ use std::time::Duration;
 use event_listener::Event;
 use futures_lite::FutureExt;
 use http::{HeaderValue, Method, Uri};
-use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
+use token_keeper::discovery::{
+    Discovery, DiscoveryError, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT,
+};
 use token_keeper::{
     ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, RequestId, ResourceOutcome,
 };
 use token_keeper_driver::{
     proxy_from_env, random_seed, start_forced_refresh, step, Attached, Authorized, BlockingSend,
-    ClientStats, Clock, Engine, EngineHandle, Error, Step, SystemClock, TokenInfo,
+    ClientHealth, ClientStats, Clock, Engine, EngineHandle, Error, Step, SystemClock, TokenInfo,
 };
 
 use crate::transport::{self, TokenTransport};
@@ -216,6 +218,8 @@ impl AsyncTokenClient {
             Box::new(move || {
                 notify.notify(usize::MAX);
             }),
+            // Log lines under this crate's name, the one its users filter on.
+            env!("CARGO_CRATE_NAME"),
         );
         Ok(AsyncTokenClient {
             engine,
@@ -250,7 +254,7 @@ impl AsyncTokenClient {
                 self.io.timeout,
             )
             .await
-            .map_err(Error::Transport)?;
+            .map_err(|e| Error::Discovery(DiscoveryError::unreachable(e)))?;
             match discovery.handle_response(&response) {
                 DiscoveryStep::Done(metadata) => break metadata,
                 DiscoveryStep::TryNext => continue,
@@ -391,6 +395,16 @@ impl AsyncTokenClient {
     /// What the client has done so far.
     pub fn stats(&self) -> ClientStats {
         self.engine.registry().stats()
+    }
+
+    /// The health of every key of every named client, now: its state
+    /// (empty, fetching, fresh, stale, expired, backing off), how long its
+    /// token may still be used, when the next token request may start, the
+    /// last error (its message, never a secret, and how long ago) and the
+    /// token requests made. Owned and secret-free, to serve as it is (as
+    /// JSON at `/healthz`, say). Takes the core's lock only to read it.
+    pub fn health(&self) -> Vec<ClientHealth> {
+        self.engine.health()
     }
 
     /// The proxy settings this client applies (see [`ClientOptions::proxy`]).

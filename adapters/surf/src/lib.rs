@@ -18,7 +18,11 @@
 //!   bounded HTTP/1.1 reader (64 KiB of head, interim `1xx` answers skipped,
 //!   bodies until close read, the core's body cap), where surf's async-h1
 //!   backend has no such bounds. Your API requests still go through surf.
-//! - [`Error`]: the same error type as the blocking adapter.
+//! - [`Error`]: the same error type as the blocking adapter, classified with
+//!   one call each (`is_oauth()`, `oauth_code()`, `is_transport()`,
+//!   `is_unavailable()`, `retry_in()` …); [`token_failure`] finds it in the
+//!   `surf::Error` of a call through the middleware (whose status,
+//!   [`TOKEN_FAILURE_STATUS`], is not the API's).
 //!
 //! ## A word on async-std and surf
 //!
@@ -40,7 +44,11 @@
 //! - **Logging**: async-h1 (behind surf's `h1-client`) logs entire requests,
 //!   `Authorization` headers included, at `TRACE`. Keep the `async_h1` target
 //!   below `TRACE` wherever logs are kept. This crate's own logs (through
-//!   `log`) never contain tokens or secrets.
+//!   `log`, under the target `token_keeper_surf`, each line naming the
+//!   client) never contain tokens or secrets.
+//! - **Health**: [`AsyncTokenClient::health`] lists every named client and key
+//!   with its state, usable life left, next refresh, last error and token
+//!   requests so far (what a `/healthz` endpoint serves).
 //!
 //! ## Example
 //!
@@ -73,9 +81,12 @@ mod transport;
 
 pub use client::{AsyncTokenClient, ClientOptions};
 pub use direct::{CertificateError, DirectHttp};
-pub use middleware::TokenMiddleware;
+pub use middleware::{token_failure, TokenMiddleware, TOKEN_FAILURE_STATUS};
+pub use token_keeper::{HealthError, HealthState, KeyHealth};
 pub use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
-pub use token_keeper_driver::{ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo};
+pub use token_keeper_driver::{
+    ClientHealth, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
+};
 /// Private keys on ring: the default signer for DPoP proofs and
 /// `private_key_jwt` (the `keys` feature, on by default).
 #[cfg(feature = "keys")]

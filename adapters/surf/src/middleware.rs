@@ -26,6 +26,43 @@
 //! gets a token (and a proof) only if its own origin is configured. Added
 //! after it, `Redirect` would carry this request's `Authorization` and `DPoP`
 //! to whatever host the server names: never do that.
+//!
+//! **Token failures.** When no token can be had, the request is not sent and
+//! the call fails with a `surf::Error` that carries the token client's
+//! [`Error`]; [`token_failure`] gives it back, typed (`None` means the
+//! failure is not a token failure). Classify it with the [`Error`]
+//! predicates ([`is_oauth`](Error::is_oauth),
+//! [`oauth_code`](Error::oauth_code), [`is_unavailable`](Error::is_unavailable) …).
+//! surf puts a status on every error; this one's, [`TOKEN_FAILURE_STATUS`],
+//! is `500 Internal Server Error`, the status http-types gives every error
+//! raised on the client's side (what `?` makes of an I/O error such as a
+//! refused connection). It is not an answer from the API: surf hands the
+//! API's answers, a 500 included, back as `Ok(Response)`, never as an error.
+//! Any other status would pass for one the API did not send (a 401 for a
+//! refused token, a 503 for a server that is up), so tell a token failure
+//! by [`token_failure`], never by the status. The error's `Display` reads
+//! `no token, so the request was not sent: ` followed by the [`Error`]'s
+//! message, such as `authorization server refused the token request (401):
+//! invalid_client …`.
+//!
+//! ```no_run
+//! use token_keeper_surf::{token_failure, AsyncTokenClient, TokenMiddleware};
+//!
+//! # async fn run(tokens: AsyncTokenClient) -> Result<(), Box<dyn std::error::Error>> {
+//! let api = surf::Client::new().with(TokenMiddleware::new(tokens).route("https://api.example.com", "m2m")?);
+//! match api.get("https://api.example.com/orders").await {
+//!     Ok(response) => println!("the API answered {}", response.status()),
+//!     // No token: the request was never sent.
+//!     Err(error) => match token_failure(&error) {
+//!         Some(no_token) if no_token.oauth_code() == Some("invalid_client") => {
+//!             eprintln!("check the client's id and secret: {no_token}")
+//!         }
+//!         Some(no_token) => eprintln!("no token for the API: {no_token}"),
+//!         None => eprintln!("calling the API: {error}"),
+//!     },
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::sync::Arc;
 
@@ -116,8 +153,38 @@ async fn discard_body(mut response: Response) {
     let _ = futures_lite::io::copy(body, &mut futures_lite::io::sink()).await;
 }
 
+/// The status of the `surf::Error` a token failure is handed back as: surf
+/// requires one. `500 Internal Server Error`, as http-types gives every error
+/// raised on the client's side; never an answer from the API (see the
+/// [module docs](self)). Recognise a token failure with [`token_failure`].
+pub const TOKEN_FAILURE_STATUS: surf::StatusCode = surf::StatusCode::InternalServerError;
+
+/// What a token failure's `surf::Error` says before the [`Error`]'s message.
+const TOKEN_FAILURE_PREFIX: &str = "no token, so the request was not sent";
+
+/// The token client's [`Error`] behind a failed call through a
+/// [`TokenMiddleware`]: `Some` when the call failed because no token (or no
+/// DPoP proof) could be had, and the request was not sent; `None` for every
+/// other failure (a connection to the API, another middleware's error).
+///
+/// The `surf::Error` has the status [`TOKEN_FAILURE_STATUS`] (500), which is
+/// not the API's: check for a token failure with this function, not with the
+/// status. The [module docs](self) have an example.
+pub fn token_failure(error: &surf::Error) -> Option<&Error> {
+    error.downcast_ref::<Error>()
+}
+
+/// A token failure as a `surf::Error`: [`TOKEN_FAILURE_STATUS`], a `Display`
+/// that says no token was had (the API was not asked), and the typed
+/// [`Error`] inside, for [`token_failure`] and `downcast_ref::<Error>()`.
 fn surf_error(error: Error) -> surf::Error {
-    surf::Error::new(surf::StatusCode::InternalServerError, error)
+    let message = format!("{TOKEN_FAILURE_PREFIX}: {error}");
+    // http-types keeps an `anyhow::Error`, whose context is what `Display`
+    // shows while the error under it stays reachable by downcasting.
+    let inner = surf::Error::new(TOKEN_FAILURE_STATUS, error)
+        .into_inner()
+        .context(message);
+    surf::Error::new(TOKEN_FAILURE_STATUS, inner)
 }
 
 #[surf::utils::async_trait]

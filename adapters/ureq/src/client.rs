@@ -4,14 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Uri};
-use token_keeper::discovery::{Discovery, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT};
+use token_keeper::discovery::{
+    Discovery, DiscoveryError, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT,
+};
 use token_keeper::{
     ClientConfig, KeyId, KeyOverrides, ManagerConfig, ProxySettings, ResourceOutcome,
 };
 use token_keeper_driver::tls::TlsSettings;
 use token_keeper_driver::{
     proxy_from_env, random_seed, start_forced_refresh, step, Attached, Authorized, BlockingSend,
-    ClientStats, Engine, EngineHandle, Step, TokenInfo,
+    ClientHealth, ClientStats, Engine, EngineHandle, Step, TokenInfo,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -141,6 +143,8 @@ impl TokenClient {
             options.clock,
             send,
             Box::new(|| {}),
+            // Log lines under this crate's name, the one its users filter on.
+            env!("CARGO_CRATE_NAME"),
         );
         Ok(TokenClient {
             engine,
@@ -168,7 +172,7 @@ impl TokenClient {
                 discovery.request(),
                 MAX_DISCOVERY_DOCUMENT,
             )
-            .map_err(Error::Transport)?;
+            .map_err(|e| Error::Discovery(DiscoveryError::unreachable(e)))?;
             match discovery.handle_response(&response) {
                 DiscoveryStep::Done(metadata) => break metadata,
                 DiscoveryStep::TryNext => continue,
@@ -333,6 +337,16 @@ impl TokenClient {
     /// What the client has done so far.
     pub fn stats(&self) -> ClientStats {
         self.engine.registry().stats()
+    }
+
+    /// The health of every key of every named client, now: its state
+    /// (empty, fetching, fresh, stale, expired, backing off), how long its
+    /// token may still be used, when the next token request may start, the
+    /// last error (its message, never a secret, and how long ago) and the
+    /// token requests made. Owned and secret-free, to serve as it is (as
+    /// JSON at `/healthz`, say). Takes the core's lock only to read it.
+    pub fn health(&self) -> Vec<ClientHealth> {
+        self.engine.health()
     }
 
     /// The clock this client reads.

@@ -14,7 +14,11 @@
 //! - [`TokenMiddleware`]: a ureq `Middleware` that attaches tokens to requests
 //!   for configured origins and, on 401, follows the core's
 //!   compare-and-invalidate answer with one retry of replayable requests.
-//! - [`Error`]: one error type, with messages a person can act on and no secrets.
+//! - [`Error`]: one error type, with messages a person can act on and no
+//!   secrets, classified with one call each (`is_oauth()`, `oauth_code()`,
+//!   `is_transport()`, `is_unavailable()`, `retry_in()` …, the same for a
+//!   failure and for the backoff after it); [`token_failure`] finds it in the
+//!   `ureq::Error` of a call through the middleware.
 //!
 //! ## How a call finds its header
 //!
@@ -55,10 +59,20 @@
 //!
 //! ## Logging
 //!
-//! Through the [`log`](https://docs.rs/log) facade, which ureq uses too:
+//! Through the [`log`](https://docs.rs/log) facade, which ureq uses too,
+//! under the target `token_keeper_ureq` (so `RUST_LOG=token_keeper_ureq=info`
+//! shows them), each line naming the client (`m2m: token acquired …`):
 //! `info` when a token is acquired (lifetime, scope) or invalidated, `warn`
-//! when a token request fails or the client backs off, `debug` for the rest.
-//! Tokens and secrets are never logged.
+//! when a token request fails, the client backs off, the server grants
+//! another scope than the one requested, or a 401 is damped; `debug` for the
+//! rest. Tokens and secrets are never logged.
+//!
+//! ## Health
+//!
+//! [`TokenClient::health`] lists every named client and key with its state
+//! (empty, fetching, fresh, stale, expired, backing off), usable life left,
+//! next refresh, last error (its message, which never holds a secret) and
+//! token requests so far: what a `/healthz` endpoint serves.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -68,10 +82,11 @@ pub mod middleware;
 mod transport;
 
 pub use client::{ClientOptions, TokenClient};
-pub use middleware::TokenMiddleware;
+pub use middleware::{token_failure, TokenMiddleware};
+pub use token_keeper::{HealthError, HealthState, KeyHealth};
 pub use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 pub use token_keeper_driver::{
-    clock, error, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
+    clock, error, ClientHealth, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
 };
 /// Private keys on ring: the default signer for DPoP proofs and
 /// `private_key_jwt` (the `keys` feature, on by default).

@@ -49,6 +49,36 @@
 //! other requests keep the agent's settings. ureq decides the proxy once per
 //! request, so a token-free request that is redirected keeps the first hop's
 //! proxy decision for the next hops (requests with a token follow no redirect).
+//!
+//! **Token failures.** When no token can be had, the request is not sent and
+//! the call fails with the token client's [`Error`] inside
+//! `ureq::Error::Other` (which ureq prints as `other: …`). [`token_failure`]
+//! gives it back, typed, from the `ureq::Error`: `None` means the failure is
+//! ureq's own (the API's answer, with `http_status_as_error`, is
+//! `ureq::Error::StatusCode`). Classify it with the [`Error`] predicates
+//! ([`is_oauth`](Error::is_oauth), [`oauth_code`](Error::oauth_code),
+//! [`is_unavailable`](Error::is_unavailable) …):
+//!
+//! ```no_run
+//! use token_keeper_ureq::{token_failure, TokenClient, TokenMiddleware};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tokens = TokenClient::new();
+//! let agent = TokenMiddleware::new(tokens)
+//!     .route("https://api.example.com", "m2m")?
+//!     .build_agent(|| ureq::Agent::config_builder().http_status_as_error(false));
+//! match agent.get("https://api.example.com/orders").call() {
+//!     Ok(response) => println!("the API answered {}", response.status()),
+//!     // No token: the request was never sent.
+//!     Err(error) => match token_failure(&error) {
+//!         Some(no_token) if no_token.oauth_code() == Some("invalid_client") => {
+//!             eprintln!("check the client's id and secret: {no_token}")
+//!         }
+//!         Some(no_token) => eprintln!("no token for the API: {no_token}"),
+//!         None => eprintln!("calling the API: {error}"),
+//!     },
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::io::{Cursor, Read};
 use std::sync::Arc;
@@ -67,6 +97,21 @@ use token_keeper_driver::{may_carry_body, Routes};
 
 use crate::client::TokenClient;
 use crate::error::Error;
+
+/// The token client's [`Error`] behind a failed call through a
+/// [`TokenMiddleware`]: `Some` when the call failed because no token (or no
+/// DPoP proof) could be had, and the request was not sent; `None` for every
+/// failure of ureq's own (a connection to the API, a status as error …).
+///
+/// The middleware hands its errors to ureq as `ureq::Error::Other`; this is
+/// the documented way back to the typed error. The [module docs](self) have
+/// an example.
+pub fn token_failure(error: &ureq::Error) -> Option<&Error> {
+    match error {
+        ureq::Error::Other(inner) => inner.downcast_ref::<Error>(),
+        _ => None,
+    }
+}
 
 /// The `DPoP` request header.
 const DPOP: HeaderName = HeaderName::from_static("dpop");
