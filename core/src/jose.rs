@@ -131,6 +131,12 @@ impl PublicJwk {
 }
 
 /// Signs JWTs. Implement it to keep the private key in an HSM or KMS.
+///
+/// [`Signer::sign`] may take its time (a remote KMS): drivers call it with
+/// no lock held, on a thread of their own for token requests. The getters
+/// ([`Signer::algorithm`], [`Signer::public_jwk`]) are read while the core
+/// builds a JWT, under the driver's lock: answer them from memory, never
+/// block in them.
 pub trait Signer: Send + Sync + fmt::Debug {
     /// The algorithm of the signatures.
     fn algorithm(&self) -> Algorithm;
@@ -208,8 +214,11 @@ impl UnsignedJwt {
     /// [`UnsignedJwt::sign`], as a header value (the `DPoP` header).
     pub fn sign_header_value(self) -> Result<http::HeaderValue, SignError> {
         let jws = self.sign()?;
-        http::HeaderValue::from_str(&jws)
-            .map_err(|_| SignError("the JWS is not a valid header value".into()))
+        let mut value = http::HeaderValue::from_str(&jws)
+            .map_err(|_| SignError("the JWS is not a valid header value".into()))?;
+        // A proof is a credential for its request: kept out of `Debug` output.
+        value.set_sensitive(true);
+        Ok(value)
     }
 }
 

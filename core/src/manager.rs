@@ -736,6 +736,13 @@ impl TokenManager {
         }
     }
 
+    /// The failure that started `key`'s current backoff, if it is backing
+    /// off: what a caller refused during the backoff is told, even while a
+    /// still-valid token keeps being served.
+    pub fn backoff_error(&self, key: KeyId) -> Option<&TokenError> {
+        self.slots[key.index()].backoff.as_ref().map(|b| &b.error)
+    }
+
     /// The token request in flight for `key`, if any.
     pub fn in_flight(&self, key: KeyId) -> Option<RequestId> {
         self.slots[key.index()].flight.as_ref().map(|f| f.id)

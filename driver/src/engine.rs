@@ -271,7 +271,7 @@ impl Engine {
     /// core's lock (a slow signer holds up this request only), then feeds the
     /// outcome to the core: the response, the transport error, or, if it
     /// could not be signed, the signing error (it was never sent).
-    pub fn send_blocking(self: &Arc<Self>, request: TokenRequest) {
+    fn send_blocking(self: &Arc<Self>, request: TokenRequest) {
         let id = request.id();
         match request.into_request() {
             Ok(request) => {
@@ -286,7 +286,7 @@ impl Engine {
 
     /// Feeds a request's outcome to the core, wakes everyone who waits, and
     /// sends whatever the core queued meanwhile.
-    pub fn finish(
+    fn finish(
         self: &Arc<Self>,
         id: RequestId,
         outcome: Result<http::Response<Vec<u8>>, TransportError>,

@@ -149,10 +149,11 @@ pub fn start_forced_refresh(
         ForcedRefresh::Started(id) | ForcedRefresh::InFlight(id) => Ok(id),
         ForcedRefresh::BackingOff { retry_at } => {
             let retry_in = retry_at.saturating_duration_since(now.monotonic());
-            let cause = match core.authorize(key, now) {
-                Authorization::Unavailable { error, .. } => error.clone(),
-                // A valid token is still served: report the refresh as backing off.
-                _ => TokenError::Transport(token_keeper::TransportError::new(
+            // The failure that started the backoff, whether or not a valid
+            // token is still served meanwhile: never one made up here.
+            let cause = match core.backoff_error(key) {
+                Some(error) => error.clone(),
+                None => TokenError::Transport(token_keeper::TransportError::new(
                     token_keeper::TransportErrorKind::Other,
                     "backing off after a failed token request",
                 )),

@@ -124,3 +124,38 @@ fn surf_middleware_wrong_secret_maps_back_to_a_typed_oauth_error() {
     let other = surf::Error::from_str(surf::StatusCode::InternalServerError, "boom");
     assert!(token_keeper_surf::token_failure(&other).is_none());
 }
+
+#[test]
+fn a_forced_refresh_during_a_backoff_reports_the_failure_that_started_it() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let tokens = token_keeper_ureq::TokenClient::new();
+    let config = ClientConfig::new(
+        &server.token_url(),
+        "m2m",
+        ClientAuth::Basic(ClientSecret::new("s3cret")),
+    )
+    .unwrap();
+    tokens.add_client("m2m", config).unwrap();
+    tokens.header("m2m").unwrap();
+    // The next token request is refused: the valid token is still served,
+    // and the key backs off.
+    server.push_token_fault(token_keeper_testkit::TokenFault::Status {
+        status: 400,
+        body: r#"{"error":"invalid_client"}"#.into(),
+        retry_after: None,
+    });
+    let first = tokens.force_refresh("m2m");
+    assert!(
+        tokens.header("m2m").is_ok(),
+        "the valid token is still served"
+    );
+    // Whether the first call already saw the refusal or not, a forced refresh
+    // during the backoff names it: an OAuth refusal, not a transport failure.
+    let during = tokens.force_refresh("m2m").unwrap_err();
+    assert!(during.is_unavailable(), "{during:?}");
+    assert!(
+        during.is_oauth() && !during.is_transport(),
+        "{during:?} (first: {first:?})"
+    );
+    assert_eq!(during.oauth_code(), Some("invalid_client"));
+}

@@ -49,7 +49,13 @@ impl Failure {
 pub fn token_exit_code(error: &Error) -> u8 {
     if error.is_oauth() {
         3
-    } else if error.is_transport() {
+    } else if error.is_transport()
+        || matches!(
+            error,
+            Error::Discovery(token_keeper::discovery::DiscoveryError::Unreachable(_))
+        )
+    {
+        // An issuer that cannot be reached is a transport failure too.
         4
     } else if error.is_invalid_response() || error.is_discovery() {
         5

@@ -83,7 +83,11 @@ impl std::fmt::Debug for ClientOptions {
 /// never occupies the caller's executor, and a caller whose future is dropped
 /// while it waits (a timeout, `select!`) leaves the request running and every
 /// other waiter to be woken by its outcome. The timer thread stops when the
-/// last clone is dropped.
+/// last clone is dropped. One exception to "never blocks": the `DPoP` proof
+/// of an API request is signed on the calling task, after the client's lock
+/// is released; a [`Signer`](token_keeper::jose::Signer) that blocks (an HSM)
+/// holds that executor thread while it signs (token requests are signed on
+/// the client's own threads).
 ///
 /// Every token and discovery request (the middleware's too) goes through the
 /// [`TokenTransport`] given here: [`DirectHttp`](crate::DirectHttp)
@@ -471,12 +475,17 @@ impl AsyncTokenClient {
         };
         let deadline = async {
             async_io::Timer::after(self.engine.request_deadline()).await;
+            true
         };
         let ended = async {
             listener.await;
+            false
         };
-        ended.or(deadline).await;
-        // Still in flight after the deadline: let the core give up on it.
-        self.engine.give_up_if_still_in_flight(key, id);
+        // Only past the deadline may a waiter make the core give up: giving
+        // up wakes every waiter, and waiters woken for another reason that
+        // gave up in turn would wake each other without end.
+        if ended.or(deadline).await {
+            self.engine.give_up_if_still_in_flight(key, id);
+        }
     }
 }

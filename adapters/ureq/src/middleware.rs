@@ -422,7 +422,7 @@ impl TokenMiddleware {
                 ProxyDecision::Tunnel(via) => Some(Some(crate::transport::ureq_proxy(via)?)),
                 ProxyDecision::Unsupported(reason) => {
                     let error = TransportError::new(TransportErrorKind::Connect, reason.to_owned());
-                    return Err(ureq::Error::Other(Box::new(Error::Transport(error))));
+                    return Err(api_request_error(error));
                 }
             }
         } else {
@@ -437,7 +437,7 @@ impl TokenMiddleware {
                 TransportErrorKind::Other,
                 "the request is not being sent by a ureq agent",
             );
-            return Err(ureq::Error::Other(Box::new(Error::Transport(error))));
+            return Err(api_request_error(error));
         };
         if let Some(proxy) = proxy {
             config = config.proxy(proxy);
@@ -447,4 +447,11 @@ impl TokenMiddleware {
         }
         Ok(config.build())
     }
+}
+
+/// A failure of the API request itself (its proxy cannot be used, it is not
+/// sent by an agent), not of its token: an I/O error, so that
+/// [`token_failure`] does not report it as a token failure.
+fn api_request_error(error: TransportError) -> ureq::Error {
+    ureq::Error::Io(std::io::Error::other(error.message().to_owned()))
 }
