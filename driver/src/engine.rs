@@ -250,7 +250,11 @@ impl Engine {
 
     /// Signs and sends each request on a thread of its own, off every
     /// caller's path and outside the core's lock.
+    ///
+    /// Call it with the core's lock released: it first writes the log lines
+    /// of the events drained under the lock.
     pub fn dispatch(self: &Arc<Self>, requests: Vec<TokenRequest>) {
+        self.registry.flush_logs();
         for request in requests {
             let engine = Arc::clone(self);
             let id = request.id();

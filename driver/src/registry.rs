@@ -122,7 +122,15 @@ pub struct Registry {
     counters: Counters,
     /// The `log` target of the events' lines: the adapter's crate.
     log_target: &'static str,
+    /// Events drained under the core's lock, logged after it is released by
+    /// [`Registry::flush_logs`]: a `log` backend is the application's code
+    /// and may do I/O, or call the client. At most [`MAX_PENDING_LOGS`].
+    pending_logs: Mutex<Vec<(String, Event)>>,
 }
+
+/// Events kept for logging between a drain and the next flush; more are
+/// dropped (a flush follows every drain, so this bound is never near).
+const MAX_PENDING_LOGS: usize = 4096;
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,6 +164,7 @@ impl Registry {
             discovered: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             log_target,
+            pending_logs: Mutex::new(Vec::new()),
         }
     }
 
@@ -278,10 +287,33 @@ impl Registry {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
             if log::log_enabled!(target: self.log_target, log::Level::Error) {
-                log_event(self.log_target, &key_label(core, event_key(&event)), &event);
+                let label = key_label(core, event_key(&event));
+                let mut pending = self.pending_logs.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.len() < MAX_PENDING_LOGS {
+                    pending.push((label, event));
+                }
             }
         }
         std::iter::from_fn(|| core.poll_request()).collect()
+    }
+
+    /// Logs the events drained so far. Call it with the core's lock released
+    /// (the engine does, before it dispatches requests).
+    pub fn flush_logs(&self) {
+        let pending =
+            std::mem::take(&mut *self.pending_logs.lock().unwrap_or_else(|e| e.into_inner()));
+        for (label, event) in &pending {
+            log_event(self.log_target, label, event);
+        }
+    }
+
+    /// Whether drained events wait to be logged.
+    pub fn logs_pending(&self) -> bool {
+        !self
+            .pending_logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// What the client has done so far.

@@ -385,7 +385,7 @@ impl TokenClient {
                     return result.and_then(Attached::sign);
                 }
                 Step::Wait { id, requests } => {
-                    if !requests.is_empty() {
+                    if !requests.is_empty() || engine.registry().logs_pending() {
                         drop(core);
                         engine.dispatch(requests);
                         core = engine.lock_core();
