@@ -344,13 +344,7 @@ impl Engine {
     }
 
     fn give_up_overdue(self: &Arc<Self>) {
-        let mut core = self.lock_core();
-        core.handle_timeout(self.clock.now());
-        let requests = self.registry.drain(&mut core);
-        self.flight_ended.notify_all();
-        (self.on_flight_end)();
-        drop(core);
-        self.dispatch(requests);
+        self.end_flight(|core, now| core.handle_timeout(now));
     }
 
     /// The timer thread: sleeps until the core's next deadline, then lets the
