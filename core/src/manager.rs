@@ -270,6 +270,8 @@ struct Slot {
     expired: bool,
     /// Token requests started (health only).
     token_requests: u64,
+    /// The last request that ended, and whether it cached a token.
+    settled: Option<(RequestId, bool)>,
     /// How many times a 401 invalidated this key's token, and when it last did.
     rejections: u64,
     rejected_at: Option<Instant>,
@@ -532,6 +534,7 @@ impl TokenManager {
             last_failure: None,
             expired: false,
             token_requests: 0,
+            settled: None,
             rejections: 0,
             rejected_at: None,
             snapshot: None,
@@ -741,6 +744,27 @@ impl TokenManager {
     /// still-valid token keeps being served.
     pub fn backoff_error(&self, key: KeyId) -> Option<&TokenError> {
         self.slots[key.index()].backoff.as_ref().map(|b| &b.error)
+    }
+
+    /// How request `id` of `key` ended, or the retry that took its place
+    /// (after a `use_dpop_nonce` answer): `Ok` if it cached a token, the
+    /// error if it failed; `None` while it is still in flight (one request
+    /// per key is in flight at a time, so any later request that ended
+    /// ended after it). What a forced
+    /// refresh reports: its own outcome, not the cache's (a failed refresh
+    /// fails even while the old token is still served).
+    pub fn settled(&self, key: KeyId, id: RequestId) -> Option<Result<(), &TokenError>> {
+        let slot = &self.slots[key.index()];
+        match slot.settled {
+            Some((ended, ok)) if ended >= id => Some(if ok {
+                Ok(())
+            } else {
+                slot.last_failure
+                    .as_ref()
+                    .map_or(Ok(()), |failure| Err(&failure.error))
+            }),
+            _ => None,
+        }
     }
 
     /// The token request in flight for `key`, if any.
@@ -1256,6 +1280,7 @@ impl TokenManager {
         slot.failures = 0;
         slot.backoff = None;
         slot.expired = false;
+        slot.settled = Some((flight.id, true));
         self.mark_changed(key);
         Ok(())
     }
@@ -1286,6 +1311,7 @@ impl TokenManager {
             error: error.clone(),
             at: t,
         });
+        slot.settled = Some((id, false));
         self.events
             .push_back(Event::RequestFailed { key, id, error });
         self.events.push_back(Event::BackoffEntered {

@@ -10,11 +10,15 @@
 //! - [`Registry`]: named clients, the per-key snapshot cells read lock-free on
 //!   the hit path, discovery results, and counters, plus
 //!   [`Registry::drain`], which empties the core's outputs after every input;
-//! - [`step()`]: one round of "ask the core for a header", turned into what the
-//!   adapter must do next (done, send this request, or wait for that one),
-//!   with any DPoP proof left to sign after the lock is released ([`Attached`]);
-//! - [`Engine`]: the core behind its lock, the timer thread, and the threads
-//!   that sign and send token requests off the callers' path;
+//! - [`Client`]: the one token client, generic over how its callers wait
+//!   ([`Blocking`] or [`Async`]): each adapter's client is a `Client` given a
+//!   [`Transport`];
+//! - [`Engine`]: the core behind its lock ([`Engine::input`], the one way
+//!   in), the timer thread, and the threads that sign and send token
+//!   requests off the callers' path, through the adapter's [`Transport`];
+//! - [`step()`]: one round of "ask the core for a header", turned into what
+//!   the caller does next (done, or wait for that request), with any DPoP
+//!   proof left to sign after the lock is released ([`Attached`]);
 //! - [`Routes`]: which origins get which client's tokens;
 //! - [`proxy_from_env`]: the proxy environment, read once for the core's
 //!   proxy decision;
@@ -22,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod clock;
 pub mod engine;
 pub mod error;
@@ -31,15 +36,20 @@ pub mod registry;
 pub mod routes;
 pub mod step;
 pub mod tls;
+pub mod transport;
+pub mod wait;
 
+pub use client::Client;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{BlockingSend, Engine, EngineHandle};
+pub use engine::{Engine, EngineHandle, EngineSettings};
 pub use error::Error;
 pub use proxy::proxy_from_env;
 pub use random::OsRandom;
-pub use registry::{random_seed, ClientHealth, ClientStats, Registry, TokenInfo};
+pub use registry::{random_seed, ClientHealth, ClientStats, Drained, Registry, TokenInfo};
 pub use routes::{may_carry_body, Routes};
 pub use step::{start_forced_refresh, step, Attached, Authorized, Step};
+pub use transport::Transport;
+pub use wait::{block_on, Async, Blocking, Wait};
 
 /// Spawns a named thread and returns once it runs, so that it is visible
 /// (by name, to tools and tests) as soon as its owner exists.

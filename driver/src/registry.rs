@@ -126,6 +126,21 @@ pub struct Registry {
     /// [`Registry::flush_logs`]: a `log` backend is the application's code
     /// and may do I/O, or call the client. At most [`MAX_PENDING_LOGS`].
     pending_logs: Mutex<Vec<(String, Event)>>,
+    /// Held while lines are written, so that a flush returns only once every
+    /// line drained before it is written, by it or by a flush running already.
+    log_writer: Mutex<()>,
+}
+
+/// What [`Registry::drain`] took out of the core after an input.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// The token requests to send.
+    pub requests: Vec<TokenRequest>,
+    /// Whether the core reported anything (a request started or ended, a
+    /// token cached or dropped): only then may a waiter's request have ended,
+    /// so only then are waiters woken. A caller that merely joins a wait
+    /// wakes nobody.
+    pub events: bool,
 }
 
 /// Events kept for logging between a drain and the next flush; more are
@@ -165,6 +180,7 @@ impl Registry {
             counters: Counters::default(),
             log_target,
             pending_logs: Mutex::new(Vec::new()),
+            log_writer: Mutex::new(()),
         }
     }
 
@@ -265,13 +281,15 @@ impl Registry {
     /// publishes snapshots, counts events and logs them (under
     /// [`Registry::log_target`], naming the client), and returns the token
     /// requests to send. Call with the core's lock held.
-    pub fn drain(&self, core: &mut TokenManager) -> Vec<TokenRequest> {
+    pub fn drain(&self, core: &mut TokenManager) -> Drained {
+        let mut events = false;
         while let Some((key, snapshot)) = core.poll_snapshot() {
             if let Some(cell) = self.snapshots.get(key.index()) {
                 cell.store(snapshot);
             }
         }
         while let Some(event) = core.poll_event() {
+            events = true;
             let counters = &self.counters;
             let counted: &[&AtomicU64] = match &event {
                 Event::RequestStarted {
@@ -294,26 +312,23 @@ impl Registry {
                 }
             }
         }
-        std::iter::from_fn(|| core.poll_request()).collect()
+        Drained {
+            requests: std::iter::from_fn(|| core.poll_request()).collect(),
+            events,
+        }
     }
 
-    /// Logs the events drained so far. Call it with the core's lock released
-    /// (the engine does, before it dispatches requests).
+    /// Logs the events drained so far. Call it with the core's lock
+    /// released (the backend is the application's code). Returns once every
+    /// line drained before the call is written, whichever flush wrote it:
+    /// whoever the engine wakes afterwards finds the lines of what woke it.
     pub fn flush_logs(&self) {
+        let _writing = self.log_writer.lock().unwrap_or_else(|e| e.into_inner());
         let pending =
             std::mem::take(&mut *self.pending_logs.lock().unwrap_or_else(|e| e.into_inner()));
         for (label, event) in &pending {
             log_event(self.log_target, label, event);
         }
-    }
-
-    /// Whether drained events wait to be logged.
-    pub fn logs_pending(&self) -> bool {
-        !self
-            .pending_logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
     }
 
     /// What the client has done so far.
@@ -509,8 +524,9 @@ mod tests {
         let Authorization::Fetch(id) = core.authorize(key, Now::from_secs(0)) else {
             panic!()
         };
-        let requests = registry.drain(&mut core);
-        assert_eq!(requests.len(), 1);
+        let drained = registry.drain(&mut core);
+        assert_eq!(drained.requests.len(), 1);
+        assert!(drained.events, "a request started");
         assert_eq!(registry.stats().token_requests, 1);
         let response = http::Response::builder()
             .status(200)
@@ -518,7 +534,10 @@ mod tests {
             .unwrap();
         core.handle_response(id, response, Now::from_secs(0))
             .unwrap();
-        assert!(registry.drain(&mut core).is_empty());
+        let drained = registry.drain(&mut core);
+        assert!(drained.requests.is_empty());
+        assert!(drained.events, "a request ended");
+        assert!(!registry.drain(&mut core).events, "nothing happened since");
         assert_eq!(registry.stats().tokens_acquired, 1);
         let header = registry.with_fresh(key, Instant::from_secs(1), |s| s.header().clone());
         assert_eq!(header.unwrap(), "Bearer t");

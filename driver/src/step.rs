@@ -1,13 +1,13 @@
-//! One round of "ask the core for a header", as both adapters run it.
+//! One round of "ask the core for a header", and the owned answer a caller
+//! signs after the core's lock is released.
 //!
-//! An adapter's slow path is a loop: lock the core, call [`step`], unlock,
-//! dispatch the requests the round queued (the engine sends every token
-//! request on a thread of its own), then either return or wait for the
+//! The [`Client`](crate::Client)'s slow path is a loop: apply [`step`] to
+//! the core ([`Engine::input`](crate::Engine::input), which also sends the
+//! token requests the round queued), then either return or wait for the
 //! request the [`Step`] names to end, and go round again. A caller never
 //! sends a token request itself: one that gives up waiting (a dropped
 //! future, a timeout) strands nobody, since the request and the wake-up of
-//! every waiter belong to the engine. Only the waiting differs between
-//! blocking and async adapters.
+//! every waiter belong to the engine.
 //!
 //! Nothing is signed under the lock: a round's answer for a DPoP-bound token
 //! carries its proof unsigned ([`Attached`]), and the caller signs it
@@ -19,29 +19,21 @@ use http::{HeaderValue, Method, Uri};
 use token_keeper::jose::UnsignedJwt;
 use token_keeper::{
     Attach, Authorization, ForcedRefresh, KeyId, Now, RequestId, TokenError, TokenManager,
-    TokenRequest,
 };
 
 use crate::error::Error;
-use crate::registry::Registry;
 
-/// What the adapter must do after a round with the core.
+/// What the caller must do after a round with the core.
 #[derive(Debug)]
-pub enum Step<T> {
-    /// The call is decided: a value computed from the header, or an error.
-    /// Dispatch `requests` (refreshes the round queued).
-    Done(Result<T, Error>, Vec<TokenRequest>),
-    /// No valid token: dispatch `requests` (among them, perhaps, the one this
-    /// caller triggered), wait until request `id` ends, then go round again.
-    Wait {
-        /// The request to wait for.
-        id: RequestId,
-        /// The requests to dispatch.
-        requests: Vec<TokenRequest>,
-    },
+pub enum Step {
+    /// The call is decided: the header to attach, or an error.
+    Done(Result<Attached, Error>),
+    /// No valid token: wait until request `id` ends (the engine sends it),
+    /// then go round again.
+    Wait(RequestId),
 }
 
-/// Asks the core for `key`'s header at `now` and drains its outputs.
+/// Asks the core for `key`'s header at `now`.
 ///
 /// `waited` says whether this caller already waited for a request in this
 /// call: if so, a failure is reported as the error itself (the caller saw it
@@ -52,23 +44,18 @@ pub enum Step<T> {
 /// client again (a closure under the lock would deadlock on a cold cache).
 pub fn step(
     core: &mut TokenManager,
-    registry: &Registry,
     key: KeyId,
     request: Option<(&Method, &Uri)>,
     now: Now,
     waited: bool,
-) -> Step<Attached> {
-    enum Decision {
-        Done(Result<Attached, Error>),
-        Wait(RequestId),
-    }
+) -> Step {
     let authorization = match request {
         Some((method, uri)) => core.authorize_request(key, method, uri, now),
         None => core.authorize(key, now),
     };
-    let decision = match authorization {
-        Authorization::Attach(attach) => Decision::Done(Attached::from_attach(attach)),
-        Authorization::Unavailable { error, retry_at } => Decision::Done(Err(if waited {
+    match authorization {
+        Authorization::Attach(attach) => Step::Done(Attached::from_attach(attach)),
+        Authorization::Unavailable { error, retry_at } => Step::Done(Err(if waited {
             Error::from_token_error(error)
         } else {
             Error::Unavailable {
@@ -77,12 +64,7 @@ pub fn step(
             }
         })),
         // This caller's request or another's: the engine sends it either way.
-        Authorization::Fetch(id) | Authorization::Wait(id) => Decision::Wait(id),
-    };
-    let requests = registry.drain(core);
-    match decision {
-        Decision::Done(result) => Step::Done(result, requests),
-        Decision::Wait(id) => Step::Wait { id, requests },
+        Authorization::Fetch(id) | Authorization::Wait(id) => Step::Wait(id),
     }
 }
 
@@ -137,15 +119,14 @@ impl Attached {
     }
 }
 
-/// Starts a forced refresh of `key`: the id of the request to wait for, and
-/// the requests to send; or, during a backoff, the error to return.
+/// Starts a forced refresh of `key`: the id of the request to wait for;
+/// or, during a backoff, the error to return.
 pub fn start_forced_refresh(
     core: &mut TokenManager,
-    registry: &Registry,
     key: KeyId,
     now: Now,
-) -> (Result<RequestId, Error>, Vec<TokenRequest>) {
-    let result = match core.force_refresh(key, now) {
+) -> Result<RequestId, Error> {
+    match core.force_refresh(key, now) {
         ForcedRefresh::Started(id) | ForcedRefresh::InFlight(id) => Ok(id),
         ForcedRefresh::BackingOff { retry_at } => {
             let retry_in = retry_at.saturating_duration_since(now.monotonic());
@@ -160,13 +141,13 @@ pub fn start_forced_refresh(
             };
             Err(Error::Unavailable { cause, retry_in })
         }
-    };
-    (result, registry.drain(core))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Registry;
     use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig};
 
     fn setup() -> (TokenManager, Registry, KeyId) {
@@ -184,36 +165,33 @@ mod tests {
     }
 
     #[test]
-    fn send_then_wait_then_done() {
+    fn wait_then_done() {
         let (mut core, registry, key) = setup();
         let now = Now::from_secs(0);
-        let Step::Wait {
-            id: first,
-            requests,
-        } = step(&mut core, &registry, key, None, now, false)
-        else {
+        let Step::Wait(first) = step(&mut core, key, None, now, false) else {
             panic!()
         };
-        // The caller's own request is handed out to be dispatched, not sent by the caller.
+        // The caller's own request is queued for the engine, not sent by the caller.
+        let requests = registry.drain(&mut core).requests;
         assert_eq!(requests.len(), 1);
         let own = requests.into_iter().next().unwrap();
         assert_eq!(own.id(), first);
-        let Step::Wait { id, .. } = step(&mut core, &registry, key, None, now, false) else {
+        let Step::Wait(id) = step(&mut core, key, None, now, false) else {
             panic!()
         };
         assert_eq!(id, own.id());
         let response = http::Response::builder().status(500).body("").unwrap();
         core.handle_response(own.id(), response, now).unwrap();
         // The caller who waited sees the failure itself; a newcomer sees the backoff.
-        let Step::Done(Err(seen), _) = step(&mut core, &registry, key, None, now, true) else {
+        let Step::Done(Err(seen)) = step(&mut core, key, None, now, true) else {
             panic!()
         };
         assert!(matches!(seen, Error::InvalidResponse(_)), "{seen:?}");
-        let Step::Done(Err(late), _) = step(&mut core, &registry, key, None, now, false) else {
+        let Step::Done(Err(late)) = step(&mut core, key, None, now, false) else {
             panic!()
         };
         assert!(matches!(late, Error::Unavailable { .. }), "{late:?}");
-        let (forced, _) = start_forced_refresh(&mut core, &registry, key, now);
+        let forced = start_forced_refresh(&mut core, key, now);
         assert!(matches!(forced, Err(Error::Unavailable { .. })));
     }
 }

@@ -363,3 +363,106 @@ fn an_api_proof_that_cannot_be_signed_fails_the_call() {
         .unwrap_err();
     assert!(matches!(&error, Error::Signing(_)), "{error:?}");
 }
+
+/// A forced refresh reports the outcome of its own request: a refused
+/// refresh fails, although the old token is still valid and still served.
+#[test]
+fn a_forced_refresh_that_fails_fails_even_while_the_old_token_is_served() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let blocking = token_keeper_ureq::TokenClient::new();
+    let nonblocking = AsyncTokenClient::new(DirectHttp::new());
+    blocking
+        .add_client("m2m", config(&server.token_url()))
+        .unwrap();
+    nonblocking
+        .add_client("m2m", config(&server.token_url()))
+        .unwrap();
+    let old = blocking.header("m2m").unwrap();
+    let old_async = future::block_on(nonblocking.header("m2m")).unwrap();
+
+    let refused = || TokenFault::Status {
+        status: 400,
+        body: r#"{"error":"invalid_client"}"#.into(),
+        retry_after: None,
+    };
+    server.push_token_fault(refused());
+    let failed = blocking.force_refresh("m2m").unwrap_err();
+    assert_eq!(failed.oauth_code(), Some("invalid_client"), "{failed:?}");
+    server.push_token_fault(refused());
+    let failed = future::block_on(nonblocking.force_refresh("m2m")).unwrap_err();
+    assert_eq!(failed.oauth_code(), Some("invalid_client"), "{failed:?}");
+
+    // The old tokens are still served: the failure was the refresh's.
+    assert_eq!(blocking.header("m2m").unwrap(), old);
+    assert_eq!(
+        future::block_on(nonblocking.header("m2m")).unwrap(),
+        old_async
+    );
+    assert_eq!(server.token_requests(), 4);
+}
+
+/// A forced refresh that succeeds returns once the new token is cached.
+#[test]
+fn a_forced_refresh_returns_with_the_new_token_cached() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let tokens = token_keeper_ureq::TokenClient::new();
+    tokens
+        .add_client("m2m", config(&server.token_url()))
+        .unwrap();
+    let old = tokens.header("m2m").unwrap();
+    tokens.force_refresh("m2m").unwrap();
+    let new = tokens.header("m2m").unwrap();
+    assert_ne!(new, old);
+    assert_eq!(server.token_requests(), 2);
+}
+
+/// One step from an issuer to a working client, on both adapters; a
+/// configuration that contradicts the metadata is refused.
+#[test]
+fn a_client_is_added_from_its_issuer_in_one_step() {
+    let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
+    let issuer = server.base_url();
+    let basic = |endpoint: &str| {
+        Ok(ClientConfig::new(
+            endpoint,
+            "m2m",
+            ClientAuth::Basic(ClientSecret::new("s3cret")),
+        )?)
+    };
+    let blocking = token_keeper_ureq::TokenClient::new();
+    blocking
+        .add_client_from_issuer("m2m", &issuer, basic)
+        .unwrap();
+    assert!(blocking
+        .header("m2m")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer "));
+
+    let nonblocking = AsyncTokenClient::new(DirectHttp::new());
+    future::block_on(nonblocking.add_client_from_issuer("m2m", &issuer, basic)).unwrap();
+    assert!(future::block_on(nonblocking.header("m2m"))
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer "));
+
+    // Another endpoint than the one the issuer publishes is refused.
+    let elsewhere = blocking
+        .add_client_from_issuer("other", &issuer, |endpoint| {
+            basic(&format!("{endpoint}/elsewhere"))
+        })
+        .unwrap_err();
+    assert!(matches!(elsewhere, Error::Config(_)), "{elsewhere:?}");
+    assert!(matches!(
+        blocking.key("other"),
+        Err(Error::UnknownClient(_))
+    ));
+
+    // An issuer with no metadata is a discovery error, not a token error.
+    let missing = blocking
+        .add_client_from_issuer("nowhere", "http://127.0.0.1:9", basic)
+        .unwrap_err();
+    assert!(matches!(missing, Error::Discovery(_)), "{missing:?}");
+}

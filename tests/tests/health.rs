@@ -16,14 +16,15 @@ use token_keeper::{
     BackoffPolicy, ClientAuth, ClientConfig, ClientSecret, HealthState, KeyId, KeyOverrides,
     ManualClock, RefreshPolicy,
 };
-use token_keeper_driver::{ClientHealth, ClientStats, Error};
+use token_keeper_driver::{Async, Blocking, Client, ClientHealth, ClientStats, Error};
 use token_keeper_keys::PrivateKey;
 use token_keeper_testkit::scenarios::captured_logs;
 use token_keeper_testkit::{Gate, LocalAuthServer, ServerConfig, TokenFault};
 
 const SECRET: &str = "health-s3cret-77aa";
 
-/// What the tests ask of either client.
+/// What the tests ask of either client (the one [`Client`], blocking or
+/// async: the waiting methods differ only in being `async`).
 trait Tokens: Send + Sync {
     fn add_client(&self, name: &str, config: ClientConfig) -> Result<(), Error>;
     fn header(&self, name: &str) -> Result<String, Error>;
@@ -37,7 +38,7 @@ fn text(header: http::HeaderValue) -> String {
     header.to_str().unwrap().to_owned()
 }
 
-impl Tokens for token_keeper_ureq::TokenClient {
+impl Tokens for Client<Blocking> {
     fn add_client(&self, name: &str, config: ClientConfig) -> Result<(), Error> {
         self.add_client(name, config)
     }
@@ -58,7 +59,7 @@ impl Tokens for token_keeper_ureq::TokenClient {
     }
 }
 
-impl Tokens for token_keeper_surf::AsyncTokenClient {
+impl Tokens for Client<Async> {
     fn add_client(&self, name: &str, config: ClientConfig) -> Result<(), Error> {
         self.add_client(name, config)
     }
@@ -91,15 +92,16 @@ impl Adapter {
         let clock = Arc::new(clock.clone());
         match self {
             Adapter::Ureq => Arc::new(
-                token_keeper_ureq::TokenClient::with_options(token_keeper_ureq::ClientOptions {
+                (*token_keeper_ureq::TokenClient::with_options(token_keeper_ureq::ClientOptions {
                     clock,
                     seed: 7,
                     ..Default::default()
                 })
-                .unwrap(),
+                .unwrap())
+                .clone(),
             ),
             Adapter::Surf => Arc::new(
-                token_keeper_surf::AsyncTokenClient::with_options(
+                (*token_keeper_surf::AsyncTokenClient::with_options(
                     token_keeper_surf::DirectHttp::new(),
                     token_keeper_surf::ClientOptions {
                         clock,
@@ -107,7 +109,8 @@ impl Adapter {
                         ..Default::default()
                     },
                 )
-                .unwrap(),
+                .unwrap())
+                .clone(),
             ),
         }
     }

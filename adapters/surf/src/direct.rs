@@ -19,7 +19,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
-use token_keeper::{ProxyDecision, ProxySettings, TransportError, TransportErrorKind};
+use token_keeper::{Proxy, TransportError, TransportErrorKind};
 use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 use zeroize::Zeroizing;
 
@@ -209,26 +209,15 @@ impl DirectHttp {
     }
 
     /// Sends `request` and reads its answer, the body cut at `max_body + 1`
-    /// bytes, directly or through an HTTP `CONNECT` tunnel as `proxy`
-    /// decides for its destination (a loopback one never goes through a
-    /// proxy). The caller bounds the time.
+    /// bytes, directly or through an HTTP `CONNECT` tunnel to `via` (the
+    /// core's proxy decision for its destination). The caller bounds the time.
     pub(crate) async fn send(
         &self,
-        proxy: &ProxySettings,
+        via: Option<&Proxy>,
         request: http::Request<Vec<u8>>,
         max_body: usize,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
         let target = Target::of(request.uri())?;
-        let via = match proxy.decide(request.uri()) {
-            ProxyDecision::Direct => None,
-            ProxyDecision::Tunnel(via) => Some(via),
-            ProxyDecision::Unsupported(reason) => {
-                return Err(TransportError::new(
-                    TransportErrorKind::Connect,
-                    reason.to_owned(),
-                ))
-            }
-        };
         // One write for head and body (one segment, one TLS record for a
         // token request); the body may hold the client secret, so the copy is wiped.
         let mut message = Zeroizing::new(request_head(&request, &target));

@@ -46,7 +46,7 @@
 //!   below `TRACE` wherever logs are kept. This crate's own logs (through
 //!   `log`, under the target `token_keeper_surf`, each line naming the
 //!   client) never contain tokens or secrets.
-//! - **Health**: [`AsyncTokenClient::health`] lists every named client and key
+//! - **Health**: [`Client::health`](Client::health) (through `AsyncTokenClient`) lists every named client and key
 //!   with its state, usable life left, next refresh, last error and token
 //!   requests so far (what a `/healthz` endpoint serves).
 //!
@@ -85,7 +85,8 @@ pub use middleware::{token_failure, TokenMiddleware, TOKEN_FAILURE_STATUS};
 pub use token_keeper::{HealthError, HealthState, KeyHealth};
 pub use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 pub use token_keeper_driver::{
-    ClientHealth, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
+    Async, Authorized, Client, ClientHealth, ClientStats, Clock, Error, ManualClock, SystemClock,
+    TokenInfo,
 };
 /// Private keys on ring: the default signer for DPoP proofs and
 /// `private_key_jwt` (the `keys` feature, on by default).

@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, FutureExt};
-use token_keeper::{ProxyDecision, ProxySettings, TransportError, TransportErrorKind};
+use token_keeper::{Proxy, TransportError, TransportErrorKind};
+use token_keeper_driver::Transport;
 
 use crate::DirectHttp;
 
@@ -132,26 +133,31 @@ impl From<DirectHttp> for TokenTransport {
     }
 }
 
-/// Sends `request` and reads at most `max_body + 1` bytes of the answer, within `timeout`.
-///
-/// [`DirectHttp`] applies `proxy` (the core's decision for the destination).
-/// A surf backend cannot be told to use a proxy (async-h1 never uses one):
-/// it sends only what the decision sends direct, and refuses the rest.
-pub(crate) async fn send(
-    transport: &TokenTransport,
-    proxy: &ProxySettings,
-    request: http::Request<Vec<u8>>,
-    max_body: usize,
-    timeout: Duration,
-) -> Result<http::Response<Vec<u8>>, TransportError> {
-    let exchange = async {
-        match transport {
-            TokenTransport::Direct(direct) => direct.send(proxy, request, max_body).await,
-            TokenTransport::Surf(SurfBackend(client)) => match proxy.decide(request.uri()) {
-                ProxyDecision::Direct => send_with_surf(client, request, max_body).await,
-                // A surf backend cannot be told to use a proxy, and async-h1
-                // would connect directly: refuse rather than go around it.
-                ProxyDecision::Tunnel(via) => Err(TransportError::new(
+/// Sends token and discovery requests for the engine, on its threads:
+/// the client's [`TokenTransport`] driven by async-io, within `timeout`.
+pub(crate) struct EngineTransport {
+    pub(crate) http: TokenTransport,
+    pub(crate) timeout: Duration,
+}
+
+impl Transport for EngineTransport {
+    /// [`DirectHttp`] goes through `via` with a `CONNECT` tunnel. A surf
+    /// backend cannot be told to use a proxy (async-h1 never uses one): it
+    /// sends only what goes direct, and refuses the rest.
+    fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+        via: Option<&Proxy>,
+        max_body: usize,
+    ) -> Result<http::Response<Vec<u8>>, TransportError> {
+        let exchange = async {
+            match (&self.http, via) {
+                (TokenTransport::Direct(direct), via) => direct.send(via, request, max_body).await,
+                (TokenTransport::Surf(SurfBackend(client)), None) => {
+                    send_with_surf(client, request, max_body).await
+                }
+                // async-h1 would connect directly: refuse rather than go around the proxy.
+                (TokenTransport::Surf(_), Some(via)) => Err(TransportError::new(
                     TransportErrorKind::Connect,
                     format!(
                         "the proxy settings send this request through {}, which a surf backend \
@@ -160,21 +166,18 @@ pub(crate) async fn send(
                         via.url_without_credentials()
                     ),
                 )),
-                ProxyDecision::Unsupported(reason) => Err(TransportError::new(
-                    TransportErrorKind::Connect,
-                    reason.to_owned(),
-                )),
-            },
-        }
-    };
-    let deadline = async {
-        async_io::Timer::after(timeout).await;
-        Err(TransportError::new(
-            TransportErrorKind::Timeout,
-            format!("no complete answer within {} ms", timeout.as_millis()),
-        ))
-    };
-    exchange.or(deadline).await
+            }
+        };
+        let timeout = self.timeout;
+        let deadline = async {
+            async_io::Timer::after(timeout).await;
+            Err(TransportError::new(
+                TransportErrorKind::Timeout,
+                format!("no complete answer within {} ms", timeout.as_millis()),
+            ))
+        };
+        async_io::block_on(exchange.or(deadline))
+    }
 }
 
 /// Sends `request` through `client` and reads at most `max_body + 1` bytes of the answer.

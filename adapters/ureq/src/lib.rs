@@ -69,7 +69,7 @@
 //!
 //! ## Health
 //!
-//! [`TokenClient::health`] lists every named client and key with its state
+//! [`Client::health`](Client::health) (through `TokenClient`) lists every named client and key with its state
 //! (empty, fetching, fresh, stale, expired, backing off), usable life left,
 //! next refresh, last error (its message, which never holds a secret) and
 //! token requests so far: what a `/healthz` endpoint serves.
@@ -86,7 +86,8 @@ pub use middleware::{token_failure, TokenMiddleware};
 pub use token_keeper::{HealthError, HealthState, KeyHealth};
 pub use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 pub use token_keeper_driver::{
-    clock, error, ClientHealth, ClientStats, Clock, Error, ManualClock, SystemClock, TokenInfo,
+    clock, error, Authorized, Blocking, Client, ClientHealth, ClientStats, Clock, Error,
+    ManualClock, SystemClock, TokenInfo,
 };
 /// Private keys on ring: the default signer for DPoP proofs and
 /// `private_key_jwt` (the `keys` feature, on by default).

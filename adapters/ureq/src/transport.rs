@@ -3,21 +3,21 @@
 use std::io::Read;
 use std::time::Duration;
 
-use token_keeper::{
-    ConfigError, Proxy, ProxyDecision, ProxySettings, TransportError, TransportErrorKind,
-};
+use token_keeper::{ConfigError, Proxy, TransportError, TransportErrorKind};
+#[cfg(test)]
+use token_keeper::{ProxyDecision, ProxySettings};
 #[cfg(any(feature = "rustls", feature = "native-tls"))]
 use token_keeper_driver::tls::TlsRoots;
 use token_keeper_driver::tls::TlsSettings;
-use token_keeper_driver::Error;
+use token_keeper_driver::{Error, Transport};
 
 /// An agent for token and discovery requests: 4xx/5xx are responses, not
 /// errors (their headers and OAuth error bodies matter); no redirects are
 /// followed (a token endpoint that redirects is misconfigured, and following
 /// could carry credentials elsewhere); every call is bounded in time. It has
 /// no proxy of its own (ureq's default would read the environment and tunnel
-/// even loopback destinations): [`send`] applies the core's proxy decision
-/// to each request.
+/// even loopback destinations): the engine applies the core's proxy
+/// decision to each request ([`UreqTransport`]).
 pub(crate) fn token_agent(
     connect_timeout: Duration,
     timeout: Duration,
@@ -110,64 +110,57 @@ pub(crate) fn ureq_proxy(proxy: &Proxy) -> Result<ureq::Proxy, ureq::Error> {
     builder.build()
 }
 
-/// `request` with the proxy the core's decision names for its destination
-/// set on it (the agent's own is none), or the reason it cannot be sent.
-pub(crate) fn with_proxy_decision<B: ureq::AsSendBody>(
-    agent: &ureq::Agent,
-    proxy: &ProxySettings,
-    request: http::Request<B>,
-) -> Result<http::Request<B>, TransportError> {
-    match proxy.decide(request.uri()) {
-        ProxyDecision::Direct => Ok(request),
-        ProxyDecision::Tunnel(via) => {
-            let via = ureq_proxy(via).map_err(|e| {
-                TransportError::new(
-                    TransportErrorKind::Connect,
-                    format!("unusable proxy {}: {e}", via.url_without_credentials()),
-                )
-            })?;
-            Ok(agent.configure_request(request).proxy(Some(via)).build())
-        }
-        ProxyDecision::Unsupported(reason) => Err(TransportError::new(
-            TransportErrorKind::Connect,
-            reason.to_owned(),
-        )),
-    }
-}
+/// Sends token and discovery requests for the engine: an agent with no
+/// proxy of its own and no redirects ([`token_agent`]).
+pub(crate) struct UreqTransport(pub(crate) ureq::Agent);
 
-/// Sends `request` (through the proxy the core's decision names, if any) and
-/// reads at most `max_body + 1` bytes of the answer, so the core can tell an
-/// over-long body from one that fits.
-pub(crate) fn send(
-    agent: &ureq::Agent,
-    proxy: &ProxySettings,
-    request: http::Request<Vec<u8>>,
-    max_body: usize,
-) -> Result<http::Response<Vec<u8>>, TransportError> {
-    let request = with_proxy_decision(agent, proxy, request)?;
-    let response = agent.run(request).map_err(classify)?;
-    let (parts, body) = response.into_parts();
-    let mut bytes = Vec::new();
-    body.into_reader()
-        .take(max_body as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| {
-            // ureq reports its own timeouts during the body read as an io::Error
-            // of kind Other wrapping ureq::Error::Timeout.
-            let ureq_timeout = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<ureq::Error>())
-                .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)));
-            let kind = match e.kind() {
-                _ if ureq_timeout => TransportErrorKind::Timeout,
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-                    TransportErrorKind::Timeout
-                }
-                _ => TransportErrorKind::Io,
-            };
-            TransportError::new(kind, format!("reading the response body: {e}"))
-        })?;
-    Ok(http::Response::from_parts(parts, bytes))
+impl Transport for UreqTransport {
+    /// Sends `request` (through `via`, set on the request) and reads at most
+    /// `max_body + 1` bytes of the answer, so the core can tell an over-long
+    /// body from one that fits.
+    fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+        via: Option<&Proxy>,
+        max_body: usize,
+    ) -> Result<http::Response<Vec<u8>>, TransportError> {
+        let agent = &self.0;
+        let request = match via {
+            None => request,
+            Some(via) => {
+                let proxy = ureq_proxy(via).map_err(|e| {
+                    TransportError::new(
+                        TransportErrorKind::Connect,
+                        format!("unusable proxy {}: {e}", via.url_without_credentials()),
+                    )
+                })?;
+                agent.configure_request(request).proxy(Some(proxy)).build()
+            }
+        };
+        let response = agent.run(request).map_err(classify)?;
+        let (parts, body) = response.into_parts();
+        let mut bytes = Vec::new();
+        body.into_reader()
+            .take(max_body as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                // ureq reports its own timeouts during the body read as an io::Error
+                // of kind Other wrapping ureq::Error::Timeout.
+                let ureq_timeout = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+                    .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)));
+                let kind = match e.kind() {
+                    _ if ureq_timeout => TransportErrorKind::Timeout,
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                        TransportErrorKind::Timeout
+                    }
+                    _ => TransportErrorKind::Io,
+                };
+                TransportError::new(kind, format!("reading the response body: {e}"))
+            })?;
+        Ok(http::Response::from_parts(parts, bytes))
+    }
 }
 
 /// Maps ureq's error to the core's transport error kinds.
