@@ -423,11 +423,11 @@ fn a_client_is_added_from_its_issuer_in_one_step() {
     let server = LocalAuthServer::start(ServerConfig::default()).unwrap();
     let issuer = server.base_url();
     let basic = |endpoint: &str| {
-        Ok(ClientConfig::new(
+        ClientConfig::new(
             endpoint,
             "m2m",
             ClientAuth::Basic(ClientSecret::new("s3cret")),
-        )?)
+        )
     };
     let blocking = token_keeper_ureq::TokenClient::new();
     blocking
