@@ -170,6 +170,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api_call;
 pub mod challenge;
 pub mod config;
 pub mod discovery;
@@ -190,6 +191,7 @@ pub mod snapshot;
 pub mod time;
 pub mod url;
 
+pub use api_call::{ApiCallPolicy, Routes};
 pub use config::{
     AssertionAudience, BackoffPolicy, ClientAuth, ClientConfig, ClientSecret, ManagerConfig,
     PrivateKeyJwt, RefreshPolicy,

@@ -19,7 +19,6 @@
 //! - [`step()`]: one round of "ask the core for a header", turned into what
 //!   the caller does next (done, or wait for that request), with any DPoP
 //!   proof left to sign after the lock is released ([`Attached`]);
-//! - [`Routes`]: which origins get which client's tokens;
 //! - [`proxy_from_env`]: the proxy environment, read once for the core's
 //!   proxy decision;
 
@@ -33,7 +32,6 @@ pub mod error;
 pub mod proxy;
 pub mod random;
 pub mod registry;
-pub mod routes;
 pub mod step;
 pub mod tls;
 pub mod transport;
@@ -46,7 +44,6 @@ pub use error::Error;
 pub use proxy::proxy_from_env;
 pub use random::OsRandom;
 pub use registry::{random_seed, ClientHealth, ClientStats, Drained, Registry, TokenInfo};
-pub use routes::{may_carry_body, Routes};
 pub use step::{start_forced_refresh, step, Attached, Authorized, Step};
 pub use transport::Transport;
 pub use wait::{block_on, Async, Blocking, Wait};

@@ -70,8 +70,8 @@ use futures_lite::AsyncReadExt;
 use http::{Method, StatusCode, Uri};
 use surf::middleware::{Middleware, Next};
 use surf::{Client, Request, Response};
-use token_keeper::ResourceOutcome;
-use token_keeper_driver::{Authorized, Error, Routes};
+use token_keeper::ApiCallPolicy;
+use token_keeper_driver::{Authorized, Error};
 
 use crate::client::AsyncTokenClient;
 use crate::transport::to_http_headers;
@@ -89,8 +89,8 @@ use crate::transport::to_http_headers;
 #[derive(Clone, Debug)]
 pub struct TokenMiddleware {
     client: AsyncTokenClient,
-    routes: Arc<Routes>,
-    max_replay_body: usize,
+    /// Routes, replay limit, what to report and retry: the core's rules.
+    policy: Arc<ApiCallPolicy>,
 }
 
 impl TokenMiddleware {
@@ -98,8 +98,7 @@ impl TokenMiddleware {
     pub fn new(client: AsyncTokenClient) -> TokenMiddleware {
         TokenMiddleware {
             client,
-            routes: Arc::new(Routes::new()),
-            max_replay_body: 64 * 1024,
+            policy: Arc::new(ApiCallPolicy::new()),
         }
     }
 
@@ -107,14 +106,16 @@ impl TokenMiddleware {
     /// (`https://host[:port]`, or `http://` on a loopback host).
     pub fn route(mut self, origin: &str, client_name: &str) -> Result<TokenMiddleware, Error> {
         let key = self.client.key(client_name)?;
-        Arc::make_mut(&mut self.routes).add(origin, key)?;
+        Arc::make_mut(&mut self.policy)
+            .routes_mut()
+            .add(origin, key)?;
         Ok(self)
     }
 
     /// The largest request body buffered so that a request can be retried
     /// after a 401 (default 64 KiB). Larger bodies are sent once and not retried.
     pub fn max_replay_body(mut self, bytes: usize) -> TokenMiddleware {
-        self.max_replay_body = bytes;
+        Arc::make_mut(&mut self.policy).set_max_replay_body(bytes);
         self
     }
 }
@@ -195,14 +196,12 @@ impl Middleware for TokenMiddleware {
         client: Client,
         next: Next<'_>,
     ) -> surf::Result<Response> {
-        if request.header("Authorization").is_some() {
-            return next.run(request, client).await;
-        }
         // A URL `http` cannot read is never one of ours: send it untouched.
         let Ok(uri) = request.url().as_str().parse::<Uri>() else {
             return next.run(request, client).await;
         };
-        let Some(key) = self.routes.key_for(&uri) else {
+        let has_authorization = request.header("Authorization").is_some();
+        let Some(key) = self.policy.key_for(&uri, has_authorization) else {
             return next.run(request, client).await;
         };
         let invalid = |what: &str| {
@@ -225,11 +224,13 @@ impl Middleware for TokenMiddleware {
 
         // Buffer the body (up to the limit) so the request can be replayed.
         let mut replay: Option<Request> = None;
-        if request.len().is_none_or(|n| n <= self.max_replay_body) {
+        let limit = self.policy.max_replay_body();
+        let declared = request.len().map(|n| n as u64);
+        if self.policy.keep_for_replay(0, declared) {
             let body = request.take_body();
             let mime = body.mime().clone();
             let mut bytes = Vec::new();
-            let mut reader = body.take(self.max_replay_body as u64 + 1);
+            let mut reader = body.take(limit as u64 + 1);
             reader
                 .read_to_end(&mut bytes)
                 .await
@@ -240,7 +241,7 @@ impl Middleware for TokenMiddleware {
                 body.set_mime(mime.clone());
                 body
             };
-            if bytes.len() <= self.max_replay_body {
+            if self.policy.fits(bytes.len()) {
                 // `Request::clone` drops the body: give the copy its own.
                 let mut copy = request.clone();
                 if !bytes.is_empty() {
@@ -260,22 +261,11 @@ impl Middleware for TokenMiddleware {
 
         let response = next.run(request, client.clone()).await?;
         let dpop = auth.dpop.is_some();
-        // Bearer: only a 401 matters. DPoP: every response may carry the origin's next nonce.
-        if response.status() != surf::StatusCode::Unauthorized && !dpop {
+        let Some((status, outcome)) = self.report(key, &response, &auth, &uri, 0, dpop) else {
             return Ok(response);
-        }
-        let status =
-            StatusCode::from_u16(u16::from(response.status())).map_err(|_| invalid("status"))?;
-        let headers = to_http_headers(&response);
-        let outcome = self.client.handle_resource_response(
-            key,
-            status,
-            &headers,
-            &auth.authorization,
-            &uri,
-            0,
-        );
-        let (ResourceOutcome::Retry, Some(mut retry)) = (outcome, replay) else {
+        };
+        let Some(mut retry) = replay.filter(|_| self.policy.must_retry(status, outcome, 0, true))
+        else {
             return Ok(response);
         };
         discard_body(response).await;
@@ -288,19 +278,37 @@ impl Middleware for TokenMiddleware {
             .map_err(surf_error)?;
         set_headers(&mut retry, &auth)?;
         let response = next.run(retry, client).await?;
-        if response.status() == surf::StatusCode::Unauthorized || dpop {
-            let status = StatusCode::from_u16(u16::from(response.status()))
-                .map_err(|_| invalid("status"))?;
-            let headers = to_http_headers(&response);
-            self.client.handle_resource_response(
-                key,
-                status,
-                &headers,
-                &auth.authorization,
-                &uri,
-                1,
-            );
-        }
+        self.report(key, &response, &auth, &uri, 1, dpop);
         Ok(response)
+    }
+}
+
+impl TokenMiddleware {
+    /// Reports `response` to the core if the policy says it must (every 401,
+    /// every answer to a DPoP-bound request): its status and the core's verdict.
+    fn report(
+        &self,
+        key: token_keeper::KeyId,
+        response: &Response,
+        auth: &Authorized,
+        uri: &Uri,
+        attempt: u32,
+        dpop: bool,
+    ) -> Option<(StatusCode, token_keeper::ResourceOutcome)> {
+        let status = StatusCode::from_u16(u16::from(response.status())).ok()?;
+        // surf hands back the answer of the URL it was given (a `Redirect`
+        // middleware, if any, runs before this one and calls it per hop).
+        if !self.policy.must_report(status, dpop, uri, uri) {
+            return None;
+        }
+        let outcome = self.client.handle_resource_response(
+            key,
+            status,
+            &to_http_headers(response),
+            &auth.authorization,
+            uri,
+            attempt,
+        );
+        Some((status, outcome))
     }
 }

@@ -85,7 +85,8 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, AUTHORIZATION, CONTENT_LENGTH};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use token_keeper::ResourceOutcome;
+use token_keeper::api_call::{may_carry_body, REDIRECTS_WITH_TOKEN};
+use token_keeper::ApiCallPolicy;
 use ureq::config::ConfigBuilder;
 use ureq::middleware::{Middleware, MiddlewareNext};
 use ureq::typestate::AgentScope;
@@ -93,7 +94,6 @@ use ureq::{Body, RequestExt, ResponseExt, SendBody};
 
 use token_keeper::proxy::is_loopback_host;
 use token_keeper::{ProxyDecision, TransportError, TransportErrorKind};
-use token_keeper_driver::{may_carry_body, Routes};
 
 use crate::client::TokenClient;
 use crate::error::Error;
@@ -135,8 +135,8 @@ struct Retried;
 #[derive(Clone)]
 pub struct TokenMiddleware {
     client: TokenClient,
-    routes: Arc<Routes>,
-    max_replay_body: usize,
+    /// Routes, replay limit, what to report and retry: the core's rules.
+    policy: Arc<ApiCallPolicy>,
     retry_agent: Option<ureq::Agent>,
     /// Whether a routed client binds its tokens with DPoP (then no redirects).
     dpop: bool,
@@ -156,8 +156,7 @@ pub struct TokenMiddleware {
 impl std::fmt::Debug for TokenMiddleware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenMiddleware")
-            .field("routes", &self.routes)
-            .field("max_replay_body", &self.max_replay_body)
+            .field("policy", &self.policy)
             .field("retries", &self.retry_agent.is_some())
             .finish()
     }
@@ -168,8 +167,7 @@ impl TokenMiddleware {
     pub fn new(client: TokenClient) -> TokenMiddleware {
         TokenMiddleware {
             client,
-            routes: Arc::new(Routes::new()),
-            max_replay_body: 64 * 1024,
+            policy: Arc::new(ApiCallPolicy::new()),
             retry_agent: None,
             dpop: false,
             status_as_error: false,
@@ -183,14 +181,16 @@ impl TokenMiddleware {
     pub fn route(mut self, origin: &str, client_name: &str) -> Result<TokenMiddleware, Error> {
         let key = self.client.key(client_name)?;
         self.dpop |= self.client.uses_dpop(client_name)?;
-        Arc::make_mut(&mut self.routes).add(origin, key)?;
+        Arc::make_mut(&mut self.policy)
+            .routes_mut()
+            .add(origin, key)?;
         Ok(self)
     }
 
     /// The largest request body buffered so that a request can be retried
     /// after a 401 (default 64 KiB). Larger bodies are streamed and not retried.
     pub fn max_replay_body(mut self, bytes: usize) -> TokenMiddleware {
-        self.max_replay_body = bytes;
+        Arc::make_mut(&mut self.policy).set_max_replay_body(bytes);
         self
     }
 
@@ -216,7 +216,7 @@ impl TokenMiddleware {
                 config = config.proxy(None);
             }
             if self.dpop {
-                config.max_redirects(0)
+                config.max_redirects(REDIRECTS_WITH_TOKEN)
             } else {
                 config
             }
@@ -271,12 +271,10 @@ impl TokenMiddleware {
         request: Request<SendBody>,
         next: MiddlewareNext,
     ) -> Result<Response<Body>, ureq::Error> {
-        let Some(key) = self.routes.key_for(request.uri()) else {
+        let has_authorization = request.headers().contains_key(AUTHORIZATION);
+        let Some(key) = self.policy.key_for(request.uri(), has_authorization) else {
             return next.handle(self.configure(request, false)?);
         };
-        if request.headers().contains_key(AUTHORIZATION) {
-            return next.handle(self.configure(request, false)?);
-        }
         let attempt = u32::from(request.extensions().get::<Retried>().is_some());
         let auth = self
             .client
@@ -297,8 +295,8 @@ impl TokenMiddleware {
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let buffer =
-            retry_agent.is_some() && declared.is_none_or(|n| n <= self.max_replay_body as u64);
+        let buffer = retry_agent.is_some() && self.policy.keep_for_replay(attempt, declared);
+        let limit = self.policy.max_replay_body();
 
         let mut replay = None;
         let result = if !buffer {
@@ -307,10 +305,10 @@ impl TokenMiddleware {
             let mut reader = body.into_reader();
             let mut bytes = Vec::new();
             (&mut reader)
-                .take(self.max_replay_body as u64 + 1)
+                .take(limit as u64 + 1)
                 .read_to_end(&mut bytes)
                 .map_err(ureq::Error::Io)?;
-            if bytes.len() > self.max_replay_body {
+            if !self.policy.fits(bytes.len()) {
                 // Too large to keep: send what was read, then the rest, once.
                 let mut stream = Cursor::new(bytes).chain(reader);
                 next.handle(Request::from_parts(
@@ -318,7 +316,7 @@ impl TokenMiddleware {
                     SendBody::from_reader(&mut stream),
                 ))
             } else {
-                let send = if bytes.is_empty() && !may_carry_body(parts.method.as_str()) {
+                let send = if bytes.is_empty() && !may_carry_body(&parts.method) {
                     SendBody::none()
                 } else {
                     parts
@@ -343,18 +341,19 @@ impl TokenMiddleware {
         let dpop = auth.dpop.is_some();
         // Charged to the origin that answered (no redirect is followed with a
         // token, so it is the one asked; the final URI says so either way).
-        let report = match &result {
-            Ok(response) if response.status() == StatusCode::UNAUTHORIZED || dpop => Some((
-                response.status(),
-                response.headers().clone(),
-                response.get_uri().clone(),
-            )),
+        // An answer ureq turned into an error keeps none of its headers.
+        let no_headers = HeaderMap::new();
+        let answer = match &result {
+            Ok(response) => Some((response.status(), response.headers(), response.get_uri())),
             Err(ureq::Error::StatusCode(401)) => {
-                Some((StatusCode::UNAUTHORIZED, HeaderMap::new(), uri.clone()))
+                Some((StatusCode::UNAUTHORIZED, &no_headers, &uri))
             }
             _ => None,
         };
-        let Some((status, headers, answered)) = report else {
+        let Some((status, headers, answered)) = answer
+            .filter(|(status, _, answered)| self.policy.must_report(*status, dpop, &uri, answered))
+            .map(|(status, headers, answered)| (status, headers.clone(), answered.clone()))
+        else {
             return result;
         };
         let outcome = self.client.handle_resource_response(
@@ -365,7 +364,9 @@ impl TokenMiddleware {
             &answered,
             attempt,
         );
-        let retry = status == StatusCode::UNAUTHORIZED && outcome == ResourceOutcome::Retry;
+        let retry = self
+            .policy
+            .must_retry(status, outcome, attempt, replay.is_some());
         match (retry, retry_agent, replay) {
             (true, Some(agent), Some(replay)) => {
                 drop(result);
@@ -381,7 +382,7 @@ impl TokenMiddleware {
                 if let Some(h) = builder.headers_mut() {
                     *h = headers;
                 }
-                if replay.body.is_empty() && !may_carry_body(replay.method.as_str()) {
+                if replay.body.is_empty() && !may_carry_body(&replay.method) {
                     agent.run(builder.body(()).map_err(ureq::Error::Http)?)
                 } else {
                     agent.run(builder.body(replay.body).map_err(ureq::Error::Http)?)
@@ -443,7 +444,7 @@ impl TokenMiddleware {
             config = config.proxy(proxy);
         }
         if carries_token {
-            config = config.max_redirects(0);
+            config = config.max_redirects(REDIRECTS_WITH_TOKEN);
         }
         Ok(config.build())
     }
