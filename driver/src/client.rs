@@ -188,33 +188,6 @@ impl<W: Wait> Client<W> {
         }
     }
 
-    async fn header_of(&self, key: KeyId) -> Result<HeaderValue, Error> {
-        if let Some(header) = self.fresh_header(key, self.engine.clock().monotonic()) {
-            return Ok(header);
-        }
-        self.acquire(key, None).await.map(|a| a.authorization)
-    }
-
-    async fn with_header_of<R>(
-        &self,
-        name: &str,
-        now: Instant,
-        f: impl FnOnce(&HeaderValue) -> R,
-    ) -> Result<R, Error> {
-        let mut f = Some(f);
-        let fast = self
-            .engine
-            .registry()
-            .with_fresh_named(name, now, |s| (f.take().expect("called once"))(s.header()))?;
-        if let Some(result) = fast {
-            return Ok(result);
-        }
-        let (_, key) = self.engine.registry().lookup(name)?;
-        let f = f.take().expect("not called on the fast path");
-        // Called after the core's lock is released: `f` may use the client.
-        self.acquire(key, None).await.map(|a| f(&a.authorization))
-    }
-
     async fn token_of(&self, name: &str) -> Result<TokenInfo, Error> {
         let (_, key) = self.engine.registry().lookup(name)?;
         loop {
@@ -255,23 +228,6 @@ impl<W: Wait> Client<W> {
         }
     }
 
-    async fn authorize_request_of(
-        &self,
-        key: KeyId,
-        method: &Method,
-        uri: &Uri,
-    ) -> Result<Authorized, Error> {
-        let now = self.engine.clock().monotonic();
-        let fast = self.engine.registry().with_fresh(key, now, |s| Authorized {
-            authorization: s.header().clone(),
-            dpop: None,
-        });
-        if let Some(authorized) = fast {
-            return Ok(authorized);
-        }
-        self.acquire(key, Some((method, uri))).await
-    }
-
     async fn discover_at(&self, issuer: &str) -> Result<ServerMetadata, Error> {
         if let Some(metadata) = self.engine.registry().discovered(issuer) {
             return Ok(metadata);
@@ -296,8 +252,10 @@ impl<W: Wait> Client<W> {
     }
 }
 
-/// Declares the waiting methods of one kind of client, each a call of the
-/// generic method above, with the documentation written once.
+/// Declares the waiting methods of one kind of client, with the
+/// documentation written once: the lock-free hit path first, in plain code
+/// (no future, no waker on it), then the generic slow path, blocked on or
+/// awaited.
 macro_rules! waiting_methods {
     ($wait:ty, $($async:ident)?, $finish:ident) => {
         impl Client<$wait> {
@@ -307,12 +265,19 @@ macro_rules! waiting_methods {
             /// token is cached.
             pub $($async)? fn header(&self, name: &str) -> Result<HeaderValue, Error> {
                 let (_, key) = self.engine.registry().lookup(name)?;
-                $finish!(self.header_of(key))
+                // The hit path, before any future exists.
+                if let Some(header) = self.fresh_header(key, self.engine.clock().monotonic()) {
+                    return Ok(header);
+                }
+                $finish!(self.acquire(key, None)).map(|a| a.authorization)
             }
 
             /// The `Authorization` header value for a key.
             pub $($async)? fn header_for(&self, key: KeyId) -> Result<HeaderValue, Error> {
-                $finish!(self.header_of(key))
+                if let Some(header) = self.fresh_header(key, self.engine.clock().monotonic()) {
+                    return Ok(header);
+                }
+                $finish!(self.acquire(key, None)).map(|a| a.authorization)
             }
 
             /// Calls `f` with the named client's header without copying or
@@ -325,7 +290,19 @@ macro_rules! waiting_methods {
                 name: &str,
                 f: impl FnOnce(&HeaderValue) -> R,
             ) -> Result<R, Error> {
-                $finish!(self.with_header_of(name, self.engine.clock().monotonic(), f))
+                let now = self.engine.clock().monotonic();
+                let mut f = Some(f);
+                let fast = self
+                    .engine
+                    .registry()
+                    .with_fresh_named(name, now, |s| (f.take().expect("called once"))(s.header()))?;
+                if let Some(result) = fast {
+                    return Ok(result);
+                }
+                let (_, key) = self.engine.registry().lookup(name)?;
+                let f = f.take().expect("not called on the fast path");
+                // Called after the core's lock is released: `f` may use the client.
+                $finish!(self.acquire(key, None)).map(|a| f(&a.authorization))
             }
 
             /// [`with_header`](Self::with_header) at a time the caller read
@@ -339,7 +316,18 @@ macro_rules! waiting_methods {
                 now: Instant,
                 f: impl FnOnce(&HeaderValue) -> R,
             ) -> Result<R, Error> {
-                $finish!(self.with_header_of(name, now, f))
+                let mut f = Some(f);
+                let fast = self
+                    .engine
+                    .registry()
+                    .with_fresh_named(name, now, |s| (f.take().expect("called once"))(s.header()))?;
+                if let Some(result) = fast {
+                    return Ok(result);
+                }
+                let (_, key) = self.engine.registry().lookup(name)?;
+                let f = f.take().expect("not called on the fast path");
+                // Called after the core's lock is released: `f` may use the client.
+                $finish!(self.acquire(key, None)).map(|a| f(&a.authorization))
             }
 
             /// The named client's token with its remaining lifetime and
@@ -367,7 +355,15 @@ macro_rules! waiting_methods {
                 method: &Method,
                 uri: &Uri,
             ) -> Result<Authorized, Error> {
-                $finish!(self.authorize_request_of(key, method, uri))
+                let now = self.engine.clock().monotonic();
+                let fast = self.engine.registry().with_fresh(key, now, |s| Authorized {
+                    authorization: s.header().clone(),
+                    dpop: None,
+                });
+                if let Some(authorized) = fast {
+                    return Ok(authorized);
+                }
+                $finish!(self.acquire(key, Some((method, uri))))
             }
 
             /// The metadata of the authorization server at `issuer`
