@@ -10,6 +10,7 @@ use crate::error::TokenError;
 use crate::key::KeyId;
 use crate::request::RequestId;
 use crate::response::TokenType;
+use crate::store::StoreError;
 use crate::time::Instant;
 
 /// Why a token request was started.
@@ -128,5 +129,37 @@ pub enum Event {
     RejectionDamped {
         /// The key.
         key: KeyId,
+    },
+    /// A token was taken from the shared store (another process of the
+    /// fleet fetched it) and cached: no token request was made.
+    TokenFromStore {
+        /// The key.
+        key: KeyId,
+        /// The lifetime the server granted.
+        lifetime: Duration,
+        /// How much of it the store said was left.
+        remaining: Duration,
+    },
+    /// The shared store failed (unreachable, too slow, or an answer that
+    /// makes no sense): the process goes on without it (its own cache, its
+    /// own single flight) and tries it again after `retry_in`. Once per
+    /// outage, not once per operation.
+    StoreUnavailable {
+        /// The failure that started the outage.
+        error: StoreError,
+        /// When the store is tried again.
+        retry_in: Duration,
+    },
+    /// The shared store answered again after [`Event::StoreUnavailable`].
+    StoreRecovered,
+    /// The store held an entry for the key that this process cannot use (not
+    /// decryptable with its keys, bound to another key, malformed, or the
+    /// token a resource just refused): treated as no entry, and overwritten
+    /// by the next token fetched.
+    StoreEntryRefused {
+        /// The key.
+        key: KeyId,
+        /// Why.
+        error: StoreError,
     },
 }

@@ -188,6 +188,7 @@ pub mod request;
 pub mod response;
 pub mod retry_after;
 pub mod snapshot;
+pub mod store;
 pub mod time;
 pub mod url;
 
@@ -212,5 +213,9 @@ pub use random::RandomSource;
 pub use request::{RequestId, TokenRequest};
 pub use response::{AccessToken, TokenResponse, TokenType};
 pub use snapshot::Snapshot;
+pub use store::{
+    OwnerId, StoreError, StoreErrorKind, StoreKey, StoreOp, StoreOpId, StoreReply, StoreRequest,
+    StoreSettings, StoredToken,
+};
 pub use time::{Clock, Instant, ManualClock, Now};
 pub use url::{HttpUrl, Origin, Scheme, UrlError};

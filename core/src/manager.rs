@@ -25,6 +25,10 @@ use crate::request::{
 use crate::response::{parse_token_response, AccessToken, TokenResponse, TokenType};
 use crate::retry_after::retry_after_from_headers;
 use crate::snapshot::Snapshot;
+use crate::store::{
+    OwnerId, StoreError, StoreErrorKind, StoreKey, StoreOp, StoreOpId, StoreReply, StoreRequest,
+    StoreSettings, StoredToken,
+};
 use crate::time::{Instant, Now};
 
 /// A named client registered with [`TokenManager::add_client`]. Cheap to copy.
@@ -46,8 +50,10 @@ pub enum Authorization<'a> {
     /// Attach this header. When the token is [`TokenState::Stale`], a refresh
     /// has been queued (or is already in flight): the caller need not wait for it.
     Attach(Attach<'a>),
-    /// No valid token: a token request was queued just now for this caller.
-    /// Send it (see [`TokenManager::poll_request`]), then wait for its outcome.
+    /// No valid token: a token request (or, with a shared store, a read of
+    /// the store) was queued just now for this caller. Send it (see
+    /// [`TokenManager::poll_request`], [`TokenManager::poll_store_request`]),
+    /// then wait until [`TokenManager::in_flight`] no longer names this id.
     Fetch(RequestId),
     /// No valid token, and a request for this key is already in flight: wait
     /// until its outcome is handed to the core, then ask again.
@@ -133,6 +139,10 @@ pub enum TimeoutReason {
     RefreshDue,
     /// A cached token reaches the end of its usable life.
     TokenExpires,
+    /// A shared-store operation has been out for its deadline.
+    StoreDeadline,
+    /// Time to read the shared store again for another process's token.
+    StorePoll,
 }
 
 /// A response from a protected resource, as the adapter saw it.
@@ -272,11 +282,59 @@ struct Slot {
     token_requests: u64,
     /// The last request that ended, and whether it cached a token.
     settled: Option<(RequestId, bool)>,
+    /// Where the key stands with the shared store, if there is one.
+    store: StorePhase,
+    /// Whether this process holds the key's lease in the shared store (its
+    /// token request is the fleet's).
+    lease_held: bool,
+    /// The token last refused (a 401) or dropped by hand: never taken back
+    /// from the shared store, which may still hold it.
+    refused: Option<AccessToken>,
     /// How many times a 401 invalidated this key's token, and when it last did.
     rejections: u64,
     rejected_at: Option<Instant>,
     snapshot: Option<Arc<Snapshot>>,
     publish_pending: bool,
+}
+
+/// Where a key stands with the shared store, while it has no token request
+/// of its own in flight (see [`TokenManager::enable_store`]).
+#[derive(Debug)]
+enum StorePhase {
+    /// Nothing asked of the store.
+    Idle,
+    /// A read or a lease is out; callers wait for `wait`.
+    Asking {
+        op: StoreOpId,
+        asked: Asked,
+        reason: RequestReason,
+        wait: RequestId,
+        deadline: Instant,
+    },
+    /// Another process holds the lease: read the store again at `next_poll`
+    /// (and take the lease if it has lapsed without a token).
+    Following {
+        reason: RequestReason,
+        wait: RequestId,
+        next_poll: Instant,
+    },
+}
+
+/// What a [`StorePhase::Asking`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    Read,
+    Lease,
+}
+
+impl StorePhase {
+    /// The id callers wait on while the store is being asked.
+    fn wait(&self) -> Option<RequestId> {
+        match self {
+            StorePhase::Idle => None,
+            StorePhase::Asking { wait, .. } | StorePhase::Following { wait, .. } => Some(*wait),
+        }
+    }
 }
 
 /// The kinds of deadline a key can have, after quinn-proto's `Timer`. A
@@ -294,6 +352,10 @@ enum Timer {
     /// The cached token reaches its refresh point, with proactive refresh on
     /// and nothing else under way.
     RefreshDue,
+    /// A store operation has waited [`StoreSettings::op_deadline`].
+    StoreDeadline,
+    /// Time to read the store again for the token another process fetches.
+    StorePoll,
 }
 
 impl Timer {
@@ -301,11 +363,13 @@ impl Timer {
     /// within a key (a timed-out request backs off before the backoff is
     /// looked at; a token is expired before a refresh of it is considered)
     /// and in which [`TokenManager::poll_timeout`] breaks ties.
-    const VALUES: [Timer; 4] = [
+    const VALUES: [Timer; 6] = [
         Timer::RequestDeadline,
+        Timer::StoreDeadline,
         Timer::BackoffEnds,
         Timer::TokenExpires,
         Timer::RefreshDue,
+        Timer::StorePoll,
     ];
 
     /// What [`TokenManager::poll_timeout`] reports for it.
@@ -315,6 +379,8 @@ impl Timer {
             Timer::BackoffEnds => TimeoutReason::BackoffEnds,
             Timer::TokenExpires => TimeoutReason::TokenExpires,
             Timer::RefreshDue => TimeoutReason::RefreshDue,
+            Timer::StoreDeadline => TimeoutReason::StoreDeadline,
+            Timer::StorePoll => TimeoutReason::StorePoll,
         }
     }
 }
@@ -334,8 +400,16 @@ impl Slot {
             Timer::RefreshDue => self
                 .token
                 .as_ref()
-                .filter(|_| proactive && self.flight.is_none() && self.backoff.is_none())
+                .filter(|_| proactive && !self.busy() && self.backoff.is_none())
                 .map(|tok| tok.times.refresh_at),
+            Timer::StoreDeadline => match &self.store {
+                StorePhase::Asking { deadline, .. } => Some(*deadline),
+                _ => None,
+            },
+            Timer::StorePoll => match &self.store {
+                StorePhase::Following { next_poll, .. } => Some(*next_poll),
+                _ => None,
+            },
         }
     }
 
@@ -358,7 +432,18 @@ impl Slot {
     /// Whether a token request may start at `t`: none in flight (single
     /// flight) and no backoff in force.
     fn may_request(&self, t: Instant) -> bool {
-        self.flight.is_none() && self.backoff_at(t).is_none()
+        !self.busy() && self.backoff_at(t).is_none()
+    }
+
+    /// Whether a token is being sought: a token request in flight, or the
+    /// shared store being asked (single flight covers both).
+    fn busy(&self) -> bool {
+        self.flight.is_some() || !matches!(self.store, StorePhase::Idle)
+    }
+
+    /// The id callers wait on while the key is [`busy`](Slot::busy).
+    fn waiting_on(&self) -> Option<RequestId> {
+        self.flight.as_ref().map(|f| f.id).or(self.store.wait())
     }
 
     /// Until when adapters may attach `token` without asking the core (see
@@ -375,10 +460,10 @@ impl Slot {
             // Every request with a DPoP-bound token needs a fresh proof from the core.
             return Instant::ZERO;
         }
-        let next_work = match (&self.flight, &self.backoff) {
-            (Some(_), _) => None,
-            (None, Some(backoff)) => Some(backoff.until),
-            (None, None) => Some(token.times.refresh_at),
+        let next_work = match (self.busy(), &self.backoff) {
+            (true, _) => None,
+            (false, Some(backoff)) => Some(backoff.until),
+            (false, None) => Some(token.times.refresh_at),
         };
         next_work.map_or(token.times.attach_until, |at| {
             at.min(token.times.attach_until)
@@ -412,6 +497,32 @@ pub struct TokenManager {
     random: Randomness,
     latest: Instant,
     nonces: NonceStore,
+    /// The shared store, once [`TokenManager::enable_store`] was called.
+    store: Option<SharedStore>,
+    store_requests: VecDeque<StoreRequest>,
+    /// Store operations whose reply is awaited, and their key.
+    store_ops: HashMap<StoreOpId, KeyId>,
+    next_store_op: u64,
+}
+
+/// The shared store as the core sees it: its settings, this process's
+/// identity as a lease owner, and whether it is in an outage.
+#[derive(Debug)]
+struct SharedStore {
+    settings: StoreSettings,
+    owner: OwnerId,
+    lease_ttl: Duration,
+    /// Failures in a row; 0 when the store last answered.
+    failures: u32,
+    /// Until when the store is not asked, after a failure.
+    resting_until: Option<Instant>,
+}
+
+impl SharedStore {
+    /// Whether the store may be asked at `t`.
+    fn usable(&self, t: Instant) -> bool {
+        self.resting_until.is_none_or(|until| reached(until, t))
+    }
 }
 
 impl TokenManager {
@@ -435,6 +546,10 @@ impl TokenManager {
             random: Randomness::new(seed),
             latest: Instant::ZERO,
             nonces: NonceStore::default(),
+            store: None,
+            store_requests: VecDeque::new(),
+            store_ops: HashMap::new(),
+            next_store_op: 0,
         }
     }
 
@@ -535,6 +650,9 @@ impl TokenManager {
             expired: false,
             token_requests: 0,
             settled: None,
+            store: StorePhase::Idle,
+            lease_held: false,
+            refused: None,
             rejections: 0,
             rejected_at: None,
             snapshot: None,
@@ -599,7 +717,7 @@ impl TokenManager {
             Some(Phase::Stale) => {
                 // Refresh-ahead: one refresh, unless one runs or a backoff holds.
                 if slot.may_request(t) {
-                    self.start_request(key, RequestReason::RefreshAhead, now);
+                    self.begin(key, RequestReason::RefreshAhead, now);
                 }
             }
             Some(Phase::Expired) | None => {
@@ -645,8 +763,8 @@ impl TokenManager {
             self.expire(key);
         }
         let slot = &self.slots[key.index()];
-        if let Some(flight) = &slot.flight {
-            return Authorization::Wait(flight.id);
+        if let Some(id) = slot.waiting_on() {
+            return Authorization::Wait(id);
         }
         if slot.backoff_at(t).is_none() {
             let reason = if expired {
@@ -654,7 +772,7 @@ impl TokenManager {
             } else {
                 RequestReason::Missing
             };
-            if let Some(id) = self.start_request(key, reason, now) {
+            if let Some(id) = self.begin(key, reason, now) {
                 return Authorization::Fetch(id);
             }
         }
@@ -708,8 +826,8 @@ impl TokenManager {
     pub fn force_refresh(&mut self, key: KeyId, now: Now) -> ForcedRefresh {
         let t = self.advance(now);
         let slot = &self.slots[key.index()];
-        if let Some(flight) = &slot.flight {
-            return ForcedRefresh::InFlight(flight.id);
+        if let Some(id) = slot.waiting_on() {
+            return ForcedRefresh::InFlight(id);
         }
         if let Some(backoff) = slot.backoff_at(t) {
             return ForcedRefresh::BackingOff {
@@ -730,7 +848,10 @@ impl TokenManager {
     /// Drops the cached token for `key`; the next call fetches a new one.
     pub fn invalidate(&mut self, key: KeyId, now: Now) {
         self.advance(now);
-        if self.slots[key.index()].token.take().is_some() {
+        let slot = &mut self.slots[key.index()];
+        if let Some(token) = slot.token.take() {
+            // The shared store may still hold it: never take it back from there.
+            slot.refused = Some(token.access_token);
             self.events.push_back(Event::TokenInvalidated {
                 key,
                 reason: InvalidationReason::Manual,
@@ -769,7 +890,7 @@ impl TokenManager {
 
     /// The token request in flight for `key`, if any.
     pub fn in_flight(&self, key: KeyId) -> Option<RequestId> {
-        self.slots[key.index()].flight.as_ref().map(|f| f.id)
+        self.slots[key.index()].waiting_on()
     }
 
     /// The next token request to send, if any.
@@ -823,12 +944,12 @@ impl TokenManager {
             (Some(_), _) => HealthState::BackingOff,
             (None, Some(tok)) if tok.times.refresh_due(t) => HealthState::Stale,
             (None, Some(_)) => HealthState::Fresh,
-            (None, None) if slot.flight.is_some() => HealthState::Fetching,
+            (None, None) if slot.busy() => HealthState::Fetching,
             // Expired, whether the timer has dropped it yet or not.
             (None, None) if slot.expired || slot.token.is_some() => HealthState::Expired,
             (None, None) => HealthState::Empty,
         };
-        let refresh_in = if slot.flight.is_some() {
+        let refresh_in = if slot.busy() {
             Some(Duration::ZERO)
         } else if let Some(backoff) = backoff {
             Some(backoff.until.saturating_duration_since(t))
@@ -1054,7 +1175,8 @@ impl TokenManager {
                 self.events.push_back(Event::RejectionDamped { key });
                 return ResourceOutcome::Deliver;
             }
-            slot.token = None;
+            // The shared store may still hold it: never take it back from there.
+            slot.refused = slot.token.take().map(|tok| tok.access_token);
             slot.rejections += 1;
             slot.rejected_at = Some(t);
             self.events.push_back(Event::TokenInvalidated {
@@ -1067,6 +1189,372 @@ impl TokenManager {
             ResourceOutcome::Retry
         } else {
             ResourceOutcome::Deliver
+        }
+    }
+
+    /// Shares tokens with the other processes of a fleet through a store
+    /// (Redis), after this call. The protocol, decided here and carried out
+    /// by the driver ([`TokenManager::poll_store_request`],
+    /// [`TokenManager::handle_store_reply`]):
+    ///
+    /// 1. A key with no usable token first **reads** the store. An entry
+    ///    that is still usable here (its lifetime and the store's remaining
+    ///    time to live give every process the same refresh point; wall
+    ///    clocks are never compared) is cached ([`Event::TokenFromStore`]).
+    /// 2. On a miss, or an entry past its refresh point, the key takes the
+    ///    **lease** (`ttl` at least the request deadline). Only the holder
+    ///    requests a token; it **writes** it to the store (time to live: the
+    ///    token's remaining life), which releases the lease, or releases the
+    ///    lease if the request fails.
+    /// 3. A key that finds the lease taken **follows**: it reads the store
+    ///    every [`StoreSettings::poll_interval`] until the token shows up,
+    ///    and takes the lease itself once it has lapsed (the holder died).
+    ///    Refresh-ahead works the same way, fleet-wide: the cached token
+    ///    keeps being served meanwhile.
+    /// 4. The store is an optimisation, never a dependency: a store failure
+    ///    or a reply past [`StoreSettings::op_deadline`] sends the key
+    ///    straight to the token endpoint, as without a store, and rests the
+    ///    store (1 s, doubling, at most 30 s by default;
+    ///    [`Event::StoreUnavailable`] once per outage, [`Event::StoreRecovered`]
+    ///    after). An entry this process cannot use, or the very token a
+    ///    resource just refused, counts as no entry
+    ///    ([`Event::StoreEntryRefused`]).
+    ///
+    /// Forced refreshes and DPoP nonce retries go to the token endpoint
+    /// directly (their token is still written). Call it before the first
+    /// input, after [`TokenManager::set_random_source`]: this process's
+    /// lease-owner id is drawn from it.
+    pub fn enable_store(&mut self, settings: StoreSettings) {
+        let floor = self.config.request_timeout + Duration::from_secs(5);
+        let lease_ttl = settings.lease_ttl.map_or(floor, |ttl| ttl.max(floor));
+        self.store = Some(SharedStore {
+            owner: OwnerId(self.random.bytes16()),
+            lease_ttl,
+            settings,
+            failures: 0,
+            resting_until: None,
+        });
+    }
+
+    /// This process's lease-owner id, once the store is enabled.
+    pub fn store_owner(&self) -> Option<OwnerId> {
+        self.store.as_ref().map(|store| store.owner)
+    }
+
+    /// The next store operation to carry out, if any.
+    pub fn poll_store_request(&mut self) -> Option<StoreRequest> {
+        self.store_requests.pop_front()
+    }
+
+    /// Hands the core the outcome of store operation `id`. A reply to an
+    /// operation the core stopped waiting for (past its deadline) only
+    /// tells it the store answers.
+    pub fn handle_store_reply(
+        &mut self,
+        id: StoreOpId,
+        reply: Result<StoreReply, StoreError>,
+        now: Now,
+    ) -> Result<(), UnknownRequest> {
+        self.advance(now);
+        if !self.store_ops.contains_key(&id) {
+            return Err(UnknownRequest);
+        }
+        self.store_reply(id, reply, now);
+        Ok(())
+    }
+
+    /// What every store reply does, on time or at its deadline.
+    fn store_reply(&mut self, id: StoreOpId, reply: Result<StoreReply, StoreError>, now: Now) {
+        let t = self.latest;
+        let Some(key) = self.store_ops.remove(&id) else {
+            return;
+        };
+        match &reply {
+            Err(error) if error.kind() != StoreErrorKind::Invalid => self.store_failed(error, t),
+            _ => self.store_answered(),
+        }
+        let (asked, reason, wait) = match self.slots[key.index()].store {
+            StorePhase::Asking {
+                op,
+                asked,
+                reason,
+                wait,
+                ..
+            } if op == id => (asked, reason, wait),
+            // A write or a release: only the store's health mattered.
+            _ => return,
+        };
+        self.slots[key.index()].store = StorePhase::Idle;
+        self.mark_changed(key);
+        match (asked, reply) {
+            (Asked::Read, Ok(StoreReply::Entry(Some((token, remaining))))) => {
+                if !self.take_stored(key, token, remaining, wait) {
+                    self.ask_store(key, Asked::Lease, reason, wait, now);
+                }
+            }
+            (Asked::Read, Ok(StoreReply::Entry(None))) => {
+                self.ask_store(key, Asked::Lease, reason, wait, now);
+            }
+            (Asked::Read, Err(error)) if error.kind() == StoreErrorKind::Invalid => {
+                self.events
+                    .push_back(Event::StoreEntryRefused { key, error });
+                self.ask_store(key, Asked::Lease, reason, wait, now);
+            }
+            (Asked::Lease, Ok(StoreReply::Lease(true))) => {
+                self.slots[key.index()].lease_held = true;
+                self.fetch_unless_cached(key, reason, now);
+            }
+            (Asked::Lease, Ok(StoreReply::Lease(false))) => {
+                let poll = self
+                    .store
+                    .as_ref()
+                    .map_or(Duration::ZERO, |s| s.settings.poll_interval);
+                self.slots[key.index()].store = StorePhase::Following {
+                    reason,
+                    wait,
+                    next_poll: t.saturating_add(poll),
+                };
+            }
+            (_, Ok(_)) => {
+                let error = StoreError::new(
+                    StoreErrorKind::Other,
+                    "the store answered with a reply of another operation",
+                );
+                self.store_failed(&error, t);
+                self.fetch_unless_cached(key, reason, now);
+            }
+            // Down, slow or confused: as without a store.
+            (_, Err(_)) => self.fetch_unless_cached(key, reason, now),
+        }
+    }
+
+    /// Goes on to the token endpoint for `key`, unless a Fresh token is
+    /// cached meanwhile (a refresh another way got there first).
+    fn fetch_unless_cached(&mut self, key: KeyId, reason: RequestReason, now: Now) {
+        let t = self.latest;
+        let slot = &self.slots[key.index()];
+        let fresh = slot
+            .token
+            .as_ref()
+            .is_some_and(|tok| tok.times.phase(t) == Phase::Fresh);
+        if fresh || slot.busy() || slot.backoff_at(t).is_some() {
+            if std::mem::take(&mut self.slots[key.index()].lease_held) {
+                if let Some(owner) = self.store.as_ref().map(|s| s.owner) {
+                    self.queue_store(key, StoreOp::Release { owner });
+                }
+            }
+            return;
+        }
+        self.start_request(key, reason, now);
+    }
+
+    /// Starts seeking a token for `key`: through the shared store when there
+    /// is one and it is not resting (the id callers wait on), otherwise
+    /// straight to the token endpoint ([`TokenManager::start_request`]).
+    fn begin(&mut self, key: KeyId, reason: RequestReason, now: Now) -> Option<RequestId> {
+        let t = self.latest;
+        let via_store = self.store.as_ref().is_some_and(|s| s.usable(t))
+            && !matches!(reason, RequestReason::Forced | RequestReason::DPoPNonce);
+        if !via_store {
+            return self.start_request(key, reason, now);
+        }
+        let wait = RequestId(self.next_request);
+        self.next_request += 1;
+        self.ask_store(key, Asked::Read, reason, wait, now);
+        Some(wait)
+    }
+
+    /// Asks the store to read `key`'s entry or take its lease, callers
+    /// waiting on `wait`; if the store is resting, goes to the token
+    /// endpoint instead.
+    fn ask_store(
+        &mut self,
+        key: KeyId,
+        asked: Asked,
+        reason: RequestReason,
+        wait: RequestId,
+        now: Now,
+    ) {
+        let t = self.latest;
+        let Some(store) = self.store.as_ref().filter(|s| s.usable(t)) else {
+            self.slots[key.index()].store = StorePhase::Idle;
+            self.fetch_unless_cached(key, reason, now);
+            return;
+        };
+        let deadline = t.saturating_add(store.settings.op_deadline);
+        let op = match asked {
+            Asked::Read => StoreOp::Read,
+            Asked::Lease => StoreOp::Lease {
+                owner: store.owner,
+                ttl: store.lease_ttl,
+            },
+        };
+        let op = self.queue_store(key, op);
+        self.slots[key.index()].store = StorePhase::Asking {
+            op,
+            asked,
+            reason,
+            wait,
+            deadline,
+        };
+        self.mark_changed(key);
+    }
+
+    /// Queues a store operation on `key`.
+    fn queue_store(&mut self, key: KeyId, op: StoreOp) -> StoreOpId {
+        let id = StoreOpId(self.next_store_op);
+        self.next_store_op += 1;
+        self.store_ops.insert(id, key);
+        let store_key = self.store_key(key);
+        self.store_requests.push_back(StoreRequest {
+            id,
+            key: store_key,
+            op,
+            expires_at: None,
+        });
+        id
+    }
+
+    /// What sets `key`'s token apart, for the store: the same in every
+    /// process configured alike.
+    fn store_key(&self, key: KeyId) -> StoreKey {
+        let descriptor = &self.slots[key.index()].descriptor;
+        let config = &self.clients[descriptor.client as usize].config;
+        let endpoint = config.token_endpoint.to_string();
+        let scope = descriptor.scope.to_request_string();
+        let resources = descriptor.resources.join(" ");
+        let params: Vec<u8> = descriptor
+            .params
+            .iter()
+            .flat_map(|(name, value)| {
+                let mut pair = Vec::with_capacity(name.len() + value.len() + 8);
+                pair.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                pair.extend_from_slice(name.as_bytes());
+                pair.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                pair.extend_from_slice(value.as_bytes());
+                pair
+            })
+            .collect();
+        StoreKey::encode([
+            endpoint.as_bytes(),
+            config.client_id.as_bytes(),
+            scope.as_bytes(),
+            resources.as_bytes(),
+            descriptor.audience.as_deref().unwrap_or("").as_bytes(),
+            &params,
+            descriptor.dpop_jkt.as_deref().unwrap_or("").as_bytes(),
+        ])
+    }
+
+    /// Caches a token another process stored, if this process may use it
+    /// now: not the token just refused, of a type this client takes, still
+    /// attachable here. Whether that settles it: `false` when it was not
+    /// taken, and when it was but is past its refresh point here too (then
+    /// the lease decides who fetches the next one).
+    fn take_stored(
+        &mut self,
+        key: KeyId,
+        token: StoredToken,
+        remaining: Duration,
+        wait: RequestId,
+    ) -> bool {
+        let t = self.latest;
+        let slot = &self.slots[key.index()];
+        let config = &self.clients[slot.descriptor.client as usize].config;
+        let refused = |why: &str| StoreError::new(StoreErrorKind::Invalid, why.to_owned());
+        let problem = if slot.refused.as_ref() == Some(token.access_token()) {
+            Some(refused("the entry holds the token last refused or dropped"))
+        } else {
+            match (token.token_type(), config.dpop.is_some()) {
+                (TokenType::DPoP, false) => {
+                    Some(refused("a DPoP-bound token for a client without DPoP"))
+                }
+                (TokenType::Bearer, true) if config.require_dpop_bound => Some(refused(
+                    "a Bearer token for a client that requires DPoP-bound tokens",
+                )),
+                _ => None,
+            }
+        };
+        if let Some(error) = problem {
+            self.events
+                .push_back(Event::StoreEntryRefused { key, error });
+            return false;
+        }
+        // The store's remaining time to live, never more than the lifetime:
+        // a process never attaches a token past its usable life, whatever
+        // the store says.
+        let lifetime = token.lifetime();
+        let remaining = remaining.min(lifetime);
+        let requested_at = t.saturating_sub(lifetime - remaining);
+        let policy = &config.refresh;
+        let expires_in = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+        let times = TokenTimes::new(policy, requested_at, Some(expires_in), self.random.unit());
+        if !times.attachable(t) {
+            return false;
+        }
+        let fresh = !times.refresh_due(t);
+        let same = slot
+            .token
+            .as_ref()
+            .is_some_and(|cached| cached.access_token == *token.access_token());
+        if !same {
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            self.events.push_back(Event::TokenFromStore {
+                key,
+                lifetime: times.lifetime,
+                remaining,
+            });
+            let (access_token, token_type, scope) = token.into_parts();
+            let slot = &mut self.slots[key.index()];
+            slot.token = Some(CachedToken {
+                header: authorization_header(token_type, &access_token),
+                access_token,
+                token_type,
+                scope,
+                times,
+                generation,
+                after_rejection: false,
+            });
+            slot.expired = false;
+            slot.settled = Some((wait, true));
+            self.mark_changed(key);
+        }
+        // Past its refresh point here too: the fleet needs a new one (the
+        // lease decides who fetches it), while this one is served.
+        fresh
+    }
+
+    /// A store operation failed: rest the store, saying so once per outage.
+    fn store_failed(&mut self, error: &StoreError, t: Instant) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        store.failures = store.failures.saturating_add(1);
+        let doublings = store.failures.saturating_sub(1).min(16);
+        let delay = store
+            .settings
+            .retry_min
+            .saturating_mul(1 << doublings)
+            .min(store.settings.retry_max);
+        store.resting_until = Some(t.saturating_add(delay));
+        if store.failures == 1 {
+            self.events.push_back(Event::StoreUnavailable {
+                error: error.clone(),
+                retry_in: delay,
+            });
+        }
+    }
+
+    /// A store operation got an answer: an outage, if any, is over.
+    fn store_answered(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        if store.failures > 0 {
+            store.failures = 0;
+            store.resting_until = None;
+            self.events.push_back(Event::StoreRecovered);
         }
     }
 
@@ -1130,7 +1618,24 @@ impl TokenManager {
             }
             Timer::TokenExpires => self.expire(key),
             Timer::RefreshDue => {
-                self.start_request(key, RequestReason::RefreshAhead, now);
+                self.begin(key, RequestReason::RefreshAhead, now);
+            }
+            Timer::StoreDeadline => {
+                let StorePhase::Asking { op, .. } = self.slots[key.index()].store else {
+                    unreachable!("the timer is armed by a store operation");
+                };
+                let error = StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "no answer within the store operation deadline",
+                );
+                self.store_reply(op, Err(error), now);
+            }
+            Timer::StorePoll => {
+                let StorePhase::Following { reason, wait, .. } = self.slots[key.index()].store
+                else {
+                    unreachable!("the timer is armed by a wait for another process");
+                };
+                self.ask_store(key, Asked::Read, reason, wait, now);
             }
         }
     }
@@ -1267,7 +1772,31 @@ impl TokenManager {
                 });
             }
         }
+        // The fleet's copy: kept as long as the token lives, from the request on.
+        let store_ttl = flight
+            .requested_at
+            .saturating_add(times.lifetime)
+            .saturating_duration_since(t);
+        if let Some(store) = self.store.as_ref().filter(|store| store.usable(t)) {
+            let op = StoreOp::Write {
+                owner: store.owner,
+                token: StoredToken::from_parts(
+                    response.access_token.clone(),
+                    response.token_type,
+                    response.scope.clone(),
+                    times.lifetime,
+                ),
+                ttl: store_ttl,
+            };
+            let id = self.queue_store(key, op);
+            if let Some(request) = self.store_requests.back_mut().filter(|r| r.id == id) {
+                request.expires_at = Some(t.saturating_add(store_ttl));
+            }
+        }
         let slot = &mut self.slots[key.index()];
+        // Written with the token: the write releases it.
+        slot.lease_held = false;
+        slot.refused = None;
         slot.token = Some(CachedToken {
             access_token: response.access_token,
             header,
@@ -1293,6 +1822,12 @@ impl TokenManager {
         retry_after: Option<Duration>,
         t: Instant,
     ) {
+        if std::mem::take(&mut self.slots[key.index()].lease_held) {
+            // Let another process try: its own backoff paces it.
+            if let Some(owner) = self.store.as_ref().filter(|s| s.usable(t)).map(|s| s.owner) {
+                self.queue_store(key, StoreOp::Release { owner });
+            }
+        }
         let slot = &mut self.slots[key.index()];
         slot.failures = slot.failures.saturating_add(1);
         let failures = slot.failures;

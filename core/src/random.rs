@@ -54,6 +54,11 @@ impl Randomness {
 
     /// A unique JWT id: 128 random bits, base64url without padding.
     pub(crate) fn jti(&mut self) -> String {
+        crate::jose::base64url(&self.bytes16())
+    }
+
+    /// 128 random bits.
+    pub(crate) fn bytes16(&mut self) -> [u8; 16] {
         let mut bytes = [0u8; 16];
         match &self.source {
             Some(source) => source.fill(&mut bytes),
@@ -62,7 +67,7 @@ impl Randomness {
                 bytes[8..].copy_from_slice(&self.seeded.next_u64().to_le_bytes());
             }
         }
-        crate::jose::base64url(&bytes)
+        bytes
     }
 
     /// A value in `[0, 1)`, for jitter.

@@ -18,7 +18,7 @@ use crate::error::{clean_text, InvalidResponse, OAuthError, ResponseProblem, Tok
 
 /// An access token. Its `Debug` output is redacted and its memory is wiped on drop.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AccessToken(Zeroizing<String>);
+pub struct AccessToken(pub(crate) Zeroizing<String>);
 
 impl AccessToken {
     /// The token itself. Named so that every use stands out in review.

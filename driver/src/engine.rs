@@ -18,7 +18,7 @@
 //! and how a request is sent ([`Transport`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,12 +26,13 @@ use token_keeper::discovery::{
     Discovery, DiscoveryError, DiscoveryStep, ServerMetadata, MAX_DISCOVERY_DOCUMENT,
 };
 use token_keeper::{
-    Clock, ManagerConfig, Now, ProxyDecision, ProxySettings, TokenManager, TokenRequest,
-    TransportError, TransportErrorKind,
+    Clock, ManagerConfig, Now, ProxyDecision, ProxySettings, StoreRequest, TokenManager,
+    TokenRequest, TransportError, TransportErrorKind,
 };
 
 use crate::error::Error;
 use crate::registry::{Drained, Registry};
+use crate::store::{FleetStore, Store};
 use crate::transport::Transport;
 
 /// What an engine is started with, apart from its transport and waiters.
@@ -48,6 +49,8 @@ pub struct EngineSettings {
     /// The adapter's crate name (`"token_keeper_ureq"`): the log target its
     /// users filter on.
     pub log_target: &'static str,
+    /// The store shared with the rest of the fleet, if any.
+    pub store: Option<FleetStore>,
 }
 
 /// The state shared by an adapter's clients, its timer thread and its sender threads.
@@ -64,6 +67,8 @@ pub struct Engine {
     max_response_body: usize,
     proxy: ProxySettings,
     transport: Box<dyn Transport>,
+    /// Store operations go to the store thread, one at a time, in order.
+    store_queue: Option<mpsc::Sender<StoreRequest>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -131,10 +136,19 @@ impl Engine {
             clock,
             proxy,
             log_target,
+            store,
         } = settings;
         let mut core = TokenManager::new(manager, seed);
-        // `jti`s and jitter from the OS generator, not from the seed.
+        // `jti`s, jitter and the lease-owner id from the OS generator, not from the seed.
         core.set_random_source(Box::new(crate::OsRandom::new()));
+        let (store_queue, store_work) = match store {
+            Some(fleet) => {
+                core.enable_store(fleet.settings.clone());
+                let (queue, work) = mpsc::channel();
+                (Some(queue), Some((fleet.store, work)))
+            }
+            None => (None, None),
+        };
         let (max_keys, max_response_body) =
             (core.config().max_keys, core.config().max_response_body);
         let engine = Arc::new(Engine {
@@ -147,7 +161,15 @@ impl Engine {
             stopping: AtomicBool::new(false),
             proxy,
             transport,
+            store_queue,
         });
+        if let Some((store, work)) = store_work {
+            let engine = Arc::downgrade(&engine);
+            crate::spawn_running("token-keeper-store", move || {
+                run_store(&engine, &*store, &work)
+            })
+            .expect("spawning the token-keeper store thread");
+        }
         let for_thread = Arc::clone(&engine);
         let thread = crate::spawn_running("token-keeper-timer", move || for_thread.run_timers())
             .expect("spawning the token-keeper timer thread");
@@ -199,6 +221,12 @@ impl Engine {
         }
         for request in drained.requests {
             self.dispatch(request);
+        }
+        if let Some(queue) = &self.store_queue {
+            for request in drained.store_requests {
+                // The store thread lives as long as the engine: a send cannot fail.
+                let _ = queue.send(request);
+            }
         }
     }
 
@@ -336,5 +364,21 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+/// The store thread: carries out the core's store operations one at a time
+/// and feeds each outcome back. Holds the engine weakly, and stops when the
+/// engine is gone (its queue's sender with it).
+fn run_store(engine: &Weak<Engine>, store: &dyn Store, work: &mpsc::Receiver<StoreRequest>) {
+    while let Ok(request) = work.recv() {
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        // A write's time to live counts from now, not from when it was queued.
+        let op = request.op_at(engine.clock().monotonic());
+        let reply = store.execute(request.key(), &op);
+        // A reply the core stopped waiting for only tells it the store answers.
+        let _late = engine.input(|core, _, now| core.handle_store_reply(request.id(), reply, now));
     }
 }

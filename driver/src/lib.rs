@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod random;
 pub mod registry;
 pub mod step;
+pub mod store;
 pub mod tls;
 pub mod transport;
 pub mod wait;
@@ -45,6 +46,7 @@ pub use proxy::proxy_from_env;
 pub use random::OsRandom;
 pub use registry::{random_seed, ClientHealth, ClientStats, Drained, Registry, TokenInfo};
 pub use step::{start_forced_refresh, step, Attached, Authorized, Step};
+pub use store::{FleetStore, Store};
 pub use transport::Transport;
 pub use wait::{block_on, Async, Blocking, Wait};
 

@@ -25,6 +25,7 @@ use crate::error::Error;
 /// `dpop_nonce_retries`. A failed request counts in `failures` (and is
 /// retried after a backoff, which is another request).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientStats {
     /// Token requests started: every request to the token endpoint, the
     /// retries after `use_dpop_nonce` included (and one whose JWTs could not
@@ -39,6 +40,9 @@ pub struct ClientStats {
     /// Of `token_requests`, the retries after a `use_dpop_nonce` answer (at
     /// most one per token sought).
     pub dpop_nonce_retries: u64,
+    /// Tokens taken from the shared store (another process fetched them):
+    /// no token request was made for these.
+    pub store_hits: u64,
 }
 
 /// A cached token with its remaining life.
@@ -73,6 +77,7 @@ struct Counters {
     tokens_acquired: AtomicU64,
     failures: AtomicU64,
     dpop_nonce_retries: AtomicU64,
+    store_hits: AtomicU64,
 }
 
 /// One key of a named client and its health, from [`Registry::health`]
@@ -136,6 +141,8 @@ pub struct Registry {
 pub struct Drained {
     /// The token requests to send.
     pub requests: Vec<TokenRequest>,
+    /// The shared-store operations to carry out.
+    pub store_requests: Vec<token_keeper::StoreRequest>,
     /// Whether the core reported anything (a request started or ended, a
     /// token cached or dropped): only then may a waiter's request have ended,
     /// so only then are waiters woken. A caller that merely joins a wait
@@ -299,6 +306,7 @@ impl Registry {
                 Event::RequestStarted { .. } => &[&counters.token_requests],
                 Event::TokenAcquired { .. } => &[&counters.tokens_acquired],
                 Event::RequestFailed { .. } => &[&counters.failures],
+                Event::TokenFromStore { .. } => &[&counters.store_hits],
                 _ => &[],
             };
             for counter in counted {
@@ -314,6 +322,7 @@ impl Registry {
         }
         Drained {
             requests: std::iter::from_fn(|| core.poll_request()).collect(),
+            store_requests: std::iter::from_fn(|| core.poll_store_request()).collect(),
             events,
         }
     }
@@ -339,6 +348,7 @@ impl Registry {
             tokens_acquired: load(&self.counters.tokens_acquired),
             failures: load(&self.counters.failures),
             dpop_nonce_retries: load(&self.counters.dpop_nonce_retries),
+            store_hits: load(&self.counters.store_hits),
         }
     }
 
@@ -399,7 +409,9 @@ fn event_key(event: &Event) -> Option<KeyId> {
         | Event::TokenExpired { key }
         | Event::TokenNotBound { key }
         | Event::ScopeDiffers { key, .. }
-        | Event::RejectionDamped { key } => Some(*key),
+        | Event::RejectionDamped { key }
+        | Event::TokenFromStore { key, .. }
+        | Event::StoreEntryRefused { key, .. } => Some(*key),
         _ => None,
     }
 }
@@ -487,6 +499,28 @@ pub fn log_event(target: &str, client: &str, event: &Event) {
             target: target,
             "{client}: the API rejected a token fetched after its last rejection; \
              not fetching another within the damping window (check the audience, scope or resource)"
+        ),
+        Event::TokenFromStore {
+            lifetime,
+            remaining,
+            ..
+        } => log::info!(
+            target: target,
+            "{client}: token taken from the shared store, {} s of {} s left",
+            remaining.as_secs(),
+            lifetime.as_secs()
+        ),
+        Event::StoreUnavailable { error, retry_in } => log::warn!(
+            target: target,
+            "{client}: {error}; going on without it (trying again in {:.1} s)",
+            retry_in.as_secs_f64()
+        ),
+        Event::StoreRecovered => {
+            log::info!(target: target, "{client}: the shared token store answers again")
+        }
+        Event::StoreEntryRefused { error, .. } => log::warn!(
+            target: target,
+            "{client}: {error}; fetching a new token"
         ),
         other => log::debug!(target: target, "{client}: {other:?}"),
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use token_keeper::{ConfigError, ManagerConfig, ProxySettings};
 use token_keeper_driver::tls::TlsSettings;
 use token_keeper_driver::{
-    proxy_from_env, random_seed, Async, Client, Clock, EngineSettings, Error, SystemClock,
+    proxy_from_env, random_seed, Async, Client, Clock, EngineSettings, Error, FleetStore,
+    SystemClock,
 };
 
 use crate::transport::{EngineTransport, TokenTransport};
@@ -37,6 +38,12 @@ pub struct ClientOptions {
     /// [`AsyncTokenClient::with_options`] with a surf backend (its TLS is its
     /// own) or a `DirectHttp` that has roots of its own.
     pub tls: TlsSettings,
+    /// A token store shared with the other processes of a fleet (Redis:
+    /// `token-keeper-redis`), so that they fetch one token per lifetime
+    /// between them (default: none; see [`TokenManager::enable_store`](token_keeper::TokenManager::enable_store)).
+    /// The store is an optimisation: while it is down or slow, the client
+    /// behaves as without it.
+    pub store: Option<FleetStore>,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +55,7 @@ impl Default for ClientOptions {
             seed: random_seed(),
             proxy: proxy_from_env(),
             tls: TlsSettings::default(),
+            store: None,
         }
     }
 }
@@ -59,6 +67,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("timeout", &self.timeout)
             .field("proxy", &self.proxy)
             .field("tls", &self.tls)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -186,6 +195,7 @@ impl AsyncTokenClient {
             proxy: options.proxy,
             // Log lines under this crate's name, the one its users filter on.
             log_target: env!("CARGO_CRATE_NAME"),
+            store: options.store,
         };
         // Token and discovery requests run on the engine's own threads, driven by async-io.
         let sender = EngineTransport {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use token_keeper::{ManagerConfig, ProxySettings};
 use token_keeper_driver::tls::TlsSettings;
-use token_keeper_driver::{proxy_from_env, random_seed, Blocking, Client, EngineSettings};
+use token_keeper_driver::{
+    proxy_from_env, random_seed, Blocking, Client, EngineSettings, FleetStore,
+};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
@@ -34,6 +36,12 @@ pub struct ClientOptions {
     /// Mozilla roots). The OS store needs the `platform-verifier` feature;
     /// ureq cannot add CAs to it (refused by [`TokenClient::with_options`]).
     pub tls: TlsSettings,
+    /// A token store shared with the other processes of a fleet (Redis:
+    /// `token-keeper-redis`), so that they fetch one token per lifetime
+    /// between them (default: none; see [`TokenManager::enable_store`](token_keeper::TokenManager::enable_store)).
+    /// The store is an optimisation: while it is down or slow, the client
+    /// behaves as without it.
+    pub store: Option<FleetStore>,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +54,7 @@ impl Default for ClientOptions {
             seed: random_seed(),
             proxy: proxy_from_env(),
             tls: TlsSettings::default(),
+            store: None,
         }
     }
 }
@@ -58,6 +67,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("timeout", &self.timeout)
             .field("proxy", &self.proxy)
             .field("tls", &self.tls)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -125,6 +135,7 @@ impl TokenClient {
             proxy: options.proxy,
             // Log lines under this crate's name, the one its users filter on.
             log_target: env!("CARGO_CRATE_NAME"),
+            store: options.store,
         };
         Ok(TokenClient(Client::start(
             settings,
