@@ -325,3 +325,77 @@ fn no_public_type_prints_a_secret_a_private_key_or_a_token() {
         "the logs were captured"
     );
 }
+
+/// The shared-store protocol's values: a token on its way to the store, the
+/// store's requests and replies, their events and errors, the fleet store
+/// settings and the API-call policy.
+#[test]
+fn the_store_protocol_prints_no_token() {
+    use token_keeper::{
+        ApiCallPolicy, Event, StoreErrorKind, StoreOp, StoreReply, StoreSettings, StoredToken,
+        TokenType,
+    };
+    const TOKEN: &str = "Stored-Token-Value-5c9e";
+    let mut texts: Vec<String> = Vec::new();
+    let mut core = TokenManager::new(ManagerConfig::default(), 3);
+    core.enable_store(StoreSettings::default());
+    let config = ClientConfig::new(
+        "https://idp.example/token",
+        "m2m",
+        ClientAuth::Basic(ClientSecret::new(SECRET)),
+    )
+    .unwrap();
+    let client = core.add_client("m2m", config).unwrap();
+    let key = core.default_key(client);
+    let now = Now::from_secs(10);
+    let _ = core.authorize(key, now);
+    let read = core.poll_store_request().expect("a read first");
+    texts.push(format!("{read:?}"));
+    core.handle_store_reply(read.id(), Ok(StoreReply::Entry(None)), now)
+        .unwrap();
+    let lease = core.poll_store_request().expect("then the lease");
+    texts.push(format!("{lease:?}"));
+    core.handle_store_reply(lease.id(), Ok(StoreReply::Lease(true)), now)
+        .unwrap();
+    let request = core.poll_request().expect("the lease holder fetches");
+    texts.push(format!("{request:?}"));
+    let body = format!(r#"{{"access_token":"{TOKEN}","token_type":"Bearer","expires_in":60}}"#);
+    let response = http::Response::builder().status(200).body(body).unwrap();
+    core.handle_response(request.id(), response, now).unwrap();
+    let write = core.poll_store_request().expect("then the write");
+    assert!(matches!(write.op(), StoreOp::Write { .. }));
+    texts.push(format!("{write:?}"));
+    texts.push(format!("{:?}", write.op_at(now.monotonic())));
+    let stored = StoredToken::new(
+        TOKEN.into(),
+        TokenType::Bearer,
+        None,
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    texts.push(format!("{stored:?}"));
+    let error = token_keeper::StoreError::new(StoreErrorKind::Unavailable, "down");
+    texts.push(format!("{error:?} {error}"));
+    texts.push(format!(
+        "{:?}",
+        StoreReply::Entry(Some((stored, std::time::Duration::from_secs(5))))
+    ));
+    while let Some(event) = core.poll_event() {
+        texts.push(format!("{event:?}"));
+    }
+    texts.push(format!(
+        "{:?}",
+        Event::StoreUnavailable {
+            error,
+            retry_in: std::time::Duration::from_secs(1)
+        }
+    ));
+    texts.push(format!("{core:?}"));
+    texts.push(format!("{:?}", core.store_owner()));
+    texts.push(format!("{:?}", ApiCallPolicy::new()));
+    texts.push(format!("{:?}", token_keeper_ureq::TokenClient::new()));
+    for text in &texts {
+        assert!(!text.contains(TOKEN), "leaked the token in: {text}");
+        assert!(!text.contains(SECRET), "leaked the secret in: {text}");
+    }
+}
