@@ -26,11 +26,13 @@
 pub mod api_server;
 pub mod fixtures;
 pub mod recording_proxy;
+pub mod redis;
 mod relay;
 pub mod scenarios;
 pub mod server;
 pub mod tls_front;
 
+pub use redis::{redis_server_available, RedisServer};
 pub use server::{
     ApiFault, Endpoint, Gate, JwsVerifier, LocalAuthServer, RecordedCall, RecordedRequest,
     ServerConfig, TokenFault,
