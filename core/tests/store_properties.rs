@@ -189,7 +189,6 @@ struct Fleet {
     issued: HashMap<String, Issued>,
     next_token: u64,
     store_key: Option<StoreKey>,
-    endpoint_fails: bool,
 }
 
 fn config() -> ClientConfig {
@@ -199,7 +198,7 @@ fn config() -> ClientConfig {
 }
 
 impl Fleet {
-    fn new(seed: u64, endpoint_fails: bool) -> Fleet {
+    fn new(seed: u64) -> Fleet {
         let processes = (0..PROCESSES)
             .map(|p| {
                 let mut core = TokenManager::new(ManagerConfig::default(), seed + p as u64);
@@ -228,7 +227,6 @@ impl Fleet {
             issued: HashMap::new(),
             next_token: 0,
             store_key: None,
-            endpoint_fails,
         }
     }
 
@@ -240,8 +238,8 @@ impl Fleet {
         Now::new(monotonic, wall)
     }
 
-    fn run(seed: u64, ops: &[Op], endpoint_fails: bool) -> TestResult {
-        let mut fleet = Fleet::new(seed, endpoint_fails);
+    fn run(seed: u64, ops: &[Op]) -> TestResult {
+        let mut fleet = Fleet::new(seed);
         for op in ops {
             fleet.step(op)?;
         }
@@ -464,7 +462,7 @@ proptest! {
         seed in any::<u64>(),
         ops in prop::collection::vec(op_strategy(false), 1..160),
     ) {
-        Fleet::run(seed, &ops, false)?;
+        Fleet::run(seed, &ops)?;
     }
 
     #[test]
@@ -472,7 +470,7 @@ proptest! {
         seed in any::<u64>(),
         ops in prop::collection::vec(op_strategy(true), 1..160),
     ) {
-        Fleet::run(seed, &ops, true)?;
+        Fleet::run(seed, &ops)?;
     }
 }
 
@@ -480,7 +478,7 @@ proptest! {
 /// one token request per token lifetime, whichever process makes it.
 #[test]
 fn a_healthy_fleet_fetches_once_per_lifetime() {
-    let mut fleet = Fleet::new(1, false);
+    let mut fleet = Fleet::new(1);
     let mut fetched = 0;
     for _round in 0..40 {
         for p in 0..PROCESSES {
