@@ -257,7 +257,7 @@ impl<W: Wait> Client<W> {
 /// (no future, no waker on it), then the generic slow path, blocked on or
 /// awaited.
 macro_rules! waiting_methods {
-    ($wait:ty, $($async:ident)?, $finish:ident) => {
+    ($wait:ty, $($async:ident)?, $finish:ident, $same:ident) => {
         impl Client<$wait> {
             /// The `Authorization` header value for the named client: the
             /// cached token when valid, otherwise fetched (one request per
@@ -265,15 +265,12 @@ macro_rules! waiting_methods {
             /// token is cached.
             pub $($async)? fn header(&self, name: &str) -> Result<HeaderValue, Error> {
                 let (_, key) = self.engine.registry().lookup(name)?;
-                // The hit path, before any future exists.
-                if let Some(header) = self.fresh_header(key, self.engine.clock().monotonic()) {
-                    return Ok(header);
-                }
-                $finish!(self.acquire(key, None)).map(|a| a.authorization)
+                $same!(self.header_for(key))
             }
 
             /// The `Authorization` header value for a key.
             pub $($async)? fn header_for(&self, key: KeyId) -> Result<HeaderValue, Error> {
+                // The hit path, before any future exists.
                 if let Some(header) = self.fresh_header(key, self.engine.clock().monotonic()) {
                     return Ok(header);
                 }
@@ -290,19 +287,7 @@ macro_rules! waiting_methods {
                 name: &str,
                 f: impl FnOnce(&HeaderValue) -> R,
             ) -> Result<R, Error> {
-                let now = self.engine.clock().monotonic();
-                let mut f = Some(f);
-                let fast = self
-                    .engine
-                    .registry()
-                    .with_fresh_named(name, now, |s| (f.take().expect("called once"))(s.header()))?;
-                if let Some(result) = fast {
-                    return Ok(result);
-                }
-                let (_, key) = self.engine.registry().lookup(name)?;
-                let f = f.take().expect("not called on the fast path");
-                // Called after the core's lock is released: `f` may use the client.
-                $finish!(self.acquire(key, None)).map(|a| f(&a.authorization))
+                $same!(self.with_header_at(name, self.engine.clock().monotonic(), f))
             }
 
             /// [`with_header`](Self::with_header) at a time the caller read
@@ -404,8 +389,15 @@ macro_rules! awaited {
     };
 }
 
-waiting_methods!(Blocking, , blocking);
-waiting_methods!(Async, async, awaited);
+/// A call of another method of the same kind: as it is when blocking…
+macro_rules! direct {
+    ($call:expr) => {
+        $call
+    };
+}
+
+waiting_methods!(Blocking, , blocking, direct);
+waiting_methods!(Async, async, awaited, awaited);
 
 /// Keeps `Client<W>`'s generic futures `Send`: an async client's futures
 /// must be spawnable on multi-threaded executors.

@@ -1,76 +1,13 @@
 //! [`AsyncTokenClient`]: the runtime-agnostic async client, a [`Client`] given a [`TokenTransport`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use token_keeper::{ConfigError, ManagerConfig, ProxySettings};
+use token_keeper::ConfigError;
 use token_keeper_driver::tls::TlsSettings;
-use token_keeper_driver::{
-    proxy_from_env, random_seed, Async, Client, Clock, EngineSettings, Error, FleetStore,
-    SystemClock,
-};
+use token_keeper_driver::{Async, Client, ClientOptions, Error};
 
 use crate::transport::{EngineTransport, TokenTransport};
 use crate::DirectHttp;
-
-/// Options of an [`AsyncTokenClient`].
-#[derive(Clone)]
-pub struct ClientOptions {
-    /// The core's limits (response size, request deadline, number of keys).
-    pub manager: ManagerConfig,
-    /// Overall timeout for one token or discovery request, body included (default 10 s).
-    pub timeout: Duration,
-    /// The clock (default [`SystemClock`]).
-    pub clock: Arc<dyn Clock>,
-    /// Seed for the core's jitter (default: random per process).
-    pub seed: u64,
-    /// Which proxy [`DirectHttp`](crate::DirectHttp) tunnels token and
-    /// discovery requests through (HTTP `CONNECT`). Default: the environment,
-    /// read once when the options are made, with curl's rules
-    /// ([`proxy_from_env`](token_keeper_driver::proxy_from_env)). A loopback
-    /// destination is never proxied, whatever this says. A surf backend
-    /// ([`TokenTransport::surf`]) cannot be told to use a proxy: a request
-    /// the settings would tunnel fails with a transport error saying so (give
-    /// `ProxySettings::none()` when the backend handles proxies itself).
-    pub proxy: ProxySettings,
-    /// Which certificates [`DirectHttp`](crate::DirectHttp) trusts for token
-    /// and discovery requests (default: the Mozilla roots). Refused by
-    /// [`AsyncTokenClient::with_options`] with a surf backend (its TLS is its
-    /// own) or a `DirectHttp` that has roots of its own.
-    pub tls: TlsSettings,
-    /// A token store shared with the other processes of a fleet (Redis:
-    /// `token-keeper-redis`), so that they fetch one token per lifetime
-    /// between them (default: none; see [`TokenManager::enable_store`](token_keeper::TokenManager::enable_store)).
-    /// The store is an optimisation: while it is down or slow, the client
-    /// behaves as without it.
-    pub store: Option<FleetStore>,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        ClientOptions {
-            manager: ManagerConfig::default(),
-            timeout: Duration::from_secs(10),
-            clock: Arc::new(SystemClock::new()),
-            seed: random_seed(),
-            proxy: proxy_from_env(),
-            tls: TlsSettings::default(),
-            store: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for ClientOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientOptions")
-            .field("manager", &self.manager)
-            .field("timeout", &self.timeout)
-            .field("proxy", &self.proxy)
-            .field("tls", &self.tls)
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
-}
 
 /// A cheaply cloneable async token client that runs on any executor.
 ///
@@ -188,19 +125,13 @@ impl AsyncTokenClient {
                     }
                 };
         }
-        let settings = EngineSettings {
-            manager: options.manager,
-            seed: options.seed,
-            clock: options.clock,
-            proxy: options.proxy,
-            // Log lines under this crate's name, the one its users filter on.
-            log_target: env!("CARGO_CRATE_NAME"),
-            store: options.store,
-        };
+        // Log lines under this crate's name, the one its users filter on.
+        let settings = options.engine_settings(env!("CARGO_CRATE_NAME"));
         // Token and discovery requests run on the engine's own threads, driven by async-io.
         let sender = EngineTransport {
             http: http.clone(),
             timeout: options.timeout,
+            connect_timeout: options.connect_timeout,
         };
         Ok(AsyncTokenClient {
             client: Client::start(settings, Box::new(sender)),

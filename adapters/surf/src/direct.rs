@@ -210,12 +210,14 @@ impl DirectHttp {
 
     /// Sends `request` and reads its answer, the body cut at `max_body + 1`
     /// bytes, directly or through an HTTP `CONNECT` tunnel to `via` (the
-    /// core's proxy decision for its destination). The caller bounds the time.
+    /// core's proxy decision for its destination), connecting within
+    /// `connect_timeout`. The caller bounds the whole exchange.
     pub(crate) async fn send(
         &self,
         via: Option<&Proxy>,
         request: http::Request<Vec<u8>>,
         max_body: usize,
+        connect_timeout: std::time::Duration,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
         let target = Target::of(request.uri())?;
         // One write for head and body (one segment, one TLS record for a
@@ -242,15 +244,28 @@ impl DirectHttp {
             Some(via) => (via.host(), via.port()),
             None => (target.host.as_str(), target.port),
         };
-        let mut tcp = async_net::TcpStream::connect((host, port))
-            .await
-            .map_err(|e| {
-                let what = if via.is_some() { "the proxy " } else { "" };
-                TransportError::new(
-                    TransportErrorKind::Connect,
-                    format!("connecting to {what}{host}:{port}: {e}"),
-                )
-            })?;
+        let what = if via.is_some() { "the proxy " } else { "" };
+        let connect = async {
+            async_net::TcpStream::connect((host, port))
+                .await
+                .map_err(|e| {
+                    TransportError::new(
+                        TransportErrorKind::Connect,
+                        format!("connecting to {what}{host}:{port}: {e}"),
+                    )
+                })
+        };
+        let connect_deadline = async {
+            async_io::Timer::after(connect_timeout).await;
+            Err(TransportError::new(
+                TransportErrorKind::Timeout,
+                format!(
+                    "no connection to {what}{host}:{port} within {} ms",
+                    connect_timeout.as_millis()
+                ),
+            ))
+        };
+        let mut tcp = futures_lite::FutureExt::or(connect, connect_deadline).await?;
         // Token requests are one write each way: no point waiting for more to send.
         let _ = tcp.set_nodelay(true);
         if let Some(via) = via {

@@ -79,14 +79,14 @@ pub mod http1;
 pub mod middleware;
 mod transport;
 
-pub use client::{AsyncTokenClient, ClientOptions};
+pub use client::AsyncTokenClient;
 pub use direct::{CertificateError, DirectHttp};
 pub use middleware::{token_failure, TokenMiddleware, TOKEN_FAILURE_STATUS};
 pub use token_keeper::{HealthError, HealthState, KeyHealth, StoreSettings};
 pub use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 pub use token_keeper_driver::{
-    Async, Authorized, Client, ClientHealth, ClientStats, Clock, Error, FleetStore, ManualClock,
-    Store, SystemClock, TokenInfo,
+    Async, Authorized, Client, ClientHealth, ClientOptions, ClientStats, Clock, Error, FleetStore,
+    ManualClock, Store, SystemClock, TokenInfo,
 };
 /// Private keys on ring: the default signer for DPoP proofs and
 /// `private_key_jwt` (the `keys` feature, on by default).

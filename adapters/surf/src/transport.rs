@@ -138,6 +138,7 @@ impl From<DirectHttp> for TokenTransport {
 pub(crate) struct EngineTransport {
     pub(crate) http: TokenTransport,
     pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
 }
 
 impl Transport for EngineTransport {
@@ -152,7 +153,11 @@ impl Transport for EngineTransport {
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
         let exchange = async {
             match (&self.http, via) {
-                (TokenTransport::Direct(direct), via) => direct.send(via, request, max_body).await,
+                (TokenTransport::Direct(direct), via) => {
+                    direct
+                        .send(via, request, max_body, self.connect_timeout)
+                        .await
+                }
                 (TokenTransport::Surf(SurfBackend(client)), None) => {
                     send_with_surf(client, request, max_body).await
                 }

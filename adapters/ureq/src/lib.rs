@@ -81,13 +81,13 @@ mod client;
 pub mod middleware;
 mod transport;
 
-pub use client::{ClientOptions, TokenClient};
+pub use client::TokenClient;
 pub use middleware::{token_failure, TokenMiddleware};
 pub use token_keeper::{HealthError, HealthState, KeyHealth, StoreSettings};
 pub use token_keeper_driver::tls::{TlsError, TlsRoots, TlsSettings};
 pub use token_keeper_driver::{
-    clock, error, Authorized, Blocking, Client, ClientHealth, ClientStats, Clock, Error,
-    FleetStore, ManualClock, Store, SystemClock, TokenInfo,
+    clock, error, Authorized, Blocking, Client, ClientHealth, ClientOptions, ClientStats, Clock,
+    Error, FleetStore, ManualClock, Store, SystemClock, TokenInfo,
 };
 /// Private keys on ring: the default signer for DPoP proofs and
 /// `private_key_jwt` (the `keys` feature, on by default).
