@@ -9,7 +9,8 @@
 //! header; token requests answered (a token of a random lifetime, an error)
 //! or left hanging; store operations answered on time, answered late (after
 //! the core's deadline), failed, or lost; the store going down and coming
-//! back; leases lapsing; time moving forwards in small and large steps.
+//! back; leases lapsing; time moving forwards in small and large steps; one
+//! process's clocks jumping (a suspend; its wall clock a day behind).
 //!
 //! After every step:
 //! 1. **Never past its usable life**: every header attached names a token
@@ -64,6 +65,17 @@ enum Op {
     StoreUp(bool),
     /// A reply for an operation no process asked for.
     Foreign(usize),
+    /// Process `p`'s clocks jump forwards (the machine was suspended, or its
+    /// clock steps): it sees more time pass than the fleet does. Its wall
+    /// clock also moves by `wall_back` backwards (wall clocks are never
+    /// compared across machines, so no rule may depend on them). A monotonic
+    /// clock never goes backwards (the core's property tests cover a core
+    /// given earlier times).
+    Jump {
+        p: usize,
+        by: Duration,
+        wall_back: Duration,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -98,7 +110,13 @@ fn op_strategy(endpoint_fails: bool) -> impl Strategy<Value = Op> {
             .prop_map(|(p, fate)| Op::Store { p, fate }),
         3 => Just(Op::Timers),
         1 => any::<bool>().prop_map(Op::StoreUp),
-        1 => p.prop_map(Op::Foreign),
+        1 => p.clone().prop_map(Op::Foreign),
+        1 => (
+            p,
+            prop_oneof![Just(Duration::from_secs(1)), Just(Duration::from_secs(3600))],
+            prop_oneof![Just(Duration::ZERO), Just(Duration::from_secs(86_400))],
+        )
+            .prop_map(|(p, by, wall_back)| Op::Jump { p, by, wall_back }),
     ]
 }
 
@@ -173,6 +191,8 @@ struct Process {
     core: TokenManager,
     key: KeyId,
     offset: Duration,
+    /// How far its wall clock is behind.
+    wall_back: Duration,
     requests: VecDeque<(TokenRequest, Duration)>,
     store_ops: VecDeque<StoreRequest>,
     /// Whether the core said the store is down (between `StoreUnavailable`
@@ -210,6 +230,7 @@ impl Fleet {
                     key,
                     // Every process's monotonic clock starts elsewhere.
                     offset: Duration::from_secs(1_000 + 7_919 * p as u64),
+                    wall_back: Duration::from_secs(p as u64 * 37),
                     requests: VecDeque::new(),
                     store_ops: VecDeque::new(),
                     store_down: false,
@@ -234,7 +255,7 @@ impl Fleet {
         let monotonic = Instant::from_duration(self.now + self.processes[p].offset);
         // Each process's wall clock is off by its own amount too.
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + self.now
-            - Duration::from_secs(p as u64 * 37);
+            - self.processes[p].wall_back;
         Now::new(monotonic, wall)
     }
 
@@ -319,6 +340,10 @@ impl Fleet {
                 }
             }
             Op::StoreUp(up) => self.store.up = up,
+            Op::Jump { p, by, wall_back } => {
+                self.processes[p].offset += by;
+                self.processes[p].wall_back += wall_back;
+            }
             Op::Foreign(p) => {
                 let now = self.now_of(p);
                 let reply = self.processes[p].core.handle_store_reply(
