@@ -287,9 +287,10 @@ struct Slot {
     /// Whether this process holds the key's lease in the shared store (its
     /// token request is the fleet's).
     lease_held: bool,
-    /// The token last refused (a 401) or dropped by hand: never taken back
-    /// from the shared store, which may still hold it.
-    refused: Option<AccessToken>,
+    /// The tokens last refused (a 401) or dropped by hand, at most
+    /// [`MAX_REFUSED`]: never taken back from the shared store, which may
+    /// still hold them (or be made to hold them again).
+    refused: VecDeque<AccessToken>,
     /// How many times a 401 invalidated this key's token, and when it last did.
     rejections: u64,
     rejected_at: Option<Instant>,
@@ -310,6 +311,8 @@ enum StorePhase {
         reason: RequestReason,
         wait: RequestId,
         deadline: Instant,
+        /// While following: when the lease was first found taken.
+        following_since: Option<Instant>,
     },
     /// Another process holds the lease: read the store again at `next_poll`
     /// (and take the lease if it has lapsed without a token).
@@ -317,7 +320,31 @@ enum StorePhase {
         reason: RequestReason,
         wait: RequestId,
         next_poll: Instant,
+        /// When the lease was first found taken: two leases' lives later with
+        /// no token, the lease is stuck (no time to live, a broken store), and
+        /// the key stops following and fetches.
+        since: Instant,
     },
+}
+
+/// How many refused tokens a key remembers, so that a store replaying old
+/// entries cannot hand them back in turn.
+const MAX_REFUSED: usize = 8;
+
+/// Store operations given up at their deadline, remembered (at most this
+/// many) so that a lease granted late can still be released.
+const MAX_LATE_STORE_OPS: usize = 256;
+
+/// What [`TokenManager::take_stored`] made of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    /// Not taken: the key goes on to the lease.
+    No,
+    /// Cached, and Fresh here: done.
+    Settled,
+    /// Cached, but past its refresh point here too: served while the lease
+    /// decides who fetches the next one.
+    Due,
 }
 
 /// What a [`StorePhase::Asking`] waits for.
@@ -435,6 +462,14 @@ impl Slot {
         !self.busy() && self.backoff_at(t).is_none()
     }
 
+    /// Remembers `token` as refused, forgetting the oldest beyond [`MAX_REFUSED`].
+    fn refuse(&mut self, token: AccessToken) {
+        if self.refused.len() == MAX_REFUSED {
+            self.refused.pop_front();
+        }
+        self.refused.push_back(token);
+    }
+
     /// Whether a token is being sought: a token request in flight, or the
     /// shared store being asked (single flight covers both).
     fn busy(&self) -> bool {
@@ -502,6 +537,8 @@ pub struct TokenManager {
     store_requests: VecDeque<StoreRequest>,
     /// Store operations whose reply is awaited, and their key.
     store_ops: HashMap<StoreOpId, KeyId>,
+    /// Operations given up at their deadline (see [`MAX_LATE_STORE_OPS`]).
+    late_store_ops: HashMap<StoreOpId, KeyId>,
     next_store_op: u64,
 }
 
@@ -549,6 +586,7 @@ impl TokenManager {
             store: None,
             store_requests: VecDeque::new(),
             store_ops: HashMap::new(),
+            late_store_ops: HashMap::new(),
             next_store_op: 0,
         }
     }
@@ -652,7 +690,7 @@ impl TokenManager {
             settled: None,
             store: StorePhase::Idle,
             lease_held: false,
-            refused: None,
+            refused: VecDeque::new(),
             rejections: 0,
             rejected_at: None,
             snapshot: None,
@@ -825,10 +863,15 @@ impl TokenManager {
     /// unless one is in flight already or the key is backing off.
     pub fn force_refresh(&mut self, key: KeyId, now: Now) -> ForcedRefresh {
         let t = self.advance(now);
-        let slot = &self.slots[key.index()];
-        if let Some(id) = slot.waiting_on() {
-            return ForcedRefresh::InFlight(id);
+        let slot = &mut self.slots[key.index()];
+        if let Some(flight) = &slot.flight {
+            return ForcedRefresh::InFlight(flight.id);
         }
+        // A read or lease of the shared store could end with a token some
+        // other process fetched: a forced refresh makes its own request
+        // (a lease granted meanwhile is given back when its reply comes).
+        slot.store = StorePhase::Idle;
+        let slot = &self.slots[key.index()];
         if let Some(backoff) = slot.backoff_at(t) {
             return ForcedRefresh::BackingOff {
                 retry_at: backoff.until,
@@ -851,7 +894,7 @@ impl TokenManager {
         let slot = &mut self.slots[key.index()];
         if let Some(token) = slot.token.take() {
             // The shared store may still hold it: never take it back from there.
-            slot.refused = Some(token.access_token);
+            slot.refuse(token.access_token);
             self.events.push_back(Event::TokenInvalidated {
                 key,
                 reason: InvalidationReason::Manual,
@@ -1176,7 +1219,9 @@ impl TokenManager {
                 return ResourceOutcome::Deliver;
             }
             // The shared store may still hold it: never take it back from there.
-            slot.refused = slot.token.take().map(|tok| tok.access_token);
+            if let Some(token) = slot.token.take() {
+                slot.refuse(token.access_token);
+            }
             slot.rejections += 1;
             slot.rejected_at = Some(t);
             self.events.push_back(Event::TokenInvalidated {
@@ -1209,6 +1254,8 @@ impl TokenManager {
     /// 3. A key that finds the lease taken **follows**: it reads the store
     ///    every [`StoreSettings::poll_interval`] until the token shows up,
     ///    and takes the lease itself once it has lapsed (the holder died).
+    ///    A lease found taken for two leases' lives on end is stuck: the key
+    ///    fetches, as without a store ([`Event::StoreEntryRefused`]).
     ///    Refresh-ahead works the same way, fleet-wide: the cached token
     ///    keeps being served meanwhile.
     /// 4. The store is an optimisation, never a dependency: a store failure
@@ -1248,7 +1295,7 @@ impl TokenManager {
 
     /// Hands the core the outcome of store operation `id`. A reply to an
     /// operation the core stopped waiting for (past its deadline) only
-    /// tells it the store answers.
+    /// releases the lease it may have been granted.
     pub fn handle_store_reply(
         &mut self,
         id: StoreOpId,
@@ -1256,6 +1303,11 @@ impl TokenManager {
         now: Now,
     ) -> Result<(), UnknownRequest> {
         self.advance(now);
+        if let Some(key) = self.late_store_ops.remove(&id) {
+            // Given up at its deadline; a lease it was granted is given back.
+            self.release_unexpected_lease(key, &reply);
+            return Ok(());
+        }
         if !self.store_ops.contains_key(&id) {
             return Err(UnknownRequest);
         }
@@ -1273,46 +1325,87 @@ impl TokenManager {
             Err(error) if error.kind() != StoreErrorKind::Invalid => self.store_failed(error, t),
             _ => self.store_answered(),
         }
-        let (asked, reason, wait) = match self.slots[key.index()].store {
+        let (asked, reason, wait, following_since) = match self.slots[key.index()].store {
             StorePhase::Asking {
                 op,
                 asked,
                 reason,
                 wait,
+                following_since,
                 ..
-            } if op == id => (asked, reason, wait),
-            // A write or a release: only the store's health mattered.
-            _ => return,
+            } if op == id => (asked, reason, wait, following_since),
+            // A write, a release, or an operation the key moved on from (a
+            // forced refresh): a lease granted all the same is given back.
+            _ => {
+                self.release_unexpected_lease(key, &reply);
+                return;
+            }
         };
         self.slots[key.index()].store = StorePhase::Idle;
         self.mark_changed(key);
         match (asked, reply) {
             (Asked::Read, Ok(StoreReply::Entry(Some((token, remaining))))) => {
-                if !self.take_stored(key, token, remaining, wait) {
-                    self.ask_store(key, Asked::Lease, reason, wait, now);
+                match self.take_stored(key, token, remaining, wait) {
+                    Taken::Settled => {}
+                    // The waiters have a token now: the lease goes on under
+                    // a new id, so that their waits end.
+                    Taken::Due => {
+                        let wait = self.next_wait_id();
+                        self.ask_store_following(
+                            key,
+                            Asked::Lease,
+                            reason,
+                            wait,
+                            following_since,
+                            now,
+                        );
+                    }
+                    Taken::No => self.ask_store_following(
+                        key,
+                        Asked::Lease,
+                        reason,
+                        wait,
+                        following_since,
+                        now,
+                    ),
                 }
             }
             (Asked::Read, Ok(StoreReply::Entry(None))) => {
-                self.ask_store(key, Asked::Lease, reason, wait, now);
+                self.ask_store_following(key, Asked::Lease, reason, wait, following_since, now);
             }
             (Asked::Read, Err(error)) if error.kind() == StoreErrorKind::Invalid => {
                 self.events
                     .push_back(Event::StoreEntryRefused { key, error });
-                self.ask_store(key, Asked::Lease, reason, wait, now);
+                self.ask_store_following(key, Asked::Lease, reason, wait, following_since, now);
             }
             (Asked::Lease, Ok(StoreReply::Lease(true))) => {
                 self.slots[key.index()].lease_held = true;
                 self.fetch_unless_cached(key, reason, now);
             }
             (Asked::Lease, Ok(StoreReply::Lease(false))) => {
-                let poll = self
-                    .store
-                    .as_ref()
-                    .map_or(Duration::ZERO, |s| s.settings.poll_interval);
+                let Some(store) = self.store.as_ref() else {
+                    return;
+                };
+                let since = following_since.unwrap_or(t);
+                // A lease outlives the request it covers by design, and the
+                // next holder takes over when one lapses; found taken for two
+                // leases' lives on end, the lease is stuck (no time to live,
+                // a broken store): fetch, as without a store.
+                if reached(since.saturating_add(store.lease_ttl.saturating_mul(2)), t) {
+                    let error = StoreError::new(
+                        StoreErrorKind::Invalid,
+                        "the lease outlived its time to live",
+                    );
+                    self.events
+                        .push_back(Event::StoreEntryRefused { key, error });
+                    self.fetch_unless_cached(key, reason, now);
+                    return;
+                }
                 self.slots[key.index()].store = StorePhase::Following {
                     reason,
                     wait,
-                    next_poll: t.saturating_add(poll),
+                    next_poll: t.saturating_add(store.settings.poll_interval),
+                    since,
                 };
             }
             (_, Ok(_)) => {
@@ -1326,6 +1419,24 @@ impl TokenManager {
             // Down, slow or confused: as without a store.
             (_, Err(_)) => self.fetch_unless_cached(key, reason, now),
         }
+    }
+
+    /// Gives back a lease granted to an operation the key no longer waits
+    /// for (answered past its deadline, or overtaken by a forced refresh),
+    /// unless the key holds it on purpose.
+    fn release_unexpected_lease(&mut self, key: KeyId, reply: &Result<StoreReply, StoreError>) {
+        if matches!(reply, Ok(StoreReply::Lease(true))) && !self.slots[key.index()].lease_held {
+            if let Some(owner) = self.store.as_ref().map(|s| s.owner) {
+                self.queue_store(key, StoreOp::Release { owner });
+            }
+        }
+    }
+
+    /// A fresh id for callers to wait on.
+    fn next_wait_id(&mut self) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        id
     }
 
     /// Goes on to the token endpoint for `key`, unless a Fresh token is
@@ -1358,8 +1469,7 @@ impl TokenManager {
         if !via_store {
             return self.start_request(key, reason, now);
         }
-        let wait = RequestId(self.next_request);
-        self.next_request += 1;
+        let wait = self.next_wait_id();
         self.ask_store(key, Asked::Read, reason, wait, now);
         Some(wait)
     }
@@ -1373,6 +1483,20 @@ impl TokenManager {
         asked: Asked,
         reason: RequestReason,
         wait: RequestId,
+        now: Now,
+    ) {
+        self.ask_store_following(key, asked, reason, wait, None, now);
+    }
+
+    /// [`TokenManager::ask_store`] for a key that has been following
+    /// another process's lease `since` then, if so.
+    fn ask_store_following(
+        &mut self,
+        key: KeyId,
+        asked: Asked,
+        reason: RequestReason,
+        wait: RequestId,
+        following_since: Option<Instant>,
         now: Now,
     ) {
         let t = self.latest;
@@ -1396,6 +1520,7 @@ impl TokenManager {
             reason,
             wait,
             deadline,
+            following_since,
         };
         self.mark_changed(key);
     }
@@ -1447,23 +1572,22 @@ impl TokenManager {
     }
 
     /// Caches a token another process stored, if this process may use it
-    /// now: not the token just refused, of a type this client takes, still
-    /// attachable here. Whether that settles it: `false` when it was not
-    /// taken, and when it was but is past its refresh point here too (then
-    /// the lease decides who fetches the next one).
+    /// now: not one of those refused, of a type this client takes, still
+    /// attachable here, and not the one already cached (which is due, or the
+    /// store would not have been asked).
     fn take_stored(
         &mut self,
         key: KeyId,
         token: StoredToken,
         remaining: Duration,
         wait: RequestId,
-    ) -> bool {
+    ) -> Taken {
         let t = self.latest;
         let slot = &self.slots[key.index()];
         let config = &self.clients[slot.descriptor.client as usize].config;
         let refused = |why: &str| StoreError::new(StoreErrorKind::Invalid, why.to_owned());
-        let problem = if slot.refused.as_ref() == Some(token.access_token()) {
-            Some(refused("the entry holds the token last refused or dropped"))
+        let problem = if slot.refused.contains(token.access_token()) {
+            Some(refused("the entry holds a token refused or dropped"))
         } else {
             match (token.token_type(), config.dpop.is_some()) {
                 (TokenType::DPoP, false) => {
@@ -1478,7 +1602,16 @@ impl TokenManager {
         if let Some(error) = problem {
             self.events
                 .push_back(Event::StoreEntryRefused { key, error });
-            return false;
+            return Taken::No;
+        }
+        // The token already cached: it is due here (that is why the store was
+        // asked), whatever a new jitter draw would say; the lease decides.
+        let same = slot
+            .token
+            .as_ref()
+            .is_some_and(|cached| cached.access_token == *token.access_token());
+        if same {
+            return Taken::No;
         }
         // The store's remaining time to live, never more than the lifetime:
         // a process never attaches a token past its usable life, whatever
@@ -1490,14 +1623,9 @@ impl TokenManager {
         let expires_in = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
         let times = TokenTimes::new(policy, requested_at, Some(expires_in), self.random.unit());
         if !times.attachable(t) {
-            return false;
+            return Taken::No;
         }
-        let fresh = !times.refresh_due(t);
-        let same = slot
-            .token
-            .as_ref()
-            .is_some_and(|cached| cached.access_token == *token.access_token());
-        if !same {
+        {
             let generation = self.next_generation;
             self.next_generation += 1;
             self.events.push_back(Event::TokenFromStore {
@@ -1522,7 +1650,11 @@ impl TokenManager {
         }
         // Past its refresh point here too: the fleet needs a new one (the
         // lease decides who fetches it), while this one is served.
-        fresh
+        if times.refresh_due(t) {
+            Taken::Due
+        } else {
+            Taken::Settled
+        }
     }
 
     /// A store operation failed: rest the store, saying so once per outage.
@@ -1624,6 +1756,9 @@ impl TokenManager {
                 let StorePhase::Asking { op, .. } = self.slots[key.index()].store else {
                     unreachable!("the timer is armed by a store operation");
                 };
+                if self.late_store_ops.len() < MAX_LATE_STORE_OPS {
+                    self.late_store_ops.insert(op, key);
+                }
                 let error = StoreError::new(
                     StoreErrorKind::Unavailable,
                     "no answer within the store operation deadline",
@@ -1631,11 +1766,16 @@ impl TokenManager {
                 self.store_reply(op, Err(error), now);
             }
             Timer::StorePoll => {
-                let StorePhase::Following { reason, wait, .. } = self.slots[key.index()].store
+                let StorePhase::Following {
+                    reason,
+                    wait,
+                    since,
+                    ..
+                } = self.slots[key.index()].store
                 else {
                     unreachable!("the timer is armed by a wait for another process");
                 };
-                self.ask_store(key, Asked::Read, reason, wait, now);
+                self.ask_store_following(key, Asked::Read, reason, wait, Some(since), now);
             }
         }
     }
@@ -1796,7 +1936,6 @@ impl TokenManager {
         let slot = &mut self.slots[key.index()];
         // Written with the token: the write releases it.
         slot.lease_held = false;
-        slot.refused = None;
         slot.token = Some(CachedToken {
             access_token: response.access_token,
             header,

@@ -48,6 +48,18 @@ if redis.pcall('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 return 1
 ";
 
+/// Takes the lease (KEYS[1]) for ARGV[1] with time to live ARGV[2] ms,
+/// unless someone holds it; a lease with no time to live was not set by
+/// token-keeper and would never lapse: it is replaced. (A longer one than
+/// this process asks for may be another process's, configured otherwise: it
+/// is left to lapse; the core gives up on a lease taken for too long.)
+/// Replies 1 when taken, 0 when held by another.
+const LEASE_SCRIPT: &str = r"
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('DEL', KEYS[1]) end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
+
 /// Deletes the lease (KEYS[1]) if ARGV[1] holds it.
 const RELEASE_SCRIPT: &str = r"
 if redis.pcall('GET', KEYS[1]) == ARGV[1] then
@@ -218,8 +230,9 @@ fn parse_url(text: &str) -> Result<Endpoint, RedisStoreError> {
 /// [`StoreErrorKind::Unavailable`].
 ///
 /// Each operation: [`StoreOp::Read`] runs a script that reads the entry and
-/// its remaining TTL together; [`StoreOp::Lease`] is `SET lease owner NX PX
-/// ttl`; [`StoreOp::Write`] is a script that sets the sealed entry with its
+/// its remaining TTL together; [`StoreOp::Lease`] is a script around `SET
+/// lease owner NX PX ttl` that first removes a lease that could never lapse
+/// (one with no TTL); [`StoreOp::Write`] is a script that sets the sealed entry with its
 /// TTL and deletes the lease if the owner still holds it; [`StoreOp::Release`]
 /// is a compare-and-delete script. TTLs are whole milliseconds, at least 1
 /// and at most [`MAX_TTL`]. Errors: Redis errors, timeouts and failed
@@ -239,6 +252,7 @@ pub struct RedisStore {
     read_script: Script,
     write_script: Script,
     release_script: Script,
+    lease_script: Script,
     state: Mutex<State>,
 }
 
@@ -295,6 +309,7 @@ impl RedisStore {
             read_script: Script::new(READ_SCRIPT),
             write_script: Script::new(WRITE_SCRIPT),
             release_script: Script::new(RELEASE_SCRIPT),
+            lease_script: Script::new(LEASE_SCRIPT),
             state: Mutex::new(State {
                 connection: None,
                 retry_at: None,
@@ -473,19 +488,16 @@ impl Store for RedisStore {
             StoreOp::Read => self.read(key, &names),
             StoreOp::Lease { owner, ttl } => {
                 let reply = self.run("taking the lease", |connection| {
-                    redis::cmd("SET")
-                        .arg(&names.lease)
+                    self.lease_script
+                        .key(&names.lease)
                         .arg(&owner.as_bytes()[..])
-                        .arg("NX")
-                        .arg("PX")
                         .arg(ttl_ms(*ttl))
-                        .query::<Value>(connection)
+                        .invoke::<Value>(connection)
                 })?;
                 match reply {
-                    Value::Okay => Ok(StoreReply::Lease(true)),
-                    Value::SimpleString(ref s) if s == "OK" => Ok(StoreReply::Lease(true)),
-                    Value::Nil => Ok(StoreReply::Lease(false)),
-                    _ => Err(other("an unexpected reply to SET NX")),
+                    Value::Int(1) => Ok(StoreReply::Lease(true)),
+                    Value::Int(0) => Ok(StoreReply::Lease(false)),
+                    _ => Err(other("an unexpected reply to the lease script")),
                 }
             }
             StoreOp::Write { owner, token, ttl } => {

@@ -357,22 +357,21 @@ fn garbage_in_redis_is_invalid_never_a_panic() {
     write(&store, &key, owner(1), Duration::from_secs(60));
     assert_eq!(read(&store, &key).unwrap().unwrap().0, token());
 
-    // Another type under the lease's name: no lease for anyone, and a write
-    // or release neither fails nor deletes it.
+    // Another type under the lease's name, with no time to live: it could
+    // never lapse, so the next lease replaces it (and a write releases that).
     let _: () = redis::cmd("HSET")
         .arg(&names.lease)
         .arg("f")
         .arg("v")
         .query(&mut conn)
         .unwrap();
-    assert!(!lease(&store, &key, owner(1), Duration::from_secs(60)));
+    assert!(lease(&store, &key, owner(1), Duration::from_secs(60)));
     write(&store, &key, owner(1), Duration::from_secs(60));
-    release(&store, &key, owner(1));
-    let kind: String = redis::cmd("TYPE")
+    let exists: i64 = redis::cmd("EXISTS")
         .arg(&names.lease)
         .query(&mut conn)
         .unwrap();
-    assert_eq!(kind, "hash");
+    assert_eq!(exists, 0, "the write released the lease");
 
     // The store still works for other keys after all this.
     assert_eq!(read(&store, &other_key).unwrap().unwrap().0, token());
@@ -551,4 +550,36 @@ fn concurrent_operations_share_one_connection() {
             });
         }
     });
+}
+
+/// A lease with no time to live (set by hand, or by something else) would
+/// never lapse and stop the fleet from fetching: the next lease replaces it.
+/// A live lease of another process, however long, is left alone.
+#[test]
+fn a_lease_that_could_never_lapse_is_replaced() {
+    let Some(server) = RedisServer::start_for_test("a_lease_that_could_never_lapse_is_replaced")
+    else {
+        return;
+    };
+    let a = store(&server, StoreKeys::new(1, K1));
+    let key = store_key("stuck");
+    let lease_name = a.names(&key).lease;
+    let mut connection = raw(&server);
+    redis::cmd("SET")
+        .arg(&lease_name)
+        .arg("someone")
+        .query::<()>(&mut connection)
+        .unwrap();
+    assert!(lease(&a, &key, owner(0xa), Duration::from_secs(35)));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&lease_name)
+        .query(&mut connection)
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 35_000, "{ttl}");
+
+    // A long but live lease of another process stays.
+    let key = store_key("long");
+    let b = store(&server, StoreKeys::new(1, K1));
+    assert!(lease(&b, &key, owner(0xb), Duration::from_secs(3600)));
+    assert!(!lease(&a, &key, owner(0xa), Duration::from_secs(35)));
 }
