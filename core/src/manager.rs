@@ -352,6 +352,10 @@ enum Taken {
 enum Asked {
     Read,
     Lease,
+    /// A read once the lease is taken: the token may have been written
+    /// between the first read and the lease (the writer's write releases its
+    /// lease), and then there is nothing to fetch.
+    Recheck,
 }
 
 impl StorePhase {
@@ -1247,7 +1251,8 @@ impl TokenManager {
     ///    time to live give every process the same refresh point; wall
     ///    clocks are never compared) is cached ([`Event::TokenFromStore`]).
     /// 2. On a miss, or an entry past its refresh point, the key takes the
-    ///    **lease** (`ttl` at least the request deadline). Only the holder
+    ///    **lease** (`ttl` at least the request deadline), and reads once
+    ///    more (a token written in between needs no fetch). Only the holder
     ///    requests a token; it **writes** it to the store (time to live: the
     ///    token's remaining life), which releases the lease, or releases the
     ///    lease if the request fails.
@@ -1308,8 +1313,21 @@ impl TokenManager {
             self.release_unexpected_lease(key, &reply);
             return Ok(());
         }
-        if !self.store_ops.contains_key(&id) {
+        let Some(&key) = self.store_ops.get(&id) else {
             return Err(UnknownRequest);
+        };
+        let overdue = matches!(
+            self.slots[key.index()].store,
+            StorePhase::Asking { op, deadline, .. } if op == id && reached(deadline, self.latest)
+        );
+        if overdue {
+            // The deadline passed before the reply came: as if it had fired
+            // first (the key went on without the store), then the reply.
+            self.on_timer(key, Timer::StoreDeadline, now);
+            if let Some(key) = self.late_store_ops.remove(&id) {
+                self.release_unexpected_lease(key, &reply);
+            }
+            return Ok(());
         }
         self.store_reply(id, reply, now);
         Ok(())
@@ -1380,6 +1398,25 @@ impl TokenManager {
             }
             (Asked::Lease, Ok(StoreReply::Lease(true))) => {
                 self.slots[key.index()].lease_held = true;
+                self.ask_store(key, Asked::Recheck, reason, wait, now);
+            }
+            (Asked::Recheck, Ok(StoreReply::Entry(Some((token, remaining))))) => {
+                if self.take_stored(key, token, remaining, wait) == Taken::Settled {
+                    // Written just before the lease was taken: give it back.
+                    self.slots[key.index()].lease_held = false;
+                    if let Some(owner) = self.store.as_ref().map(|s| s.owner) {
+                        self.queue_store(key, StoreOp::Release { owner });
+                    }
+                } else {
+                    self.fetch_unless_cached(key, reason, now);
+                }
+            }
+            (Asked::Recheck, Ok(StoreReply::Entry(None))) => {
+                self.fetch_unless_cached(key, reason, now);
+            }
+            (Asked::Recheck, Err(error)) if error.kind() == StoreErrorKind::Invalid => {
+                self.events
+                    .push_back(Event::StoreEntryRefused { key, error });
                 self.fetch_unless_cached(key, reason, now);
             }
             (Asked::Lease, Ok(StoreReply::Lease(false))) => {
@@ -1507,7 +1544,7 @@ impl TokenManager {
         };
         let deadline = t.saturating_add(store.settings.op_deadline);
         let op = match asked {
-            Asked::Read => StoreOp::Read,
+            Asked::Read | Asked::Recheck => StoreOp::Read,
             Asked::Lease => StoreOp::Lease {
                 owner: store.owner,
                 ttl: store.lease_ttl,
@@ -1617,11 +1654,17 @@ impl TokenManager {
         // a process never attaches a token past its usable life, whatever
         // the store says.
         let lifetime = token.lifetime();
-        let remaining = remaining.min(lifetime);
-        let requested_at = t.saturating_sub(lifetime - remaining);
+        let elapsed = lifetime - remaining.min(lifetime);
+        let remaining = lifetime - elapsed;
         let policy = &config.refresh;
         let expires_in = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
-        let times = TokenTimes::new(policy, requested_at, Some(expires_in), self.random.unit());
+        // The times of a token requested `elapsed` ago: those of one
+        // requested now, moved back. (Moving the request time back instead
+        // would stop at the clock's origin, and a clock that started less
+        // than `elapsed` ago would buy the token life.)
+        let mut times = TokenTimes::new(policy, t, Some(expires_in), self.random.unit());
+        times.refresh_at = times.refresh_at.saturating_sub(elapsed);
+        times.attach_until = times.attach_until.saturating_sub(elapsed);
         if !times.attachable(t) {
             return Taken::No;
         }

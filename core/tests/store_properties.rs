@@ -29,7 +29,7 @@
 //! 5. **Replies to unknown operations are refused**, and nothing panics.
 //! 6. **Every caller gets a token in the end** (checked once the timeline is
 //!    over): with the token endpoint answering and every operation carried
-//!    out, every process attaches a token within a bounded time, whatever
+//!    out, every process attaches a token within 300 s, whatever
 //!    the timeline left (stuck leases that never lapse, a store down,
 //!    lost operations, backoffs).
 //!
@@ -283,10 +283,12 @@ impl Fleet {
     /// Invariant 6, **every caller gets a token in the end**: whatever the timeline
     /// left behind (a store down or back, stuck leases, lost operations,
     /// backoffs), a token endpoint that answers and a driver that carries
-    /// everything out promptly get every process a token within 150 s of
-    /// fleet time (longer than any backoff, lease or store rest).
+    /// everything out promptly get every process a token within 300 s of
+    /// fleet time (a stuck lease is given up after two leases' lives, 70 s,
+    /// which may start only as the token left from the timeline nears its
+    /// end; backoffs are at most 72 s and store rests 30 s).
     fn settle(&mut self) -> TestResult {
-        for _second in 0..150 {
+        for _second in 0..300 {
             for p in 0..PROCESSES {
                 self.step(&Op::Ask(p))?;
                 for _ in 0..8 {
@@ -363,10 +365,14 @@ impl Fleet {
                             Some(Err(StoreError::new(StoreErrorKind::Invalid, "garbage")))
                         }
                         Fate::StuckLease if self.store.up => {
-                            self.store.leases.insert(
-                                request.key().as_bytes().to_vec(),
-                                (nobody(), Duration::MAX),
-                            );
+                            // Where no live lease is: a stuck one never
+                            // replaces a process's own.
+                            let fleet_now = self.now;
+                            self.store.leases.retain(|_, (_, until)| *until > fleet_now);
+                            self.store
+                                .leases
+                                .entry(request.key().as_bytes().to_vec())
+                                .or_insert((nobody(), Duration::MAX));
                             let op = request.op_at(now.monotonic());
                             Some(self.store.execute(request.key(), &op, self.now))
                         }
@@ -681,6 +687,12 @@ fn a_stored_token_is_served_with_the_stores_remaining_life() {
         })
         .unwrap(); // lease: taken
     fleet
+        .step(&Op::Store {
+            p: 0,
+            fate: Fate::Run,
+        })
+        .unwrap(); // read again: miss
+    fleet
         .step(&Op::AnswerToken {
             p: 0,
             lifetime_secs: 60,
@@ -734,6 +746,12 @@ fn finding_its_own_token_at_the_refresh_point_leads_to_the_lease() {
             })
             .unwrap(); // lease: taken
         fleet
+            .step(&Op::Store {
+                p: 0,
+                fate: Fate::Run,
+            })
+            .unwrap(); // read again: miss
+        fleet
             .step(&Op::AnswerToken {
                 p: 0,
                 lifetime_secs: 3600,
@@ -772,4 +790,36 @@ fn finding_its_own_token_at_the_refresh_point_leads_to_the_lease() {
         let next_deadline = fleet.processes[0].core.poll_timeout().expect("armed").0;
         assert!(next_deadline > now, "seed {seed}: a deadline in the past");
     }
+}
+
+/// A process whose monotonic clock started a moment ago (on some platforms it
+/// counts from the client's creation) reads an entry fetched long before:
+/// the token is served for what is left of it, not for a whole lifetime.
+#[test]
+fn a_young_clock_buys_a_stored_token_no_life() {
+    let mut core = TokenManager::new(ManagerConfig::default(), 1);
+    core.enable_store(StoreSettings::default());
+    let client = core.add_client("m2m", config()).unwrap();
+    let key = core.default_key(client);
+    // The clock read 2 s: the process started 2 s ago.
+    let now = Now::from_secs(2);
+    let _ = core.authorize(key, now);
+    let read = core.poll_store_request().unwrap();
+    // Fetched 3000 s ago with a 3600 s lifetime: 600 s left in the store.
+    let token = StoredToken::new(
+        "old".into(),
+        TokenType::Bearer,
+        None,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    core.handle_store_reply(
+        read.id(),
+        Ok(StoreReply::Entry(Some((token, Duration::from_secs(600))))),
+        now,
+    )
+    .unwrap();
+    let view = core.token(key, now).expect("still usable");
+    // 600 s left, less the 60 s safety buffer.
+    assert_eq!(view.remaining(), Duration::from_secs(540));
 }

@@ -67,8 +67,9 @@ pub struct Engine {
     max_response_body: usize,
     proxy: ProxySettings,
     transport: Box<dyn Transport>,
-    /// Store operations go to the store thread, one at a time, in order.
-    store_queue: Option<mpsc::Sender<StoreRequest>>,
+    /// Store operations go to the store thread, one at a time, in order; at
+    /// most [`MAX_QUEUED_STORE_OPS`] wait.
+    store_queue: Option<mpsc::SyncSender<StoreRequest>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -144,7 +145,7 @@ impl Engine {
         let (store_queue, store_work) = match store {
             Some(fleet) => {
                 core.enable_store(fleet.settings.clone());
-                let (queue, work) = mpsc::channel();
+                let (queue, work) = mpsc::sync_channel(MAX_QUEUED_STORE_OPS);
                 (Some(queue), Some((fleet.store, work)))
             }
             None => (None, None),
@@ -224,8 +225,18 @@ impl Engine {
         }
         if let Some(queue) = &self.store_queue {
             for request in drained.store_requests {
-                // The store thread lives as long as the engine: a send cannot fail.
-                let _ = queue.send(request);
+                // A store stuck past its own timeouts must not grow the queue
+                // without bound: an operation that finds it full fails at
+                // once, and the core goes on without the store.
+                if let Err(mpsc::TrySendError::Full(request)) = queue.try_send(request) {
+                    let error = token_keeper::StoreError::new(
+                        token_keeper::StoreErrorKind::Unavailable,
+                        "the store is not keeping up (its queue is full)",
+                    );
+                    let _late = self.input(|core, _, now| {
+                        core.handle_store_reply(request.id(), Err(error), now)
+                    });
+                }
             }
         }
     }
@@ -366,6 +377,9 @@ impl Engine {
         }
     }
 }
+
+/// Store operations that may wait for the store thread.
+const MAX_QUEUED_STORE_OPS: usize = 1024;
 
 /// The store thread: carries out the core's store operations one at a time
 /// and feeds each outcome back. Holds the engine weakly, and stops when the

@@ -18,7 +18,9 @@
 //! for every entry sealed. The AAD binds the entry to its store key, its key
 //! id and its version: an entry copied under another key's name, or edited
 //! to name another key id or version, does not open. Nothing may follow the
-//! token.
+//! token. `RedisStore` passes as the store key the namespace, a zero byte
+//! and the core's store key, so an entry does not open in another namespace
+//! either, even one sharing the sealing key.
 //!
 //! [`open`] refuses, as [`StoreErrorKind::Invalid`] and without panicking,
 //! whatever is not an entry sealed by [`seal`] for this store key with one of

@@ -318,6 +318,17 @@ impl RedisStore {
         })
     }
 
+    /// What an entry is bound to: the namespace and the store key, so that
+    /// an entry copied to another namespace sharing the sealing key does not
+    /// open there either.
+    fn bound(&self, key: &StoreKey) -> StoreKey {
+        let mut bytes = Vec::with_capacity(self.namespace.len() + 1 + key.as_bytes().len());
+        bytes.extend_from_slice(self.namespace.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(key.as_bytes());
+        StoreKey::from_bytes(&bytes)
+    }
+
     /// The Redis names of `key`'s entry and lease in this store.
     pub fn names(&self, key: &StoreKey) -> Names {
         naming::names(&self.naming_key, &self.namespace, key)
@@ -431,7 +442,7 @@ impl RedisStore {
                 "the entry is too large",
             )),
             (ttl, Value::BulkString(bytes)) if ttl >= 0 => {
-                let token = entry::open(&self.keys, key, bytes)?;
+                let token = entry::open(&self.keys, &self.bound(key), bytes)?;
                 Ok(StoreReply::Entry(Some((
                     token,
                     Duration::from_millis(ttl.unsigned_abs()),
@@ -501,7 +512,7 @@ impl Store for RedisStore {
                 }
             }
             StoreOp::Write { owner, token, ttl } => {
-                let sealed = entry::seal(&self.keys, key, token)?;
+                let sealed = entry::seal(&self.keys, &self.bound(key), token)?;
                 let reply = self.run("writing", |connection| {
                     self.write_script
                         .key(&names.entry)

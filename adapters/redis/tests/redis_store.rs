@@ -583,3 +583,32 @@ fn a_lease_that_could_never_lapse_is_replaced() {
     assert!(lease(&b, &key, owner(0xb), Duration::from_secs(3600)));
     assert!(!lease(&a, &key, owner(0xa), Duration::from_secs(35)));
 }
+
+/// An entry copied into another namespace does not open there, even with
+/// the same sealing key.
+#[test]
+fn an_entry_moved_to_another_namespace_does_not_open() {
+    let Some(server) =
+        RedisServer::start_for_test("an_entry_moved_to_another_namespace_does_not_open")
+    else {
+        return;
+    };
+    let here = store_in(&server, StoreKeys::new(1, K1), "here");
+    let there = store_in(&server, StoreKeys::new(1, K1), "there");
+    let key = store_key("moved");
+    write(&here, &key, owner(1), Duration::from_secs(60));
+    let mut connection = raw(&server);
+    let sealed: Vec<u8> = redis::cmd("GET")
+        .arg(here.names(&key).entry)
+        .query(&mut connection)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(there.names(&key).entry)
+        .arg(sealed)
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut connection)
+        .unwrap();
+    assert_invalid(read(&there, &key));
+    assert!(read(&here, &key).unwrap().is_some());
+}
