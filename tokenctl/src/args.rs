@@ -62,6 +62,35 @@ pub struct ClientFlags {
     pub tls_roots: TlsRootsFlag,
     /// `--proxy URL` or `--proxy none`; the environment otherwise.
     pub proxy: Option<String>,
+    /// The fleet store: `--store URL` or `--store-env VAR`.
+    pub store: Option<StoreUrl>,
+    /// `--store-key-env VAR`: the store's sealing key (base64 of 32 bytes).
+    pub store_key_env: Option<String>,
+    /// `--store-old-key-env VAR`: an older key still accepted when reading.
+    pub store_old_key_env: Option<String>,
+    /// `--store-namespace NAME`.
+    pub store_namespace: Option<String>,
+    /// `--token-timeout SECS`: the bound on one token request.
+    pub token_timeout: Option<Duration>,
+}
+
+/// Where the fleet store is: the URL itself (it may hold a password, so its
+/// `Debug` shows nothing), or the environment variable that holds it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `--store URL`.
+    Given(String),
+    /// `--store-env VAR`.
+    Env(String),
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Given(_) => f.write_str("StoreUrl::Given(<redacted>)"),
+            StoreUrl::Env(var) => write!(f, "StoreUrl::Env({var:?})"),
+        }
+    }
 }
 
 /// `--tls-roots`.
@@ -88,9 +117,18 @@ pub enum Command {
         amount: Amount,
         concurrency: usize,
         json: bool,
+        /// `--rate R`: at most R calls per second (all workers together).
+        rate: Option<f64>,
+        /// `--ticks`: one line per second on stdout.
+        ticks: bool,
     },
     Demo {
-        duration: Duration,
+        /// `--duration SECS`; `None`: the default of the kind of demo.
+        duration: Option<Duration>,
+        /// `--fleet N`: N processes, without and with a Redis store.
+        fleet: Option<usize>,
+        /// `--plot FILE.svg` (with `--fleet`).
+        plot: Option<std::path::PathBuf>,
     },
     /// A new key, as PKCS#8 PEM, to `out` (created, never overwritten) or stdout.
     Keygen {
@@ -110,9 +148,11 @@ pub const USAGE: &str = "\
 tokenctl: OAuth 2.0 client-credentials tokens, managed by token-keeper
 
 USAGE:
-    tokenctl token  [CLIENT FLAGS] [--json]
-    tokenctl call URL [CLIENT FLAGS] [--requests N | --duration SECS] [--concurrency C] [--json]
+    tokenctl token  [CLIENT FLAGS] [STORE FLAGS] [--json]
+    tokenctl call URL [CLIENT FLAGS] [STORE FLAGS] [--requests N | --duration SECS]
+                  [--concurrency C] [--rate R] [--ticks] [--json]
     tokenctl demo   [--duration SECS]
+    tokenctl demo   --fleet N [--duration SECS] [--plot FILE.svg]
     tokenctl keygen [--alg ES256|EdDSA] [--out FILE]
 
 CLIENT FLAGS:
@@ -139,6 +179,41 @@ CLIENT FLAGS:
     --proxy URL|none         tunnel through this http:// proxy, or through none; default:
                              https_proxy/HTTPS_PROXY, all_proxy/ALL_PROXY and no_proxy/NO_PROXY
                              as curl reads them. A loopback host is never proxied
+    --token-timeout SECS     the bound on one token request (default 10 s; the core gives
+                             up after 30 s). With a store, a lease lasts this + 5 s
+
+STORE FLAGS: share tokens with the other processes of a fleet through Redis
+    --store redis://[:PASSWORD@]HOST:PORT[/DB]
+                             the fleet store: one token request per token lifetime for
+                             the whole fleet. Only redis:// (no TLS). The password is
+                             never printed; it is visible in the process list: prefer
+    --store-env VAR          the store URL from this environment variable
+    --store-key-env VAR      required with a store: the key that seals every entry
+                             (AES-256-GCM), standard base64 of 32 bytes, the same on every
+                             process (`openssl rand -base64 32`): tokens never sit in
+                             Redis in clear
+    --store-old-key-env VAR  also open entries sealed with this older key (rotation)
+    --store-namespace NAME   fleets sharing one Redis with different namespaces never
+                             see each other's tokens (default token-keeper)
+    With a store, a store failure makes the client go to the token endpoint as without
+    one. `token` says on stderr where the token came from (token source: ...).
+
+CALL FLAGS:
+    --requests N | --duration SECS   how many calls (default 1 request)
+    --concurrency C          C workers (default 1)
+    --rate R                 at most R calls per second, all workers together
+    --ticks                  one line per second on stdout, before the summary:
+                             tick t=SECS calls=N failed=N p50_us=N p99_us=N max_us=N
+                             token_requests=N store_hits=N (counts of that second,
+                             the last two since the start)
+
+DEMO FLAGS:
+    --duration SECS          how long the threads (or processes) call (default 8, fleet 12)
+    --fleet N                N tokenctl processes against a local token server (3 s
+                             tokens), first each on its own, then sharing a Redis store
+                             (runs redis-server from PATH on a free 127.0.0.1 port);
+                             prints token requests per token lifetime for both runs
+    --plot FILE.svg          with --fleet: draw both runs over time to FILE.svg
 
 KEYGEN FLAGS: a new private key to keep (a DPoP key that survives restarts)
     --alg ES256|EdDSA        P-256 (default) or Ed25519; RSA keys come from
@@ -175,6 +250,17 @@ fn seconds(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, Usage> {
         )));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// The name of an environment variable: not empty, no `=` nor NUL.
+fn env_name(parser: &mut lexopt::Parser, flag: &str) -> Result<String, Usage> {
+    let name = value(parser, flag)?;
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(Usage(format!(
+            "{flag}: {name:?} is not an environment variable name"
+        )));
+    }
+    Ok(name)
 }
 
 /// An argument detached from the parser, so the parser can be used again.
@@ -260,6 +346,24 @@ fn client_flag(
             }
         }
         "proxy" => client.proxy = Some(value(parser, &flag)?),
+        "store" | "store-env" => {
+            if client.store.is_some() {
+                return Err(Usage("give --store URL or --store-env VAR, once".into()));
+            }
+            client.store = Some(if name == "store" {
+                let url = value(parser, &flag)?;
+                if url.is_empty() {
+                    return Err(Usage("--store needs a redis:// URL".into()));
+                }
+                StoreUrl::Given(url)
+            } else {
+                StoreUrl::Env(env_name(parser, &flag)?)
+            })
+        }
+        "store-key-env" => client.store_key_env = Some(env_name(parser, &flag)?),
+        "store-old-key-env" => client.store_old_key_env = Some(env_name(parser, &flag)?),
+        "store-namespace" => client.store_namespace = Some(value(parser, &flag)?),
+        "token-timeout" => client.token_timeout = Some(seconds(parser, &flag)?),
         "audience" => client.audience = Some(value(parser, &flag)?),
         "param" => {
             let pair = value(parser, &flag)?;
@@ -312,6 +416,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Usage>
             let mut requests = None;
             let mut duration = None;
             let mut concurrency = 1;
+            let mut rate = None;
+            let mut ticks = false;
             while let Some(arg) = parser.next()?.map(Owned::of) {
                 if client_flag(&arg, &mut parser, &mut client)? {
                     continue;
@@ -324,6 +430,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Usage>
                         "concurrency" => {
                             concurrency = number::<usize>(&mut parser, "--concurrency")?
                         }
+                        "rate" => {
+                            let r: f64 = number(&mut parser, "--rate")?;
+                            if !(r.is_finite() && r > 0.0 && r <= 1_000_000.0) {
+                                return Err(Usage(
+                                    "--rate: expected calls per second between 0 and 1000000"
+                                        .into(),
+                                ));
+                            }
+                            rate = Some(r);
+                        }
+                        "ticks" => ticks = true,
                         "help" => return Ok(Command::Help),
                         _ => return Err(Owned::Long(name).unexpected()),
                     },
@@ -357,21 +474,46 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Usage>
                 amount,
                 concurrency,
                 json,
+                rate,
+                ticks,
             })
         }
         "demo" => {
-            let mut duration = Duration::from_secs(8);
+            let mut duration = None;
+            let mut fleet = None;
+            let mut plot = None;
             while let Some(arg) = parser.next()?.map(Owned::of) {
                 match arg {
                     Owned::Long(name) if name == "duration" => {
-                        duration = seconds(&mut parser, "--duration")?
+                        duration = Some(seconds(&mut parser, "--duration")?)
+                    }
+                    Owned::Long(name) if name == "fleet" => {
+                        let n = number::<usize>(&mut parser, "--fleet")?;
+                        if !(1..=64).contains(&n) {
+                            return Err(Usage("--fleet: expected 1 to 64 processes".into()));
+                        }
+                        fleet = Some(n);
+                    }
+                    Owned::Long(name) if name == "plot" => {
+                        let path = value(&mut parser, "--plot")?;
+                        if path.is_empty() {
+                            return Err(Usage("--plot needs a file name".into()));
+                        }
+                        plot = Some(path.into());
                     }
                     Owned::Short('h') => return Ok(Command::Help),
                     Owned::Long(name) if name == "help" => return Ok(Command::Help),
                     other => return Err(other.unexpected()),
                 }
             }
-            Ok(Command::Demo { duration })
+            if plot.is_some() && fleet.is_none() {
+                return Err(Usage("--plot goes with --fleet N".into()));
+            }
+            Ok(Command::Demo {
+                duration,
+                fleet,
+                plot,
+            })
         }
         "keygen" => {
             let mut alg = Algorithm::ES256;
@@ -454,6 +596,39 @@ fn validate_client(client: &ClientFlags) -> Result<(), Usage> {
     }
     if client.dpop && client.dpop_key.is_some() {
         return Err(Usage("give --dpop or --dpop-key FILE, not both".into()));
+    }
+    validate_store(client)
+}
+
+/// The store flags go together: a store needs its key, and the other store
+/// flags need a store.
+fn validate_store(client: &ClientFlags) -> Result<(), Usage> {
+    if client.store.is_none() {
+        for (given, flag) in [
+            (client.store_key_env.is_some(), "--store-key-env"),
+            (client.store_old_key_env.is_some(), "--store-old-key-env"),
+            (client.store_namespace.is_some(), "--store-namespace"),
+        ] {
+            if given {
+                return Err(Usage(format!(
+                    "{flag} goes with --store URL (or --store-env VAR)"
+                )));
+            }
+        }
+        return Ok(());
+    }
+    if client.store_key_env.is_none() {
+        return Err(Usage(
+            "--store needs --store-key-env VAR, a variable holding 32 random bytes in \
+             base64 (`openssl rand -base64 32`), the same on every process: tokens never \
+             sit in Redis in clear"
+                .into(),
+        ));
+    }
+    if let Some(namespace) = &client.store_namespace {
+        if namespace.is_empty() {
+            return Err(Usage("--store-namespace must not be empty".into()));
+        }
     }
     Ok(())
 }
@@ -553,6 +728,89 @@ mod tests {
         }
         assert!(parse(["keygen", "--out", ""].map(OsString::from)).is_err());
         assert!(USAGE.contains("tokenctl keygen [--alg ES256|EdDSA] [--out FILE]"));
+    }
+
+    #[test]
+    fn store_and_pace_flags() {
+        let cmd = parse_str("call http://127.0.0.1:1/api --token-url u --client-id c --client-secret-env S --store redis://:pw@127.0.0.1:6379/2 --store-key-env K --store-old-key-env OLD --store-namespace orders --token-timeout 2 --rate 40 --ticks --duration 3").unwrap();
+        let Command::Call {
+            client,
+            rate,
+            ticks,
+            ..
+        } = cmd
+        else {
+            panic!()
+        };
+        assert_eq!(
+            client.store,
+            Some(StoreUrl::Given("redis://:pw@127.0.0.1:6379/2".into()))
+        );
+        assert!(!format!("{client:?}").contains(":pw@"));
+        assert_eq!(client.store_key_env.as_deref(), Some("K"));
+        assert_eq!(client.store_old_key_env.as_deref(), Some("OLD"));
+        assert_eq!(client.store_namespace.as_deref(), Some("orders"));
+        assert_eq!(client.token_timeout, Some(Duration::from_secs(2)));
+        assert_eq!((rate, ticks), (Some(40.0), true));
+        let Command::Token { client, .. } = parse_str(
+            "token --token-url u --client-id c --client-secret s --store-env URL --store-key-env K",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(client.store, Some(StoreUrl::Env("URL".into())));
+        for (line, expected) in [
+            (
+                "token --token-url u --client-id c --client-secret s --store redis://h",
+                "tokens never sit in Redis in clear",
+            ),
+            (
+                "token --token-url u --client-id c --client-secret s --store-key-env K",
+                "--store-key-env goes with --store",
+            ),
+            (
+                "token --token-url u --client-id c --client-secret s --store-namespace n",
+                "--store-namespace goes with --store",
+            ),
+            (
+                "token --token-url u --client-id c --client-secret s --store redis://h --store-env U --store-key-env K",
+                "once",
+            ),
+            (
+                "token --token-url u --client-id c --client-secret s --store redis://h --store-key-env A=B",
+                "not an environment variable name",
+            ),
+            (
+                "call u --token-url u --client-id c --client-secret s --rate 0",
+                "--rate",
+            ),
+            ("demo --plot f.svg", "--plot goes with --fleet"),
+            ("demo --fleet 0", "1 to 64"),
+            ("demo --fleet 65", "1 to 64"),
+        ] {
+            let Err(Usage(message)) = parse_str(line) else {
+                panic!("{line}")
+            };
+            assert!(message.contains(expected), "{line}: {message}");
+        }
+        let Command::Demo {
+            duration,
+            fleet,
+            plot,
+        } = parse_str("demo --fleet 8 --duration 6 --plot f.svg").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(duration, Some(Duration::from_secs(6)));
+        assert_eq!(fleet, Some(8));
+        assert_eq!(plot.as_deref(), Some(std::path::Path::new("f.svg")));
+        let Command::Demo {
+            duration, fleet, ..
+        } = parse_str("demo").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((duration, fleet), (None, None));
     }
 
     #[test]

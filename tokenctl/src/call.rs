@@ -10,6 +10,7 @@ use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
 use token_keeper_testkit::{LocalAuthServer, ServerConfig};
 use token_keeper_ureq::{TlsSettings, TokenClient, TokenMiddleware};
 
+use crate::store::StoreHandle;
 use crate::Managed;
 
 use crate::args::Amount;
@@ -22,6 +23,8 @@ pub struct Summary {
     pub succeeded: u64,
     pub failed: u64,
     pub token_requests: u64,
+    /// Tokens taken from the fleet store.
+    pub store_hits: u64,
     pub p50: Duration,
     pub p99: Duration,
     pub max: Duration,
@@ -302,7 +305,51 @@ fn is_http10_refusal(error: &surf::Error) -> bool {
         && error.to_string() == "Unsupported HTTP version"
 }
 
+/// How `call` paces its calls and reports on them as it goes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pace {
+    /// At most this many calls per second, all workers together.
+    pub rate: Option<f64>,
+    /// One `tick` line per second on stdout.
+    pub ticks: bool,
+}
+
+/// What one second of calls looked like, for a `tick` line.
+#[derive(Default)]
+struct Second {
+    latencies: Vec<Duration>,
+    failed: u64,
+}
+
+/// The `q` quantile of sorted latencies (nearest rank); zero for none.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// The `tick` line for second `t` (counts of that second; the client's
+/// counters since the start). Its format is documented in the usage text.
+fn tick_line(t: u64, mut second: Second, tokens: &Managed) -> String {
+    second.latencies.sort_unstable();
+    let micros = |d: Duration| d.as_micros();
+    let stats = tokens.stats();
+    format!(
+        "tick t={t} calls={} failed={} p50_us={} p99_us={} max_us={} token_requests={} store_hits={}",
+        second.latencies.len(),
+        second.failed,
+        micros(quantile(&second.latencies, 0.50)),
+        micros(quantile(&second.latencies, 0.99)),
+        micros(second.latencies.last().copied().unwrap_or_default()),
+        stats.token_requests,
+        stats.store_hits,
+    )
+}
+
 /// Makes the calls and measures them.
+#[allow(clippy::too_many_arguments)]
 pub fn run_calls(
     tokens: &Managed,
     client: &str,
@@ -311,6 +358,7 @@ pub fn run_calls(
     concurrency: usize,
     progress: bool,
     tls: &TlsSettings,
+    pace: Pace,
 ) -> Result<Summary, Failure> {
     let new_call = caller(tokens, client, url, concurrency, tls)?;
     let started = Instant::now();
@@ -320,21 +368,55 @@ pub fn run_calls(
     let stop = AtomicBool::new(false);
     let first_failure: Mutex<Option<CallFailure>> = Mutex::new(None);
     let latencies: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+    let this_second: Mutex<Second> = Mutex::new(Second::default());
+    let end = match amount {
+        Amount::Requests(_) => None,
+        Amount::Duration(d) => Some(started + d),
+    };
     let more = |issued: &AtomicU64| match amount {
         Amount::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
         Amount::Duration(d) => started.elapsed() < d,
     };
+    // Each worker makes one call every `interval`, its first at a staggered
+    // offset, so that the workers together keep to the rate.
+    let interval = pace
+        .rate
+        .map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                scope.spawn(|| {
+            .map(|worker| {
+                let (more, new_call) = (&more, &new_call);
+                let (issued, done, failed) = (&issued, &done, &failed);
+                let (first_failure, latencies, this_second) =
+                    (&first_failure, &latencies, &this_second);
+                scope.spawn(move || {
                     let mut call = new_call();
                     let mut mine = Vec::new();
-                    while more(&issued) {
+                    let mut next =
+                        interval.map(|i| started + i.mul_f64(worker as f64 / concurrency as f64));
+                    loop {
+                        if let (Some(at), Some(i)) = (next.as_mut(), interval) {
+                            let now = Instant::now();
+                            if *at > now {
+                                let wake = end.map_or(*at, |end| (*at).min(end));
+                                std::thread::sleep(wake.saturating_duration_since(now));
+                            }
+                            // Behind schedule (a slow call): no burst to catch up.
+                            *at = (*at + i).max(Instant::now());
+                        }
+                        if !more(issued) {
+                            break;
+                        }
                         let t0 = Instant::now();
                         let outcome = call();
-                        mine.push(t0.elapsed());
+                        let took = t0.elapsed();
+                        mine.push(took);
                         let failure = outcome.err();
+                        if pace.ticks {
+                            let mut second = this_second.lock().unwrap();
+                            second.latencies.push(took);
+                            second.failed += u64::from(failure.is_some());
+                        }
                         if let Some(failure) = failure {
                             failed.fetch_add(1, Ordering::Relaxed);
                             first_failure.lock().unwrap().get_or_insert(failure);
@@ -345,6 +427,27 @@ pub fn run_calls(
                 })
             })
             .collect();
+        let ticker = pace.ticks.then(|| {
+            scope.spawn(|| {
+                let mut t = 1u64;
+                loop {
+                    let due = started + Duration::from_secs(t);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < due {
+                        std::thread::park_timeout(due.saturating_duration_since(Instant::now()));
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let second = std::mem::take(&mut *this_second.lock().unwrap());
+                    let line = tick_line(t, second, tokens);
+                    let mut out = std::io::stdout().lock();
+                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        break;
+                    }
+                    t += 1;
+                }
+            })
+        });
         let reporter = progress.then(|| {
             scope.spawn(|| {
                 let mut err = std::io::stderr();
@@ -370,23 +473,22 @@ pub fn run_calls(
         if let Some(reporter) = reporter {
             reporter.thread().unpark();
         }
+        if let Some(ticker) = ticker {
+            ticker.thread().unpark();
+        }
     });
     let mut latencies = latencies.into_inner().unwrap();
     latencies.sort_unstable();
-    let pick = |q: f64| -> Duration {
-        if latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1]
-    };
+    let pick = |q: f64| quantile(&latencies, q);
     let requests = latencies.len() as u64;
     let failed = failed.into_inner();
+    let stats = tokens.stats();
     Ok(Summary {
         requests,
         succeeded: requests - failed,
         failed,
-        token_requests: tokens.token_requests(),
+        token_requests: stats.token_requests,
+        store_hits: stats.store_hits,
         p50: pick(0.50),
         p99: pick(0.99),
         max: latencies.last().copied().unwrap_or_default(),
@@ -394,10 +496,11 @@ pub fn run_calls(
     })
 }
 
-fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
+/// Prints the summary; `store`: a fleet store is in use (its hits are shown).
+fn print_summary(summary: &Summary, json: bool, store: bool) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let written = if json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "requests": summary.requests,
             "succeeded": summary.succeeded,
             "failed": summary.failed,
@@ -405,11 +508,19 @@ fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
             "p50_ms": millis(summary.p50),
             "p99_ms": millis(summary.p99),
         });
+        if store {
+            value["store_hits"] = summary.store_hits.into();
+        }
         writeln!(out, "{value}")
     } else {
+        let hits = if store {
+            format!("  store hits {}", summary.store_hits)
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "requests {}  succeeded {}  failed {}  token requests {}  latency p50 {:.2} ms  p99 {:.2} ms",
+            "requests {}  succeeded {}  failed {}  token requests {}{hits}  latency p50 {:.2} ms  p99 {:.2} ms",
             summary.requests,
             summary.succeeded,
             summary.failed,
@@ -421,7 +532,8 @@ fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
     written.map_err(|e| Failure::Other(format!("writing to stdout: {e}")))
 }
 
-/// `tokenctl call`.
+/// `tokenctl call`; `store`: the client's fleet store, if it has one.
+#[allow(clippy::too_many_arguments)]
 pub fn call(
     tokens: &Managed,
     client: &str,
@@ -430,10 +542,27 @@ pub fn call(
     concurrency: usize,
     json: bool,
     tls: &TlsSettings,
+    pace: Pace,
+    store: Option<&StoreHandle>,
 ) -> Result<ExitCode, Failure> {
-    let progress = !json && std::io::stderr().is_terminal();
-    let summary = run_calls(tokens, client, url, amount, concurrency, progress, tls)?;
-    print_summary(&summary, json)?;
+    let progress = !json && !pace.ticks && std::io::stderr().is_terminal();
+    let summary = run_calls(
+        tokens,
+        client,
+        url,
+        amount,
+        concurrency,
+        progress,
+        tls,
+        pace,
+    );
+    if let Some(store) = store {
+        // A refresh under way at the end: its token goes to the store, or
+        // its lease is released, before this process ends.
+        store.settle(crate::store::SETTLE_WAIT);
+    }
+    let summary = summary?;
+    print_summary(&summary, json, store.is_some())?;
     match &summary.first_failure {
         None => Ok(ExitCode::SUCCESS),
         Some((message, code)) => {
@@ -485,8 +614,9 @@ pub fn demo(duration: Duration) -> Result<ExitCode, Failure> {
         THREADS,
         std::io::stderr().is_terminal(),
         &TlsSettings::default(),
+        Pace::default(),
     )?;
-    print_summary(&summary, false)?;
+    print_summary(&summary, false, false)?;
     let lifetimes = duration.as_secs_f64() / TTL as f64;
     println!();
     println!("what the numbers show:");

@@ -6,6 +6,9 @@
 
 mod args;
 mod call;
+mod fleet;
+mod plot;
+mod store;
 
 use std::io::Write;
 use std::path::Path;
@@ -17,11 +20,13 @@ use std::sync::Arc;
 use token_keeper::jose::{Algorithm, Signer};
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret, PrivateKeyJwt, ProxySettings};
 use token_keeper_driver::tls::TlsSettings;
+use token_keeper_driver::{ClientStats, FleetStore};
 use token_keeper_keys::PrivateKey;
 use token_keeper_surf::AsyncTokenClient;
 use token_keeper_ureq::{Error, TokenClient, TokenInfo};
 
 use crate::args::{AdapterKind, AuthMethod, ClientFlags, Command, TlsRootsFlag, Usage};
+use crate::store::StoreHandle;
 
 /// The name the command line's client is registered under.
 const CLIENT: &str = "cli";
@@ -126,12 +131,38 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             amount,
             concurrency,
             json,
+            rate,
+            ticks,
         } => {
-            let tokens = build_client(&client)?;
+            let (tokens, store) = build_client(&client)?;
             let tls = tls_settings(&client)?;
-            call::call(&tokens, CLIENT, &url, amount, concurrency, json, &tls)
+            let pace = call::Pace { rate, ticks };
+            call::call(
+                &tokens,
+                CLIENT,
+                &url,
+                amount,
+                concurrency,
+                json,
+                &tls,
+                pace,
+                store.as_ref(),
+            )
         }
-        Command::Demo { duration } => call::demo(duration),
+        Command::Demo {
+            duration,
+            fleet: None,
+            ..
+        } => call::demo(duration.unwrap_or(Duration::from_secs(8))),
+        Command::Demo {
+            duration,
+            fleet: Some(processes),
+            plot,
+        } => fleet::demo(
+            processes,
+            duration.unwrap_or(fleet::DEFAULT_DURATION),
+            plot.as_deref(),
+        ),
         Command::Keygen { alg, out } => keygen(alg, out.as_deref()),
     }
 }
@@ -207,23 +238,51 @@ pub enum Managed {
     Surf(AsyncTokenClient),
 }
 
+/// What the client flags set beyond the adapter: TLS, proxy, fleet store
+/// and the bound on a token request.
+struct ManagedOptions {
+    tls: TlsSettings,
+    proxy: ProxySettings,
+    store: Option<FleetStore>,
+    token_timeout: Option<Duration>,
+}
+
 impl Managed {
-    fn new(kind: AdapterKind, tls: &TlsSettings, proxy: ProxySettings) -> Result<Managed, Error> {
+    fn new(kind: AdapterKind, options: ManagedOptions) -> Result<Managed, Error> {
+        let ManagedOptions {
+            tls,
+            proxy,
+            store,
+            token_timeout,
+        } = options;
+        // `--token-timeout`: the adapter's bound on a token request and the
+        // core's deadline alike (a store's lease lasts that + 5 s).
+        let mut driver = token_keeper_driver::ClientOptions {
+            tls,
+            proxy,
+            store,
+            ..Default::default()
+        };
+        if let Some(timeout) = token_timeout {
+            driver.timeout = timeout;
+            driver.connect_timeout = driver.connect_timeout.min(timeout);
+            driver.manager.request_timeout = timeout;
+        }
         Ok(match kind {
             AdapterKind::Ureq => Managed::Ureq(TokenClient::with_options(
                 token_keeper_ureq::ClientOptions {
-                    tls: tls.clone(),
-                    proxy,
+                    manager: driver.manager,
+                    connect_timeout: driver.connect_timeout,
+                    timeout: driver.timeout,
+                    tls: driver.tls,
+                    proxy: driver.proxy,
+                    store: driver.store,
                     ..Default::default()
                 },
             )?),
             AdapterKind::Surf => Managed::Surf(AsyncTokenClient::with_options(
                 token_keeper_surf::DirectHttp::new(),
-                token_keeper_surf::ClientOptions {
-                    tls: tls.clone(),
-                    proxy,
-                    ..Default::default()
-                },
+                driver,
             )?),
         })
     }
@@ -252,15 +311,21 @@ impl Managed {
 
     /// Token requests made so far.
     pub fn token_requests(&self) -> u64 {
+        self.stats().token_requests
+    }
+
+    /// The client's counters (token requests, store hits, …).
+    pub fn stats(&self) -> ClientStats {
         match self {
-            Managed::Ureq(c) => c.stats().token_requests,
-            Managed::Surf(c) => c.stats().token_requests,
+            Managed::Ureq(c) => c.stats(),
+            Managed::Surf(c) => c.stats(),
         }
     }
 }
 
-/// Builds the managed client from the command line's client flags.
-pub fn build_client(flags: &ClientFlags) -> Result<Managed, Failure> {
+/// Builds the managed client from the command line's client flags, and the
+/// handle of its fleet store if it has one (settle it before exit).
+pub fn build_client(flags: &ClientFlags) -> Result<(Managed, Option<StoreHandle>), Failure> {
     let auth = match flags.auth.unwrap_or(AuthMethod::Basic) {
         AuthMethod::PrivateKeyJwt => {
             let path = flags
@@ -308,7 +373,25 @@ pub fn build_client(flags: &ClientFlags) -> Result<Managed, Failure> {
     };
     let tls = tls_settings(flags)?;
     let proxy = proxy_settings(flags)?;
-    let tokens = Managed::new(flags.adapter, &tls, proxy)?;
+    let (store, handle) = match store::fleet_store(flags) {
+        Ok(Some((store, handle))) => (Some(store), Some(handle)),
+        Ok(None) => (None, None),
+        Err(e) => return Err(Failure::Usage(e.to_string())),
+    };
+    if store.is_some() {
+        // A store that does not answer is worth a line: the client goes on
+        // without it, and would otherwise say nothing.
+        store::show_warnings();
+    }
+    let tokens = Managed::new(
+        flags.adapter,
+        ManagedOptions {
+            tls,
+            proxy,
+            store,
+            token_timeout: flags.token_timeout,
+        },
+    )?;
     let token_url = match (&flags.token_url, &flags.issuer) {
         (Some(url), _) => url.clone(),
         (None, Some(issuer)) => tokens.discover(issuer)?,
@@ -337,7 +420,7 @@ pub fn build_client(flags: &ClientFlags) -> Result<Managed, Failure> {
             .map_err(|e| Failure::Usage(e.to_string()))?;
     }
     tokens.add_client(CLIENT, config)?;
-    Ok(tokens)
+    Ok((tokens, handle))
 }
 
 /// `--tls-roots` and `--cacert` as TLS settings.
@@ -366,21 +449,46 @@ fn proxy_settings(flags: &ClientFlags) -> Result<ProxySettings, Failure> {
 }
 
 fn token(flags: &ClientFlags, json: bool) -> Result<ExitCode, Failure> {
-    let tokens = build_client(flags)?;
-    let info = tokens.token(CLIENT)?;
+    let (tokens, store) = build_client(flags)?;
+    let info = tokens.token(CLIENT);
+    if let Some(store) = &store {
+        // The token just fetched goes to the store before this process ends.
+        store.settle(store::SETTLE_WAIT);
+    }
+    let info = info?;
+    // With a store, where the token came from: a store hit, or this
+    // process's own token request (then written to the store, if it answers).
+    let source = flags.store.is_some().then(|| {
+        if tokens.stats().store_hits > 0 {
+            "store"
+        } else {
+            "token_endpoint"
+        }
+    });
     let mut out = std::io::stdout().lock();
     let written = if json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "access_token": info.access_token.expose_secret(),
             "token_type": info.token_type.scheme(),
             "expires_in": info.expires_in.as_secs(),
             "scope": info.scope,
         });
+        if let Some(source) = source {
+            value["source"] = source.into();
+        }
         writeln!(out, "{value}")
     } else {
         writeln!(out, "{}", info.access_token.expose_secret())
     };
     written.map_err(|e| Failure::Other(format!("writing to stdout: {e}")))?;
+    if let (Some(source), false) = (source, json) {
+        let said = if source == "store" {
+            "the fleet store (another process fetched it)"
+        } else {
+            "the token endpoint"
+        };
+        eprintln!("token source: {said}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -311,6 +311,79 @@ fn demo_runs_and_explains_itself() {
 }
 
 #[test]
+fn call_ticks_once_a_second_and_keeps_to_its_rate() {
+    let s = server();
+    let out = tokenctl(&[
+        "call",
+        &s.api_url(),
+        "--token-url",
+        &s.token_url(),
+        "--client-id",
+        "m2m",
+        "--client-secret-env",
+        "TK_TEST_SECRET",
+        "--duration",
+        "2.5",
+        "--rate",
+        "20",
+        "--concurrency",
+        "2",
+        "--ticks",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for (i, line) in lines[..2].iter().enumerate() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[0], "tick", "{line}");
+        assert_eq!(fields[1], format!("t={}", i + 1), "{line}");
+        let keys: Vec<&str> = fields[2..]
+            .iter()
+            .map(|f| f.split_once('=').unwrap().0)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "calls",
+                "failed",
+                "p50_us",
+                "p99_us",
+                "max_us",
+                "token_requests",
+                "store_hits"
+            ]
+        );
+    }
+    let summary: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    let requests = summary["requests"].as_u64().unwrap();
+    // 20 calls a second for 2.5 s, two workers staggered.
+    assert!((40..=52).contains(&requests), "{requests}");
+    assert_eq!(s.api_requests(), requests);
+}
+
+#[test]
+fn demo_fleet_without_redis_server_says_how_to_install_it() {
+    let empty = std::env::temp_dir().join(format!("tokenctl-no-path-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenctl"))
+        .args(["demo", "--fleet", "2"])
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&empty);
+    assert_clean_error(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("redis-server is not installed")
+            && err.contains("apt-get install redis-server"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn key_flags_fail_cleanly() {
     let s = server();
     // A key file that does not exist, or is not a key: a usage error naming the path, no panic.
