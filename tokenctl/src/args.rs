@@ -129,6 +129,10 @@ pub enum Command {
         fleet: Option<usize>,
         /// `--plot FILE.svg` (with `--fleet`).
         plot: Option<std::path::PathBuf>,
+        /// The store flags (`--store`, `--store-key-env`, …; not with
+        /// `--fleet`, which runs its own Redis): the demo's client shares
+        /// its tokens through that store.
+        store: Box<ClientFlags>,
     },
     /// A new key, as PKCS#8 PEM, to `out` (created, never overwritten) or stdout.
     Keygen {
@@ -151,7 +155,7 @@ USAGE:
     tokenctl token  [CLIENT FLAGS] [STORE FLAGS] [--json]
     tokenctl call URL [CLIENT FLAGS] [STORE FLAGS] [--requests N | --duration SECS]
                   [--concurrency C] [--rate R] [--ticks] [--json]
-    tokenctl demo   [--duration SECS]
+    tokenctl demo   [--duration SECS] [--store URL --store-key-env VAR [--store-namespace NAME]]
     tokenctl demo   --fleet N [--duration SECS] [--plot FILE.svg]
     tokenctl keygen [--alg ES256|EdDSA] [--out FILE]
 
@@ -482,8 +486,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Usage>
             let mut duration = None;
             let mut fleet = None;
             let mut plot = None;
+            let mut store = ClientFlags::default();
             while let Some(arg) = parser.next()?.map(Owned::of) {
                 match arg {
+                    Owned::Long(ref name) if name.starts_with("store") => {
+                        if !client_flag(&arg, &mut parser, &mut store)? {
+                            return Err(arg.unexpected());
+                        }
+                    }
                     Owned::Long(name) if name == "duration" => {
                         duration = Some(seconds(&mut parser, "--duration")?)
                     }
@@ -509,10 +519,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Usage>
             if plot.is_some() && fleet.is_none() {
                 return Err(Usage("--plot goes with --fleet N".into()));
             }
+            if fleet.is_some() && store.store.is_some() {
+                return Err(Usage(
+                    "--fleet runs a Redis of its own: leave out --store".into(),
+                ));
+            }
+            validate_store(&store)?;
             Ok(Command::Demo {
                 duration,
                 fleet,
                 plot,
+                store: Box::new(store),
             })
         }
         "keygen" => {
@@ -787,6 +804,13 @@ mod tests {
             ("demo --plot f.svg", "--plot goes with --fleet"),
             ("demo --fleet 0", "1 to 64"),
             ("demo --fleet 65", "1 to 64"),
+            ("demo --store redis://127.0.0.1:1", "--store-key-env"),
+            ("demo --store-key-env K", "goes with --store"),
+            (
+                "demo --fleet 2 --store redis://127.0.0.1:1 --store-key-env K",
+                "Redis of its own",
+            ),
+            ("demo --storage x", "--storage"),
         ] {
             let Err(Usage(message)) = parse_str(line) else {
                 panic!("{line}")
@@ -797,6 +821,7 @@ mod tests {
             duration,
             fleet,
             plot,
+            ..
         } = parse_str("demo --fleet 8 --duration 6 --plot f.svg").unwrap()
         else {
             panic!()
@@ -811,6 +836,15 @@ mod tests {
             panic!()
         };
         assert_eq!((duration, fleet), (None, None));
+        let Command::Demo { store, .. } = parse_str(
+            "demo --store redis://127.0.0.1:6379 --store-key-env K --store-namespace demo",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert!(store.store.is_some());
+        assert_eq!(store.store_key_env.as_deref(), Some("K"));
+        assert_eq!(store.store_namespace.as_deref(), Some("demo"));
     }
 
     #[test]

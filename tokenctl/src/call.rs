@@ -577,7 +577,11 @@ pub fn call(
 
 /// `tokenctl demo`: a local authorization server with short-lived tokens,
 /// and several threads calling its API through the managed client.
-pub fn demo(duration: Duration) -> Result<ExitCode, Failure> {
+/// `tokenctl demo`: the embedded token server and 8 threads calling its API;
+/// with `--store …` in `store`, the client shares its tokens through that
+/// fleet store (run two demos against one Redis to see the second served
+/// from it).
+pub fn demo(duration: Duration, store: &crate::args::ClientFlags) -> Result<ExitCode, Failure> {
     const TTL: u64 = 4;
     const THREADS: usize = 8;
     let secret = format!("demo-{:x}", std::process::id());
@@ -592,7 +596,22 @@ pub fn demo(duration: Duration) -> Result<ExitCode, Failure> {
         "local authorization server on {} (tokens live {TTL} s)",
         server.base_url()
     );
-    let tokens = Managed::Ureq(TokenClient::new());
+    let (fleet, handle) = match crate::store::fleet_store(store) {
+        Ok(Some((fleet, handle))) => (Some(fleet), Some(handle)),
+        Ok(None) => (None, None),
+        Err(e) => return Err(Failure::Usage(e.to_string())),
+    };
+    if fleet.is_some() {
+        crate::store::show_warnings();
+        println!("sharing tokens through the fleet store");
+    }
+    let tokens = Managed::Ureq(
+        TokenClient::with_options(token_keeper_ureq::ClientOptions {
+            store: fleet,
+            ..Default::default()
+        })
+        .map_err(|e| Failure::Other(e.to_string()))?,
+    );
     let config = ClientConfig::new(
         &server.token_url(),
         "demo",
@@ -617,6 +636,9 @@ pub fn demo(duration: Duration) -> Result<ExitCode, Failure> {
         Pace::default(),
     )?;
     print_summary(&summary, false, false)?;
+    if let Some(handle) = &handle {
+        handle.settle(crate::store::SETTLE_WAIT);
+    }
     let lifetimes = duration.as_secs_f64() / TTL as f64;
     println!();
     println!("what the numbers show:");

@@ -152,12 +152,14 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
         Command::Demo {
             duration,
             fleet: None,
+            store,
             ..
-        } => call::demo(duration.unwrap_or(Duration::from_secs(8))),
+        } => call::demo(duration.unwrap_or(Duration::from_secs(8)), &store),
         Command::Demo {
             duration,
             fleet: Some(processes),
             plot,
+            ..
         } => fleet::demo(
             processes,
             duration.unwrap_or(fleet::DEFAULT_DURATION),

@@ -619,3 +619,36 @@ fn bad_store_flags_are_usage_errors_without_secrets() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(server.token_requests(), 0);
 }
+
+/// `tokenctl demo --store …`: the demo's client seals its tokens into that
+/// Redis (what a fleet of demos would share); the password shows nowhere.
+#[test]
+fn the_demo_shares_its_tokens_through_a_store_when_given_one() {
+    let Some(redis) =
+        RedisServer::start_with_password_for_test("the_demo_shares_its_tokens", PASSWORD)
+    else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenctl"))
+        .args(["demo", "--duration", "2", "--store", &redis.url()])
+        .args(["--store-key-env", KEY_VAR, "--store-namespace", "demo-test"])
+        .env(KEY_VAR, store_key())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("sharing tokens through the fleet store"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
+    // The demo's token sits in Redis, sealed, under a hashed name.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("tk:*")
+        .query(&mut connection)
+        .unwrap();
+    assert!(names.iter().any(|n| n.ends_with(":e")), "{names:?}");
+}
