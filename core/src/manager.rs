@@ -1288,6 +1288,21 @@ impl TokenManager {
         });
     }
 
+    /// Gives back every lease this process holds (queues their release):
+    /// for a process that stops, so that the fleet need not wait for its
+    /// leases to lapse. A token request under way goes on; its token is
+    /// still written if it comes.
+    pub fn release_leases(&mut self) {
+        let Some(owner) = self.store.as_ref().map(|s| s.owner) else {
+            return;
+        };
+        for index in 0..self.slots.len() {
+            if std::mem::take(&mut self.slots[index].lease_held) {
+                self.queue_store(KeyId(index as u32), StoreOp::Release { owner });
+            }
+        }
+    }
+
     /// This process's lease-owner id, once the store is enabled.
     pub fn store_owner(&self) -> Option<OwnerId> {
         self.store.as_ref().map(|store| store.owner)

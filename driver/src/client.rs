@@ -157,6 +157,15 @@ impl<W: Wait> Client<W> {
         self.engine.proxy()
     }
 
+    /// Waits until the fleet store has every write and lease release
+    /// queued so far, at most `timeout` (whether it got there). Dropping the
+    /// last clone of a client does this (for at most 1 s) after releasing
+    /// its leases; call it to choose the bound yourself. Without a store it
+    /// returns `true` at once.
+    pub fn flush_store(&self, timeout: std::time::Duration) -> bool {
+        self.engine.flush_store(timeout)
+    }
+
     /// The header of `key`'s Fresh cached token, read lock-free, if there is one.
     fn fresh_header(&self, key: KeyId, now: Instant) -> Option<HeaderValue> {
         self.engine

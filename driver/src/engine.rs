@@ -70,6 +70,10 @@ pub struct Engine {
     /// Store operations go to the store thread, one at a time, in order; at
     /// most [`MAX_QUEUED_STORE_OPS`] wait.
     store_queue: Option<mpsc::SyncSender<StoreRequest>>,
+    /// Store operations queued and not yet fed back, and a signal when that
+    /// falls to zero ([`Engine::flush_store`]).
+    store_pending: Mutex<usize>,
+    store_idle: Condvar,
 }
 
 impl std::fmt::Debug for Engine {
@@ -108,8 +112,18 @@ struct TimerGuard {
     _on_clock_jump: Arc<dyn Fn() + Send + Sync>,
 }
 
+/// How long dropping the last clone of a client with a store waits for its
+/// last writes and lease releases.
+const FLUSH_ON_DROP: Duration = Duration::from_secs(1);
+
 impl Drop for TimerGuard {
     fn drop(&mut self) {
+        // A process that stops right after fetching must not lose the
+        // fleet's copy of its token, or leave its leases to lapse.
+        if self.engine.store_queue.is_some() {
+            self.engine.input(|core, _, _| core.release_leases());
+            self.engine.flush_store(FLUSH_ON_DROP);
+        }
         self.engine.stopping.store(true, Ordering::SeqCst);
         {
             let _core = self.engine.lock_core();
@@ -163,6 +177,8 @@ impl Engine {
             proxy,
             transport,
             store_queue,
+            store_pending: Mutex::new(0),
+            store_idle: Condvar::new(),
         });
         if let Some((store, work)) = store_work {
             let engine = Arc::downgrade(&engine);
@@ -207,6 +223,12 @@ impl Engine {
         let mut core = self.lock_core();
         let result = input(&mut core, &self.registry, self.clock.now());
         let drained = self.registry.drain(&mut core);
+        if !drained.store_requests.is_empty() && self.store_queue.is_some() {
+            // Counted before the unlock: whoever sees this input's outcome
+            // (and drops the client, say) finds its writes under way.
+            *self.store_pending.lock().unwrap_or_else(|e| e.into_inner()) +=
+                drained.store_requests.len();
+        }
         drop(core);
         self.after_input(drained);
         result
@@ -229,6 +251,7 @@ impl Engine {
                 // without bound: an operation that finds it full fails at
                 // once, and the core goes on without the store.
                 if let Err(mpsc::TrySendError::Full(request)) = queue.try_send(request) {
+                    self.store_op_done();
                     let error = token_keeper::StoreError::new(
                         token_keeper::StoreErrorKind::Unavailable,
                         "the store is not keeping up (its queue is full)",
@@ -257,6 +280,27 @@ impl Engine {
     /// The clock the engine reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// Waits until every store operation queued so far has been carried
+    /// out and fed back (a token's write, a lease's release), at most
+    /// `timeout`. Whether it got there.
+    pub fn flush_store(&self, timeout: Duration) -> bool {
+        let pending = self.store_pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (pending, _) = self
+            .store_idle
+            .wait_timeout_while(pending, timeout, |pending| *pending > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *pending == 0
+    }
+
+    /// One store operation fewer under way.
+    fn store_op_done(&self) {
+        let mut pending = self.store_pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending = pending.saturating_sub(1);
+        if *pending == 0 {
+            self.store_idle.notify_all();
+        }
     }
 
     /// The proxy settings token and discovery requests follow.
@@ -394,5 +438,6 @@ fn run_store(engine: &Weak<Engine>, store: &dyn Store, work: &mpsc::Receiver<Sto
         let reply = store.execute(request.key(), &op);
         // A reply the core stopped waiting for only tells it the store answers.
         let _late = engine.input(|core, _, now| core.handle_store_reply(request.id(), reply, now));
+        engine.store_op_done();
     }
 }

@@ -222,3 +222,32 @@ fn a_forced_refresh_is_shared_too() {
     assert!(served_new, "the refreshed token never reached Redis");
     assert_eq!(server.token_requests(), 2);
 }
+
+/// A process that stops right after fetching (a CLI job, a crash-looping
+/// pod) still leaves its token in Redis and no lease behind: dropping the
+/// client waits (briefly) for its write. The next process is served from
+/// Redis at once, rather than following a lease until it lapses.
+#[test]
+fn a_client_dropped_right_after_fetching_leaves_its_token_for_the_fleet() {
+    let Some(redis) = RedisServer::start_for_test("fleet_store::dropped") else {
+        return;
+    };
+    let server = server();
+    for round in 0..5 {
+        let namespace = format!("dropped-{round}");
+        let first = blocking(fleet_store(&redis, KEY, &namespace));
+        first.add_client("m2m", config(&server)).unwrap();
+        let header = first.header("m2m").unwrap();
+        drop(first);
+        let next = blocking(fleet_store(&redis, KEY, &namespace));
+        next.add_client("m2m", config(&server)).unwrap();
+        assert_eq!(next.header("m2m").unwrap(), header, "round {round}");
+        assert_eq!(next.stats().store_hits, 1);
+    }
+    assert_eq!(server.token_requests(), 5);
+    let flushed = blocking(fleet_store(&redis, KEY, "flushed"));
+    assert!(
+        flushed.flush_store(Duration::from_secs(1)),
+        "nothing queued"
+    );
+}

@@ -357,6 +357,10 @@ fn the_store_protocol_prints_no_token() {
     texts.push(format!("{lease:?}"));
     core.handle_store_reply(lease.id(), Ok(StoreReply::Lease(true)), now)
         .unwrap();
+    let recheck = core.poll_store_request().expect("a read once more");
+    texts.push(format!("{recheck:?}"));
+    core.handle_store_reply(recheck.id(), Ok(StoreReply::Entry(None)), now)
+        .unwrap();
     let request = core.poll_request().expect("the lease holder fetches");
     texts.push(format!("{request:?}"));
     let body = format!(r#"{{"access_token":"{TOKEN}","token_type":"Bearer","expires_in":60}}"#);
