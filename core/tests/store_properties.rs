@@ -667,46 +667,35 @@ fn a_stored_token_is_checked_like_a_token_response() {
     assert!(StoredToken::new("x".into(), TokenType::Bearer, None, Duration::ZERO).is_err());
 }
 
+impl Fleet {
+    /// Process `p` fetches the fleet's first token (`lifetime_secs`) and
+    /// writes it: read (miss), lease (taken), read again (miss), the token
+    /// request answered, the write.
+    fn first_token(&mut self, p: usize, lifetime_secs: u32) {
+        self.step(&Op::Ask(p)).unwrap();
+        for _ in 0..3 {
+            self.step(&Op::Store { p, fate: Fate::Run }).unwrap();
+        }
+        self.step(&Op::AnswerToken {
+            p,
+            lifetime_secs,
+            ok: true,
+        })
+        .unwrap();
+        self.step(&Op::Store { p, fate: Fate::Run }).unwrap();
+        assert!(self.processes[p].store_ops.is_empty() && self.processes[p].requests.is_empty());
+    }
+}
+
 /// A token read from the store is served with the remaining life the store
 /// gives, not its full lifetime: a second process reading a 60 s token 20 s
 /// after it was fetched attaches it only as long as the first one would.
 #[test]
 fn a_stored_token_is_served_with_the_stores_remaining_life() {
     let mut fleet = Fleet::new(5);
-    fleet.step(&Op::Ask(0)).unwrap();
-    fleet
-        .step(&Op::Store {
-            p: 0,
-            fate: Fate::Run,
-        })
-        .unwrap(); // read: miss
-    fleet
-        .step(&Op::Store {
-            p: 0,
-            fate: Fate::Run,
-        })
-        .unwrap(); // lease: taken
-    fleet
-        .step(&Op::Store {
-            p: 0,
-            fate: Fate::Run,
-        })
-        .unwrap(); // read again: miss
-    fleet
-        .step(&Op::AnswerToken {
-            p: 0,
-            lifetime_secs: 60,
-            ok: true,
-        })
-        .unwrap();
-    fleet
-        .step(&Op::Store {
-            p: 0,
-            fate: Fate::Run,
-        })
-        .unwrap(); // write
-                   // 20 s later the store keeps it 40 s more; with the default 15 s safety
-                   // buffer (a quarter of 60 s) it is attachable 25 s more here, not 45.
+    fleet.first_token(0, 60);
+    // 20 s later the store keeps it 40 s more; with the default 15 s safety
+    // buffer (a quarter of 60 s) it is attachable 25 s more here, not 45.
     fleet.step(&Op::Advance(Duration::from_secs(20))).unwrap();
     fleet.step(&Op::Ask(1)).unwrap();
     fleet
@@ -732,39 +721,8 @@ fn a_stored_token_is_served_with_the_stores_remaining_life() {
 fn finding_its_own_token_at_the_refresh_point_leads_to_the_lease() {
     for seed in 0..200 {
         let mut fleet = Fleet::new(seed);
-        fleet.step(&Op::Ask(0)).unwrap();
-        fleet
-            .step(&Op::Store {
-                p: 0,
-                fate: Fate::Run,
-            })
-            .unwrap(); // read: miss
-        fleet
-            .step(&Op::Store {
-                p: 0,
-                fate: Fate::Run,
-            })
-            .unwrap(); // lease: taken
-        fleet
-            .step(&Op::Store {
-                p: 0,
-                fate: Fate::Run,
-            })
-            .unwrap(); // read again: miss
-        fleet
-            .step(&Op::AnswerToken {
-                p: 0,
-                lifetime_secs: 3600,
-                ok: true,
-            })
-            .unwrap();
-        fleet
-            .step(&Op::Store {
-                p: 0,
-                fate: Fate::Run,
-            })
-            .unwrap(); // write
-                       // Past any refresh point, well before the end of life.
+        fleet.first_token(0, 3600);
+        // Past any refresh point, well before the end of life.
         fleet.step(&Op::Advance(Duration::from_secs(3200))).unwrap();
         fleet.step(&Op::Timers).unwrap();
         let read = fleet.processes[0]
