@@ -131,9 +131,10 @@ fn server_config(clock: &ManualClock) -> ServerConfig {
 enum Adapter {
     Ureq,
     Surf,
+    Reqwest,
 }
 
-const ADAPTERS: [Adapter; 2] = [Adapter::Ureq, Adapter::Surf];
+const ADAPTERS: [Adapter; 3] = [Adapter::Ureq, Adapter::Surf, Adapter::Reqwest];
 
 enum Client {
     Ureq {
@@ -143,6 +144,11 @@ enum Client {
     Surf {
         tokens: token_keeper_surf::AsyncTokenClient,
         api: surf::Client,
+    },
+    Reqwest {
+        tokens: token_keeper_reqwest::ReqwestTokenClient,
+        api: reqwest_middleware::ClientWithMiddleware,
+        runtime: tokio::runtime::Runtime,
     },
 }
 
@@ -180,6 +186,16 @@ fn ureq_failure(error: ureq::Error) -> Failure {
         other => Failure {
             oauth_code: None,
             text: other.to_string(),
+        },
+    }
+}
+
+fn reqwest_failure(error: reqwest_middleware::Error) -> Failure {
+    match token_keeper_reqwest::token_failure(&error) {
+        Some(error) => failure(error),
+        None => Failure {
+            oauth_code: None,
+            text: error.to_string(),
         },
     }
 }
@@ -251,6 +267,39 @@ impl Client {
                 let api = surf::Client::new().with(middleware);
                 Client::Surf { tokens, api }
             }
+            Adapter::Reqwest => {
+                let tokens = token_keeper_reqwest::ReqwestTokenClient::with_options(
+                    token_keeper_reqwest::ClientOptions {
+                        manager: ManagerConfig::default(),
+                        timeout,
+                        clock: Arc::new(clock.clone()),
+                        seed: 7,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                tokens.add_client(CLIENT_ID, config).unwrap();
+                let middleware = token_keeper_reqwest::TokenMiddleware::new(tokens.clone())
+                    .route(api_origin, CLIENT_ID)
+                    .unwrap();
+                let http = token_keeper_reqwest::TokenMiddleware::client_builder()
+                    .no_proxy()
+                    .build()
+                    .unwrap();
+                let api = reqwest_middleware::ClientBuilder::new(http)
+                    .with(middleware)
+                    .build();
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                Client::Reqwest {
+                    tokens,
+                    api,
+                    runtime,
+                }
+            }
         }
     }
 
@@ -265,6 +314,10 @@ impl Client {
             Client::Surf { api, .. } => async_std::task::block_on(api.get(url))
                 .map(|r| u16::from(r.status()))
                 .map_err(surf_failure),
+            Client::Reqwest { api, runtime, .. } => runtime
+                .block_on(api.get(url).send())
+                .map(|r| r.status().as_u16())
+                .map_err(reqwest_failure),
         }
     }
 
@@ -279,6 +332,10 @@ impl Client {
             Client::Surf { api, .. } => async_std::task::block_on(api.post(url).body_bytes(body))
                 .map(|r| u16::from(r.status()))
                 .map_err(surf_failure),
+            Client::Reqwest { api, runtime, .. } => runtime
+                .block_on(api.post(url).body(body.to_vec()).send())
+                .map(|r| r.status().as_u16())
+                .map_err(reqwest_failure),
         }
     }
 
@@ -289,6 +346,9 @@ impl Client {
             Client::Surf { tokens, .. } => {
                 async_std::task::block_on(tokens.force_refresh(CLIENT_ID))
             }
+            Client::Reqwest {
+                tokens, runtime, ..
+            } => runtime.block_on(tokens.force_refresh(CLIENT_ID)),
         }
         .map_err(|e| failure(&e))
     }
@@ -643,6 +703,13 @@ fn surf_dpop_with_nonces_at_two_origins() {
     }
 }
 
+#[test]
+fn reqwest_dpop_with_nonces_at_two_origins() {
+    for alg in ALGORITHMS {
+        dpop_with_nonces_at_two_origins(Adapter::Reqwest, alg);
+    }
+}
+
 /// One origin whose every success carries the next nonce (RFC 9449 §8.2):
 /// the client uses the latest one, from the token endpoint's answer as from
 /// the API's, so after the first demand no request is ever refused.
@@ -794,6 +861,20 @@ fn ureq_private_key_jwt_with_dpop_and_a_nonce_retry() {
 fn surf_private_key_jwt_with_dpop_and_a_nonce_retry() {
     for alg in ALGORITHMS {
         private_key_jwt(Adapter::Surf, alg, true);
+    }
+}
+
+#[test]
+fn reqwest_private_key_jwt() {
+    for alg in ALGORITHMS {
+        private_key_jwt(Adapter::Reqwest, alg, false);
+    }
+}
+
+#[test]
+fn reqwest_private_key_jwt_with_dpop_and_a_nonce_retry() {
+    for alg in ALGORITHMS {
+        private_key_jwt(Adapter::Reqwest, alg, true);
     }
 }
 

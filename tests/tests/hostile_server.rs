@@ -1010,6 +1010,8 @@ enum Adapter {
     /// (async-h1, keep-alive off): the route for applications that want their
     /// own backend, with that backend's limits.
     SurfBackend,
+    /// The reqwest adapter's client (its own reqwest clients, hyper underneath).
+    Reqwest,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1045,6 +1047,18 @@ impl Tokens for UreqTokens {
 struct SurfTokens(token_keeper_surf::AsyncTokenClient);
 
 impl Tokens for SurfTokens {
+    fn header_of(&self, name: &str) -> Result<String, Error> {
+        async_std::task::block_on(self.0.header(name))
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+    }
+    fn token(&self) -> Result<TokenInfo, Error> {
+        async_std::task::block_on(self.0.token("m2m"))
+    }
+}
+
+struct ReqwestTokens(token_keeper_reqwest::ReqwestTokenClient);
+
+impl Tokens for ReqwestTokens {
     fn header_of(&self, name: &str) -> Result<String, Error> {
         async_std::task::block_on(self.0.header(name))
             .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
@@ -1122,6 +1136,22 @@ fn build(adapter: Adapter, token_url: &str, clock: &ManualClock, setup: &Setup) 
             client.add_client("m2m", config).unwrap();
             client.add_client("other", other).unwrap();
             Arc::new(SurfTokens(client))
+        }
+        Adapter::Reqwest => {
+            let client = token_keeper_reqwest::ReqwestTokenClient::with_options(
+                token_keeper_reqwest::ClientOptions {
+                    manager,
+                    timeout: TIMEOUT,
+                    connect_timeout: TIMEOUT,
+                    clock: Arc::new(clock.clone()),
+                    seed: 7,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            client.add_client("m2m", config).unwrap();
+            client.add_client("other", other).unwrap();
+            Arc::new(ReqwestTokens(client))
         }
     }
 }
@@ -1454,6 +1484,7 @@ macro_rules! hostile_cases {
             $([ureq_bug = $ureq_bug:literal])?
             $([surf_bug = $surf_bug:literal])?
             $([surf_backend_bug = $surf_backend_bug:literal])?
+            $([reqwest_bug = $reqwest_bug:literal])?
             => $case:expr;
     )*) => {
         mod ureq_adapter {
@@ -1486,6 +1517,17 @@ macro_rules! hostile_cases {
                 $(#[ignore = $surf_backend_bug])?
                 fn $name() {
                     run(Adapter::SurfBackend, $case);
+                }
+            )*
+        }
+        mod reqwest_adapter {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                $(#[ignore = $reqwest_bug])?
+                fn $name() {
+                    run(Adapter::Reqwest, $case);
                 }
             )*
         }
@@ -1993,6 +2035,11 @@ fn surf_backend_late_answer_is_not_taken_for_another_key() {
 }
 
 #[test]
+fn reqwest_late_answer_is_not_taken_for_another_key() {
+    late_answer_is_not_taken_for_another_key(Adapter::Reqwest);
+}
+
+#[test]
 fn ureq_storm_of_500s() {
     storm_of_500s(Adapter::Ureq);
 }
@@ -2005,6 +2052,11 @@ fn surf_storm_of_500s() {
 #[test]
 fn surf_backend_storm_of_500s() {
     storm_of_500s(Adapter::SurfBackend);
+}
+
+#[test]
+fn reqwest_storm_of_500s() {
+    storm_of_500s(Adapter::Reqwest);
 }
 
 #[test]
@@ -2023,6 +2075,11 @@ fn surf_backend_connection_refused() {
 }
 
 #[test]
+fn reqwest_connection_refused() {
+    connection_refused(Adapter::Reqwest);
+}
+
+#[test]
 fn ureq_slow_valid_answer_is_dropped() {
     slow_valid_answer_is_dropped(Adapter::Ureq);
 }
@@ -2035,6 +2092,11 @@ fn surf_slow_valid_answer_is_dropped() {
 #[test]
 fn surf_backend_slow_valid_answer_is_dropped() {
     slow_valid_answer_is_dropped(Adapter::SurfBackend);
+}
+
+#[test]
+fn reqwest_slow_valid_answer_is_dropped() {
+    slow_valid_answer_is_dropped(Adapter::Reqwest);
 }
 
 #[test]
