@@ -158,12 +158,20 @@ impl<W: Wait> Client<W> {
     }
 
     /// Waits until the fleet store has every write and lease release
-    /// queued so far, at most `timeout` (whether it got there). Dropping the
-    /// last clone of a client does this (for at most 1 s) after releasing
-    /// its leases; call it to choose the bound yourself. Without a store it
-    /// returns `true` at once.
+    /// queued so far, at most `timeout` (whether it got there). Without a
+    /// store it returns `true` at once.
     pub fn flush_store(&self, timeout: std::time::Duration) -> bool {
         self.engine.flush_store(timeout)
+    }
+
+    /// For a process about to stop: gives back the fleet-store leases this
+    /// client holds (a token request still under way would otherwise make
+    /// the fleet wait for its lease to lapse), then [`flush_store`](Self::flush_store)s.
+    /// Dropping the last clone of a client does this, for at most 1 s; call
+    /// it to choose the bound, or when clones outlive the work (a
+    /// middleware's agent kept until exit).
+    pub fn settle_store(&self, timeout: std::time::Duration) -> bool {
+        self.engine.settle_store(timeout)
     }
 
     /// The header of `key`'s Fresh cached token, read lock-free, if there is one.

@@ -120,10 +120,7 @@ impl Drop for TimerGuard {
     fn drop(&mut self) {
         // A process that stops right after fetching must not lose the
         // fleet's copy of its token, or leave its leases to lapse.
-        if self.engine.store_queue.is_some() {
-            self.engine.input(|core, _, _| core.release_leases());
-            self.engine.flush_store(FLUSH_ON_DROP);
-        }
+        self.engine.settle_store(FLUSH_ON_DROP);
         self.engine.stopping.store(true, Ordering::SeqCst);
         {
             let _core = self.engine.lock_core();
@@ -292,6 +289,17 @@ impl Engine {
             .wait_timeout_while(pending, timeout, |pending| *pending > 0)
             .unwrap_or_else(|e| e.into_inner());
         *pending == 0
+    }
+
+    /// For a process about to stop: gives back every lease it holds, then
+    /// waits (at most `timeout`) until its writes and releases are done.
+    /// Whether it got there; `true` at once without a store.
+    pub fn settle_store(self: &Arc<Self>, timeout: Duration) -> bool {
+        if self.store_queue.is_none() {
+            return true;
+        }
+        self.input(|core, _, _| core.release_leases());
+        self.flush_store(timeout)
     }
 
     /// One store operation fewer under way.

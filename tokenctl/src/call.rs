@@ -10,7 +10,6 @@ use token_keeper::{ClientAuth, ClientConfig, ClientSecret};
 use token_keeper_testkit::{LocalAuthServer, ServerConfig};
 use token_keeper_ureq::{TlsSettings, TokenClient, TokenMiddleware};
 
-use crate::store::StoreHandle;
 use crate::Managed;
 
 use crate::args::Amount;
@@ -532,7 +531,7 @@ fn print_summary(summary: &Summary, json: bool, store: bool) -> Result<(), Failu
     written.map_err(|e| Failure::Other(format!("writing to stdout: {e}")))
 }
 
-/// `tokenctl call`; `store`: the client's fleet store, if it has one.
+/// `tokenctl call`; `store`: whether the client has a fleet store.
 #[allow(clippy::too_many_arguments)]
 pub fn call(
     tokens: &Managed,
@@ -543,7 +542,7 @@ pub fn call(
     json: bool,
     tls: &TlsSettings,
     pace: Pace,
-    store: Option<&StoreHandle>,
+    store: bool,
 ) -> Result<ExitCode, Failure> {
     let progress = !json && !pace.ticks && std::io::stderr().is_terminal();
     let summary = run_calls(
@@ -556,13 +555,11 @@ pub fn call(
         tls,
         pace,
     );
-    if let Some(store) = store {
-        // A refresh under way at the end: its token goes to the store, or
-        // its lease is released, before this process ends.
-        store.settle(crate::store::SETTLE_WAIT);
-    }
+    // A refresh under way at the end: its lease is released, and its token,
+    // if it came, goes to the store, before this process ends.
+    tokens.settle_store(crate::store::SETTLE_WAIT);
     let summary = summary?;
-    print_summary(&summary, json, store.is_some())?;
+    print_summary(&summary, json, store)?;
     match &summary.first_failure {
         None => Ok(ExitCode::SUCCESS),
         Some((message, code)) => {
@@ -596,11 +593,7 @@ pub fn demo(duration: Duration, store: &crate::args::ClientFlags) -> Result<Exit
         "local authorization server on {} (tokens live {TTL} s)",
         server.base_url()
     );
-    let (fleet, handle) = match crate::store::fleet_store(store) {
-        Ok(Some((fleet, handle))) => (Some(fleet), Some(handle)),
-        Ok(None) => (None, None),
-        Err(e) => return Err(Failure::Usage(e.to_string())),
-    };
+    let fleet = crate::store::fleet_store(store).map_err(|e| Failure::Usage(e.to_string()))?;
     if fleet.is_some() {
         crate::store::show_warnings();
         println!("sharing tokens through the fleet store");
@@ -636,9 +629,7 @@ pub fn demo(duration: Duration, store: &crate::args::ClientFlags) -> Result<Exit
         Pace::default(),
     )?;
     print_summary(&summary, false, false)?;
-    if let Some(handle) = &handle {
-        handle.settle(crate::store::SETTLE_WAIT);
-    }
+    tokens.settle_store(crate::store::SETTLE_WAIT);
     let lifetimes = duration.as_secs_f64() / TTL as f64;
     println!();
     println!("what the numbers show:");

@@ -26,7 +26,6 @@ use token_keeper_surf::AsyncTokenClient;
 use token_keeper_ureq::{Error, TokenClient, TokenInfo};
 
 use crate::args::{AdapterKind, AuthMethod, ClientFlags, Command, TlsRootsFlag, Usage};
-use crate::store::StoreHandle;
 
 /// The name the command line's client is registered under.
 const CLIENT: &str = "cli";
@@ -134,7 +133,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             rate,
             ticks,
         } => {
-            let (tokens, store) = build_client(&client)?;
+            let tokens = build_client(&client)?;
             let tls = tls_settings(&client)?;
             let pace = call::Pace { rate, ticks };
             call::call(
@@ -146,7 +145,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
                 json,
                 &tls,
                 pace,
-                store.as_ref(),
+                client.store.is_some(),
             )
         }
         Command::Demo {
@@ -323,11 +322,20 @@ impl Managed {
             Managed::Surf(c) => c.stats(),
         }
     }
+
+    /// Before exit: the store gets this process's writes and lease releases
+    /// (at most `wait`; nothing to do without a store).
+    pub fn settle_store(&self, wait: std::time::Duration) {
+        match self {
+            Managed::Ureq(c) => c.settle_store(wait),
+            Managed::Surf(c) => c.settle_store(wait),
+        };
+    }
 }
 
-/// Builds the managed client from the command line's client flags, and the
-/// handle of its fleet store if it has one (settle it before exit).
-pub fn build_client(flags: &ClientFlags) -> Result<(Managed, Option<StoreHandle>), Failure> {
+/// Builds the managed client from the command line's client flags (settle
+/// its store, if it has one, before exit: [`Managed::settle_store`]).
+pub fn build_client(flags: &ClientFlags) -> Result<Managed, Failure> {
     let auth = match flags.auth.unwrap_or(AuthMethod::Basic) {
         AuthMethod::PrivateKeyJwt => {
             let path = flags
@@ -375,11 +383,7 @@ pub fn build_client(flags: &ClientFlags) -> Result<(Managed, Option<StoreHandle>
     };
     let tls = tls_settings(flags)?;
     let proxy = proxy_settings(flags)?;
-    let (store, handle) = match store::fleet_store(flags) {
-        Ok(Some((store, handle))) => (Some(store), Some(handle)),
-        Ok(None) => (None, None),
-        Err(e) => return Err(Failure::Usage(e.to_string())),
-    };
+    let store = store::fleet_store(flags).map_err(|e| Failure::Usage(e.to_string()))?;
     if store.is_some() {
         // A store that does not answer is worth a line: the client goes on
         // without it, and would otherwise say nothing.
@@ -422,7 +426,7 @@ pub fn build_client(flags: &ClientFlags) -> Result<(Managed, Option<StoreHandle>
             .map_err(|e| Failure::Usage(e.to_string()))?;
     }
     tokens.add_client(CLIENT, config)?;
-    Ok((tokens, handle))
+    Ok(tokens)
 }
 
 /// `--tls-roots` and `--cacert` as TLS settings.
@@ -451,12 +455,10 @@ fn proxy_settings(flags: &ClientFlags) -> Result<ProxySettings, Failure> {
 }
 
 fn token(flags: &ClientFlags, json: bool) -> Result<ExitCode, Failure> {
-    let (tokens, store) = build_client(flags)?;
+    let tokens = build_client(flags)?;
     let info = tokens.token(CLIENT);
-    if let Some(store) = &store {
-        // The token just fetched goes to the store before this process ends.
-        store.settle(store::SETTLE_WAIT);
-    }
+    // The token just fetched goes to the store before this process ends.
+    tokens.settle_store(store::SETTLE_WAIT);
     let info = info?;
     // With a store, where the token came from: a store hit, or this
     // process's own token request (then written to the store, if it answers).

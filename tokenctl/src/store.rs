@@ -6,19 +6,16 @@
 //! its token, while the engine's store thread may still be writing that
 //! token to the store (which also releases the lease). A write lost at exit
 //! would leave the lease to lapse on its own, and every other process to
-//! wait for it. So the store is wrapped in a [`TrackedStore`] that knows
-//! which leases this process holds, and [`StoreHandle::settle`] waits
-//! (briefly) for their writes before exit, then releases what is left.
+//! wait for it. So before it exits tokenctl settles the client's store
+//! ([`Client::settle_store`](token_keeper_driver::Client::settle_store): its
+//! leases released, its writes done, within [`SETTLE_WAIT`]).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use token_keeper::{OwnerId, StoreError, StoreKey, StoreOp, StoreReply};
-use token_keeper_driver::{FleetStore, Store};
+use token_keeper_driver::FleetStore;
 use token_keeper_redis::{RedisStore, RedisStoreOptions, StoreKeys, KEY_LEN};
 use zeroize::Zeroizing;
 
@@ -102,94 +99,10 @@ fn key_from_env(flag: &'static str, var: &str) -> Result<[u8; KEY_LEN], StoreFla
     Ok(key)
 }
 
-/// The leases this process holds, by key.
-#[derive(Default)]
-struct Leases {
-    held: Mutex<HashMap<StoreKey, OwnerId>>,
-    changed: Condvar,
-}
-
-/// A [`RedisStore`] that keeps track of the leases this process holds: a
-/// lease taken is held until this process writes the key's entry or
-/// releases the lease (whatever the outcome of that operation: a failed
-/// write leaves a lease that lapses on its own).
-struct TrackedStore {
-    inner: Arc<RedisStore>,
-    leases: Arc<Leases>,
-}
-
-impl Store for TrackedStore {
-    fn execute(&self, key: &StoreKey, op: &StoreOp) -> Result<StoreReply, StoreError> {
-        let reply = self.inner.execute(key, op);
-        let mut held = self
-            .leases
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match (op, &reply) {
-            (StoreOp::Lease { owner, .. }, Ok(StoreReply::Lease(true))) => {
-                held.insert(key.clone(), *owner);
-            }
-            (StoreOp::Write { .. } | StoreOp::Release { .. }, _) => {
-                held.remove(key);
-                self.leases.changed.notify_all();
-            }
-            _ => {}
-        }
-        reply
-    }
-}
-
-/// What tokenctl keeps of its store, to settle it before exit.
-#[derive(Clone)]
-pub struct StoreHandle {
-    inner: Arc<RedisStore>,
-    leases: Arc<Leases>,
-}
-
-impl fmt::Debug for StoreHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreHandle")
-            .field("store", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How long [`StoreHandle::settle`] waits for writes under way.
+/// How long tokenctl waits, before it exits, for the store to receive the
+/// token it fetched and the release of any lease it still holds
+/// ([`Client::settle_store`](token_keeper_driver::Client::settle_store)).
 pub const SETTLE_WAIT: Duration = Duration::from_secs(1);
-
-impl StoreHandle {
-    /// Waits at most `wait` until this process holds no lease (its token
-    /// written to the store), then releases whatever lease it still holds
-    /// (a token request still under way), so that no other process waits
-    /// for a lease whose holder has gone. Call it with the client alive.
-    pub fn settle(&self, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        let mut held = self
-            .leases
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while !held.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            held = self
-                .leases
-                .changed
-                .wait_timeout(held, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        let left: Vec<(StoreKey, OwnerId)> = held.drain().collect();
-        drop(held);
-        for (key, owner) in left {
-            // A compare-and-delete: harmless if the lease is gone or another's.
-            let _ = self.inner.execute(&key, &StoreOp::Release { owner });
-        }
-    }
-}
 
 /// The fleet store the flags describe, or `None` without `--store`.
 ///
@@ -197,9 +110,7 @@ impl StoreHandle {
 /// the old one, so a rotation needs no id bookkeeping on the command line.
 /// Nothing connects here: Redis may be down, and the client then works
 /// without it.
-pub fn fleet_store(
-    flags: &ClientFlags,
-) -> Result<Option<(FleetStore, StoreHandle)>, StoreFlagError> {
+pub fn fleet_store(flags: &ClientFlags) -> Result<Option<FleetStore>, StoreFlagError> {
     let Some(url) = &flags.store else {
         return Ok(None);
     };
@@ -220,15 +131,7 @@ pub fn fleet_store(
         options = options.namespace(namespace.clone());
     }
     let store = RedisStore::new(options).map_err(|e| StoreFlagError::Store(e.to_string()))?;
-    let handle = StoreHandle {
-        inner: Arc::new(store),
-        leases: Arc::new(Leases::default()),
-    };
-    let tracked = TrackedStore {
-        inner: Arc::clone(&handle.inner),
-        leases: Arc::clone(&handle.leases),
-    };
-    Ok(Some((FleetStore::new(tracked), handle)))
+    Ok(Some(FleetStore::new(store)))
 }
 
 /// Shows the warnings of token-keeper's crates (a store that does not
