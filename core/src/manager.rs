@@ -287,6 +287,8 @@ struct Slot {
     /// Whether this process holds the key's lease in the shared store (its
     /// token request is the fleet's).
     lease_held: bool,
+    /// What names this key in the shared store, once first asked for.
+    store_key: Option<StoreKey>,
     /// The tokens last refused (a 401) or dropped by hand, at most
     /// [`MAX_REFUSED`]: never taken back from the shared store, which may
     /// still hold them (or be made to hold them again).
@@ -694,6 +696,7 @@ impl TokenManager {
             settled: None,
             store: StorePhase::Idle,
             lease_held: false,
+            store_key: None,
             refused: VecDeque::new(),
             rejections: 0,
             rejected_at: None,
@@ -1582,7 +1585,15 @@ impl TokenManager {
         let id = StoreOpId(self.next_store_op);
         self.next_store_op += 1;
         self.store_ops.insert(id, key);
-        let store_key = self.store_key(key);
+        // Encoded once per key: a follower asks every poll interval.
+        let store_key = match &self.slots[key.index()].store_key {
+            Some(store_key) => store_key.clone(),
+            None => {
+                let store_key = self.store_key(key);
+                self.slots[key.index()].store_key = Some(store_key.clone());
+                store_key
+            }
+        };
         self.store_requests.push_back(StoreRequest {
             id,
             key: store_key,
