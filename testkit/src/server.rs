@@ -75,6 +75,15 @@ pub struct ServerConfig {
     pub clock: Option<ManualClock>,
     /// How far `iat`/`exp` may be off the server clock (default 60 s).
     pub clock_skew: Duration,
+    /// Where to listen. `None` (the default): `127.0.0.1` on an ephemeral
+    /// port, so that tests running in parallel never clash. `Some(addr)`:
+    /// that address (port 0 still picks a free port), for a server other
+    /// programs are pointed at (`tokenctl serve`). Loopback addresses only:
+    /// the server is a fixture whose secrets are known and whose DPoP and
+    /// assertion signatures go unchecked without a [`JwsVerifier`], so
+    /// [`LocalAuthServer::start`] refuses any other address (`InvalidInput`)
+    /// rather than expose it to the network.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +100,7 @@ impl Default for ServerConfig {
             dpop_nonce_rotates_on_success: false,
             clock: None,
             clock_skew: Duration::from_secs(60),
+            listen: None,
         }
     }
 }
@@ -283,6 +293,8 @@ impl RecordedCall {
 }
 
 struct Issued {
+    /// The client the token was issued to (echoed by the health-records API).
+    client_id: String,
     expires: Instant,
     revoked: bool,
     /// The DPoP key thumbprint the token is bound to.
@@ -427,8 +439,15 @@ const ASYMMETRIC_ALGS: [&str; 10] = [
 /// Announced in DPoP challenges (`algs`, RFC 9449 §7.1).
 const DPOP_ALGS: &str = "ES256 EdDSA RS256 PS256";
 
+/// The API path that answers a small (synthetic) health-records document
+/// rather than the generic `{"ok":true,…}`: what the
+/// `examples/health-records-service` example and `tokenctl serve` users call,
+/// so that a service pointed at the local server gets a realistic body.
+pub const HEALTH_RECORDS_PATH: &str = "/api/v1/integration/health-records";
+
 impl LocalAuthServer {
-    /// Starts a server on `127.0.0.1` with an ephemeral port.
+    /// Starts a server on `127.0.0.1` with an ephemeral port, or on the
+    /// loopback address [`ServerConfig::listen`] names.
     pub fn start(config: ServerConfig) -> io::Result<LocalAuthServer> {
         LocalAuthServer::start_with_tokens(config, Tokens::default())
     }
@@ -445,7 +464,21 @@ impl LocalAuthServer {
     }
 
     fn start_with_tokens(config: ServerConfig, tokens: Tokens) -> io::Result<LocalAuthServer> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listen = match config.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
+            Some(addr) if addr.ip().is_loopback() => addr,
+            Some(addr) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{addr} is not a loopback address: the local server is a \
+                         development fixture with known secrets and listens on \
+                         loopback only"
+                    ),
+                ))
+            }
+        };
+        let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         let shared = Shared {
             nonces: Nonces {
@@ -499,6 +532,11 @@ impl LocalAuthServer {
         format!("{}/api", self.base_url())
     }
 
+    /// The URL of the health-records API ([`HEALTH_RECORDS_PATH`]).
+    pub fn health_records_url(&self) -> String {
+        format!("{}{HEALTH_RECORDS_PATH}", self.base_url())
+    }
+
     /// Token requests received (successful or not).
     pub fn token_requests(&self) -> u64 {
         self.state.token_requests.load(Ordering::SeqCst)
@@ -529,6 +567,26 @@ impl LocalAuthServer {
             })
             .unwrap();
         !result.timed_out()
+    }
+
+    /// Waits (at most `timeout`) for calls answered after the first `seen`
+    /// ones (counted as [`wait_for_calls`](Self::wait_for_calls) counts), and
+    /// returns them with the new count, to pass as `seen` next time. Lets a
+    /// caller follow the calls as they come (`tokenctl serve` logs them)
+    /// without copying every recorded call each time. Calls no longer
+    /// recorded (more than 10 000 behind) are skipped.
+    pub fn calls_after(&self, seen: u64, timeout: Duration) -> (Vec<RecordedCall>, u64) {
+        let shared = self.state.shared.lock().unwrap();
+        let total = |shared: &Shared| shared.calls.len() as u64 + shared.calls_dropped;
+        let (shared, _) = self
+            .state
+            .progress
+            .wait_timeout_while(shared, timeout, |shared| total(shared) <= seen)
+            .unwrap();
+        let now = total(&shared);
+        let new = usize::try_from(now.saturating_sub(seen)).unwrap_or(usize::MAX);
+        let skip = shared.calls.len().saturating_sub(new);
+        (shared.calls.iter().skip(skip).cloned().collect(), now)
     }
 
     /// Tokens issued.
@@ -1001,30 +1059,35 @@ fn issue(
     }
     let config = state.config.lock().unwrap().clone();
     let now = state.now_secs(&config);
-    if field("client_assertion_type").is_some() || field("client_assertion").is_some() {
-        if let Err(reason) = check_client_assertion(request, form, state, &config, now) {
-            return refuse(call, 400, "invalid_client", reason);
-        }
-    } else {
-        let credentials = match request.header("authorization") {
-            Some(basic) => decode_basic(basic),
-            None => field("client_id").zip(field("client_secret")),
+    let client_id =
+        if field("client_assertion_type").is_some() || field("client_assertion").is_some() {
+            match check_client_assertion(request, form, state, &config, now) {
+                Ok(client_id) => client_id,
+                Err(reason) => return refuse(call, 400, "invalid_client", reason),
+            }
+        } else {
+            let credentials = match request.header("authorization") {
+                Some(basic) => decode_basic(basic),
+                None => field("client_id").zip(field("client_secret")),
+            };
+            let known = credentials.filter(|(id, secret)| {
+                config
+                    .clients
+                    .iter()
+                    .any(|(cid, csecret)| cid == id && csecret == secret)
+            });
+            match known {
+                Some((client_id, _)) => client_id,
+                None => {
+                    call.error = Some("invalid_client".into());
+                    let mut response = oauth_error(401, "invalid_client");
+                    response
+                        .headers
+                        .push(("WWW-Authenticate", r#"Basic realm="token""#.into()));
+                    return response;
+                }
+            }
         };
-        let known = credentials.is_some_and(|(id, secret)| {
-            config
-                .clients
-                .iter()
-                .any(|(cid, csecret)| *cid == id && *csecret == secret)
-        });
-        if !known {
-            call.error = Some("invalid_client".into());
-            let mut response = oauth_error(401, "invalid_client");
-            response
-                .headers
-                .push(("WWW-Authenticate", r#"Basic realm="token""#.into()));
-            return response;
-        }
-    }
 
     let mut jkt = None;
     let mut nonce_header = None;
@@ -1075,6 +1138,7 @@ fn issue(
     state.tokens.lock().unwrap().insert(
         token.clone(),
         Issued {
+            client_id,
             expires: Instant::now() + Duration::from_secs(config.ttl_secs),
             revoked: false,
             jkt: jkt.clone(),
@@ -1288,16 +1352,20 @@ fn api_answer(request: &Request, state: &State, call: &mut RecordedCall) -> Resp
             Some(issued) if Instant::now() >= issued.expires => {
                 Err(("expired", issued.jkt.is_some()))
             }
-            Some(issued) => Ok(issued.jkt.clone()),
+            Some(issued) => Ok((issued.jkt.clone(), issued.client_id.clone())),
         }
     };
-    let ok = || {
+    let ok = |client_id: &str| {
+        let path = request.path.split(['?', '#']).next().unwrap_or_default();
+        if path == HEALTH_RECORDS_PATH {
+            return Response::json(200, health_records(client_id));
+        }
         Response::json(
             200,
             format!(r#"{{"ok":true,"bytes_received":{}}}"#, request.body.len()),
         )
     };
-    let bound = match binding {
+    let (bound, client_id) = match binding {
         Err((reason, bound)) if bound || dpop => {
             return challenge(call, "DPoP", "invalid_token", reason);
         }
@@ -1310,16 +1378,16 @@ fn api_answer(request: &Request, state: &State, call: &mut RecordedCall) -> Resp
                 body: Vec::new(),
             };
         }
-        Ok(None) if bearer => return ok(),
-        Ok(None) => {
+        Ok((None, client_id)) if bearer => return ok(&client_id),
+        Ok((None, _)) => {
             let reason = "a token not bound to a DPoP key, presented with the DPoP scheme";
             return challenge(call, "DPoP", "invalid_token", reason);
         }
-        Ok(Some(_)) if bearer => {
+        Ok((Some(_), _)) if bearer => {
             let reason = "a DPoP-bound token presented as Bearer";
             return challenge(call, "DPoP", "invalid_token", reason);
         }
-        Ok(Some(jkt)) => jkt,
+        Ok((Some(jkt), client_id)) => (jkt, client_id),
     };
     let config = state.config.lock().unwrap().clone();
     let now = state.now_secs(&config);
@@ -1367,11 +1435,27 @@ fn api_answer(request: &Request, state: &State, call: &mut RecordedCall) -> Resp
                 .for_success(config.dpop_nonce_rotates_on_success),
         );
     }
-    let mut response = ok();
+    let mut response = ok(&client_id);
     if let Some(nonce) = nonce_header {
         response.headers.push(("DPoP-Nonce", nonce));
     }
     response
+}
+
+/// The [`HEALTH_RECORDS_PATH`] document: a few fixed, obviously synthetic
+/// records (no real data in a fixture), and the client the token was issued
+/// to, so a service can check which identity its call went out under.
+fn health_records(client_id: &str) -> String {
+    json!({
+        "client_id": client_id,
+        "records": [
+            {"id": "hr-0001", "patient": "synthetic-patient-1", "kind": "immunization", "status": "final", "recorded": "2024-01-15"},
+            {"id": "hr-0002", "patient": "synthetic-patient-1", "kind": "allergy", "status": "active", "recorded": "2024-03-02"},
+            {"id": "hr-0003", "patient": "synthetic-patient-2", "kind": "lab-result", "status": "preliminary", "recorded": "2024-05-20"},
+        ],
+        "synthetic": true,
+    })
+    .to_string()
 }
 
 /// A 401 with a `WWW-Authenticate` challenge (RFC 6750 §3, RFC 9449 §7.1).
@@ -1822,6 +1906,95 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// One HTTP/1.1 request with `Connection: close`: the status and body.
+    fn exchange(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "{head}\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let status = answer[9..12].parse().unwrap();
+        let body = answer.split_once("\r\n\r\n").unwrap().1.to_owned();
+        (status, body)
+    }
+
+    #[test]
+    fn listens_where_told_on_loopback_only() {
+        let config = |listen: &str| ServerConfig {
+            listen: Some(listen.parse().unwrap()),
+            ..ServerConfig::default()
+        };
+        let first = LocalAuthServer::start(config("127.0.0.1:0")).unwrap();
+        assert_eq!(first.addr().ip().to_string(), "127.0.0.1");
+        assert_ne!(first.addr().port(), 0);
+        // The address is taken as given: the same one again is in use.
+        let again = LocalAuthServer::start(config(&first.addr().to_string()));
+        assert_eq!(again.err().unwrap().kind(), io::ErrorKind::AddrInUse);
+        for public in ["0.0.0.0:0", "192.0.2.1:0", "[::]:0"] {
+            let error = LocalAuthServer::start(config(public)).err().unwrap();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{public}");
+            assert!(error.to_string().contains("loopback"), "{error}");
+        }
+    }
+
+    #[test]
+    fn health_records_answer_json_naming_the_client_and_calls_are_followed() {
+        let server = LocalAuthServer::start(ServerConfig {
+            clients: vec![("svc".into(), "pw".into())],
+            ..ServerConfig::default()
+        })
+        .unwrap();
+        let addr = server.addr();
+        let (status, body) = exchange(
+            addr,
+            "POST /token HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded",
+            "grant_type=client_credentials&client_id=svc&client_secret=pw",
+        );
+        assert_eq!(status, 200, "{body}");
+        let token = parse_json(&body).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (seen_calls, seen) = server.calls_after(0, Duration::from_secs(10));
+        assert_eq!((seen_calls.len(), seen), (1, 1));
+        assert_eq!(seen_calls[0].endpoint, Endpoint::Token);
+        let get = |path: &str| {
+            exchange(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nAuthorization: Bearer {token}"),
+                "",
+            )
+        };
+        let (status, body) = get(&format!("{HEALTH_RECORDS_PATH}?patient=1"));
+        assert_eq!(status, 200, "{body}");
+        let records = parse_json(&body).unwrap();
+        assert_eq!(records["client_id"], "svc");
+        assert_eq!(records["records"].as_array().map(Vec::len), Some(3));
+        // Every other API path keeps its generic answer.
+        assert_eq!(
+            get("/api/v1/other"),
+            (200, r#"{"ok":true,"bytes_received":0}"#.to_owned())
+        );
+        let (newer, seen) = server.calls_after(seen, Duration::from_secs(10));
+        assert_eq!(seen, 3);
+        assert_eq!(
+            newer.iter().map(|c| c.status).collect::<Vec<_>>(),
+            [200, 200]
+        );
+        assert!(newer[0].url.ends_with("/health-records?patient=1"));
+        // Nothing newer: the wait ends at its bound, with nothing.
+        let (none, still) = server.calls_after(seen, Duration::from_millis(10));
+        assert!(none.is_empty());
+        assert_eq!(still, 3);
     }
 
     #[test]

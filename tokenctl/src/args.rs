@@ -1,6 +1,7 @@
 //! Command-line parsing (by hand with `lexopt`: small, exact errors, no magic).
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use lexopt::prelude::*;
@@ -139,7 +140,42 @@ pub enum Command {
         alg: Algorithm,
         out: Option<std::path::PathBuf>,
     },
+    /// The embedded local token server and its API, in the foreground.
+    Serve(ServeFlags),
 }
+
+/// `tokenctl serve`'s flags, validated: a loopback address, a bounded token
+/// lifetime, a printable client id and a variable name. The secret itself is
+/// read from `secret_env` when the server starts, never from the command line
+/// (the process list would show it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeFlags {
+    /// `--listen ADDR`: loopback only.
+    pub listen: SocketAddr,
+    /// `--ttl SECS`: `expires_in` of the tokens issued.
+    pub ttl_secs: u64,
+    /// `--client-id ID`: the one client the server accepts.
+    pub client_id: String,
+    /// `--client-secret-env VAR`: where that client's secret is.
+    pub secret_env: String,
+}
+
+impl Default for ServeFlags {
+    fn default() -> Self {
+        ServeFlags {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            ttl_secs: SERVE_DEFAULT_TTL,
+            client_id: "m2m".into(),
+            secret_env: "TK_CLIENT_SECRET".into(),
+        }
+    }
+}
+
+/// `serve --ttl` default: long enough not to churn while a developer pokes
+/// at a service, short enough that refresh-ahead shows within minutes.
+pub const SERVE_DEFAULT_TTL: u64 = 300;
+/// `serve --ttl` bound: a day, like every other duration flag here.
+pub const SERVE_MAX_TTL: u64 = 86_400;
 
 /// How many requests `call` makes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -158,6 +194,8 @@ USAGE:
     tokenctl demo   [--duration SECS] [--store URL --store-key-env VAR [--store-namespace NAME]]
     tokenctl demo   --fleet N [--duration SECS] [--plot FILE.svg]
     tokenctl keygen [--alg ES256|EdDSA] [--out FILE]
+    tokenctl serve  [--listen 127.0.0.1:8443] [--ttl SECS] [--client-id ID]
+                    [--client-secret-env VAR]
 
 CLIENT FLAGS:
     --token-url URL          token endpoint (or --issuer URL to discover it)
@@ -226,6 +264,20 @@ KEYGEN FLAGS: a new private key to keep (a DPoP key that survives restarts)
                              an existing FILE is never overwritten. Without --out: stdout
     The key's RFC 7638 thumbprint (the DPoP jkt, to register) goes to stderr as one
     line, `thumbprint: <base64url>`. Use FILE as --dpop-key FILE or --private-key FILE.
+
+SERVE FLAGS: the embedded local token server and its protected API in the foreground,
+to point a service at during development (a fixture: never in production)
+    --listen ADDR            loopback address to listen on (default 127.0.0.1:8443; port 0:
+                             any free port). Other addresses are refused
+    --ttl SECS               token lifetime (default 300, at most 86400)
+    --client-id ID           the one client the server accepts (default m2m)
+    --client-secret-env VAR  the variable holding that client's secret (default
+                             TK_CLIENT_SECRET); required, never printed
+    Serves POST /token (client_secret_basic or client_secret_post; a DPoP proof gets a
+    DPoP-bound token), the discovery document, and GET /api/v1/integration/health-records
+    (JSON with a valid token, 401 with WWW-Authenticate otherwise). Prints its URLs on
+    stdout, then one line per token request and API call on stderr (method, path, status;
+    never a token or secret), until stopped (Ctrl-C).
 
 EXIT CODES:
     0 success   2 usage   3 the authorization server refused (OAuth error)
@@ -552,9 +604,80 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Usage>
             }
             Ok(Command::Keygen { alg, out })
         }
+        "serve" => {
+            let mut flags = ServeFlags::default();
+            while let Some(arg) = parser.next()?.map(Owned::of) {
+                match arg {
+                    Owned::Long(name) if name == "listen" => flags.listen = listen(&mut parser)?,
+                    Owned::Long(name) if name == "ttl" => {
+                        let ttl: u64 = number(&mut parser, "--ttl")?;
+                        if !(1..=SERVE_MAX_TTL).contains(&ttl) {
+                            return Err(Usage(format!(
+                                "--ttl: expected whole seconds from 1 to {SERVE_MAX_TTL}"
+                            )));
+                        }
+                        flags.ttl_secs = ttl;
+                    }
+                    Owned::Long(name) if name == "client-id" => {
+                        let id = value(&mut parser, "--client-id")?;
+                        // Printed in the banner: no control characters.
+                        if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+                            return Err(Usage(
+                                "--client-id: expected 1 to 256 printable characters".into(),
+                            ));
+                        }
+                        flags.client_id = id;
+                    }
+                    Owned::Long(name) if name == "client-secret-env" => {
+                        flags.secret_env = env_name(&mut parser, "--client-secret-env")?
+                    }
+                    Owned::Long(name) if name == "client-secret" => {
+                        return Err(Usage(
+                            "serve reads the secret from an environment variable only \
+                             (--client-secret-env VAR, default TK_CLIENT_SECRET)"
+                                .into(),
+                        ))
+                    }
+                    Owned::Short('h') => return Ok(Command::Help),
+                    Owned::Long(name) if name == "help" => return Ok(Command::Help),
+                    other => return Err(other.unexpected()),
+                }
+            }
+            Ok(Command::Serve(flags))
+        }
         "help" => Ok(Command::Help),
         other => Err(Usage(format!("unknown command {other:?}"))),
     }
+}
+
+/// `serve --listen`: `IP:PORT` (`[::1]:PORT` for IPv6) or `localhost:PORT`,
+/// on loopback only. The server is a development fixture: its client secret
+/// is whatever the developer exported, it checks DPoP proofs for shape and
+/// key binding but not their signatures, so it must not be reachable from
+/// another machine.
+fn listen(parser: &mut lexopt::Parser) -> Result<SocketAddr, Usage> {
+    let text = value(parser, "--listen")?;
+    let addr = match text.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => match text
+            .strip_prefix("localhost:")
+            .and_then(|port| port.parse::<u16>().ok())
+        {
+            Some(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+            None => {
+                return Err(Usage(format!(
+                    "--listen: {text:?} is not an address such as 127.0.0.1:8443 or [::1]:8443"
+                )))
+            }
+        },
+    };
+    if !addr.ip().is_loopback() {
+        return Err(Usage(format!(
+            "--listen: {addr} is not a loopback address; serve is a development fixture \
+             (known client secret, unsigned-proof checks) and listens on 127.0.0.0/8 or ::1 only"
+        )));
+    }
+    Ok(addr)
 }
 
 /// `keygen --alg`: the algorithms `ring` generates keys for.
@@ -845,6 +968,78 @@ mod tests {
         assert!(store.store.is_some());
         assert_eq!(store.store_key_env.as_deref(), Some("K"));
         assert_eq!(store.store_namespace.as_deref(), Some("demo"));
+    }
+
+    #[test]
+    fn serve_flags() {
+        let Command::Serve(flags) = parse_str("serve").unwrap() else {
+            panic!()
+        };
+        assert_eq!(flags, ServeFlags::default());
+        assert_eq!(flags.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(flags.ttl_secs, 300);
+        assert_eq!(flags.client_id, "m2m");
+        assert_eq!(flags.secret_env, "TK_CLIENT_SECRET");
+        let Command::Serve(flags) = parse_str(
+            "serve --listen [::1]:0 --ttl 86400 --client-id svc --client-secret-env MY_SECRET",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(flags.listen.to_string(), "[::1]:0");
+        assert_eq!(flags.ttl_secs, 86_400);
+        assert_eq!(flags.client_id, "svc");
+        assert_eq!(flags.secret_env, "MY_SECRET");
+        let Command::Serve(flags) = parse_str("serve --listen localhost:9000").unwrap() else {
+            panic!()
+        };
+        assert_eq!(flags.listen.to_string(), "127.0.0.1:9000");
+        let Command::Serve(flags) = parse_str("serve --listen=127.0.0.2:1").unwrap() else {
+            panic!()
+        };
+        assert_eq!(flags.listen.to_string(), "127.0.0.2:1");
+        assert!(matches!(parse_str("serve --help"), Ok(Command::Help)));
+        for (line, expected) in [
+            ("serve --listen 0.0.0.0:8443", "not a loopback address"),
+            ("serve --listen [::]:8443", "not a loopback address"),
+            ("serve --listen 192.0.2.1:8443", "not a loopback address"),
+            (
+                "serve --listen [::ffff:127.0.0.1]:1",
+                "not a loopback address",
+            ),
+            ("serve --listen example.com:8443", "not an address"),
+            ("serve --listen 127.0.0.1", "not an address"),
+            ("serve --listen localhost:99999", "not an address"),
+            ("serve --listen", "--listen needs a value"),
+            ("serve --ttl 0", "from 1 to 86400"),
+            ("serve --ttl 86401", "from 1 to 86400"),
+            ("serve --ttl -5", "not a valid number"),
+            ("serve --ttl 1.5", "not a valid number"),
+            (
+                "serve --client-secret-env A=B",
+                "not an environment variable name",
+            ),
+            ("serve --client-secret s3cret", "environment variable only"),
+            (
+                "serve --token-url http://x",
+                "unexpected option --token-url",
+            ),
+            ("serve extra", "unexpected argument"),
+        ] {
+            let Err(Usage(message)) = parse_str(line) else {
+                panic!("{line}")
+            };
+            assert!(message.contains(expected), "{line}: {message}");
+            assert!(!message.contains("s3cret"), "{line}: {message}");
+        }
+        for bad_id in ["", "a\u{1b}[31m", &"x".repeat(257)] {
+            let args = ["serve", "--client-id", bad_id].map(OsString::from);
+            let Err(Usage(message)) = parse(args) else {
+                panic!("{bad_id:?}")
+            };
+            assert!(message.contains("printable"), "{message}");
+        }
+        assert!(USAGE.contains("tokenctl serve  [--listen 127.0.0.1:8443]"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `tokenctl`: fetch tokens, call APIs through the managed client, demo
 //! token-keeper's caching, refresh-ahead and single-flight on a local server,
-//! and generate keys to keep (DPoP or `private_key_jwt`).
+//! generate keys to keep (DPoP or `private_key_jwt`), and run that local
+//! server in the foreground for a service under development (`serve`).
 
 #![forbid(unsafe_code)]
 
@@ -8,6 +9,7 @@ mod args;
 mod call;
 mod fleet;
 mod plot;
+mod serve;
 mod store;
 
 use std::io::Write;
@@ -165,6 +167,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             plot.as_deref(),
         ),
         Command::Keygen { alg, out } => keygen(alg, out.as_deref()),
+        Command::Serve(flags) => serve::serve(&flags),
     }
 }
 
