@@ -3,16 +3,17 @@
 //!
 //! | Question | Rule |
 //! |---|---|
-//! | Does the request get a token? | Only if its origin is routed ([`Routes`]) and the caller set no `Authorization` of its own. |
+//! | Does the request get a token? | Only if its origin is routed ([`Routes`]), the caller set no `Authorization` of its own, and no `Host` header naming another origin. |
 //! | May it follow a redirect? | No ([`REDIRECTS_WITH_TOKEN`]): a token never crosses a redirect, and a DPoP proof is bound to the URI it was made for. |
 //! | Is its body kept for a replay? | On the first attempt only, if it fits in [`ApiCallPolicy::max_replay_body`] (64 KiB by default); a longer one is streamed and never replayed. |
 //! | Which responses go to the core? | Every `401`, and every response to a DPoP-bound request (it may carry a `DPoP-Nonce`), from the origin the request was sent to; never one from another origin. |
 //! | Is it sent again? | Once: after a `401` the core answers [`ResourceOutcome::Retry`] to, if its body was kept. |
+//! | What is a `401`? | An HTTP `401`, and gRPC's `UNAUTHENTICATED` (`grpc-status: 16`) in a trailers-only answer's headers or in the trailers ([`effective_status`]); trailers are watched only on gRPC answers ([`may_end_with_status`]). |
 //!
 //! A middleware reads the request, asks these questions, and does what the
 //! answers say with its own types; it decides nothing itself.
 
-use http::{Method, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode, Uri};
 
 use crate::error::ConfigError;
 use crate::key::KeyId;
@@ -111,13 +112,24 @@ impl ApiCallPolicy {
     }
 
     /// The key whose token a request to `uri` gets: `None` if its origin is
-    /// not routed or the caller set an `Authorization` of its own (sent as
-    /// it is, and never reported).
-    pub fn key_for(&self, uri: &Uri, has_authorization: bool) -> Option<KeyId> {
+    /// not routed, if the caller set an `Authorization` of its own (sent as
+    /// it is, and never reported), or if the caller set a `Host` header
+    /// (`host`) naming another origin than the URI's (behind a shared
+    /// ingress, the token would reach that other virtual host).
+    pub fn key_for(
+        &self,
+        uri: &Uri,
+        has_authorization: bool,
+        host: Option<&[u8]>,
+    ) -> Option<KeyId> {
         if has_authorization {
             return None;
         }
-        self.routes.key_for(uri)
+        let key = self.routes.key_for(uri)?;
+        match host {
+            Some(host) if !host_names_origin_of(host, uri) => None,
+            _ => Some(key),
+        }
     }
 
     /// Whether to read the body of attempt `attempt` (0 for the first) to
@@ -172,6 +184,54 @@ impl ApiCallPolicy {
     }
 }
 
+/// Whether a `Host` header value names the origin of `uri` (same host,
+/// case aside, and the same port, the scheme's default when none is given).
+fn host_names_origin_of(host: &[u8], uri: &Uri) -> bool {
+    let (Ok(host), Some(scheme)) = (std::str::from_utf8(host), uri.scheme_str()) else {
+        return false;
+    };
+    if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+        return false;
+    }
+    let Ok(named) = format!("{scheme}://{host}/").parse::<Uri>() else {
+        return false;
+    };
+    match (Origin::of(uri), Origin::of(&named)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// gRPC's status code for "the request does not have valid authentication
+/// credentials" (`UNAUTHENTICATED`).
+const GRPC_UNAUTHENTICATED: &[u8] = b"16";
+
+/// The status to tell the core (and to ask [`ApiCallPolicy`] about) for an
+/// answer with `status` and `headers` (or, at the end of a gRPC answer,
+/// `StatusCode::OK` and its trailers): `401` for an HTTP `401` and for gRPC's
+/// `UNAUTHENTICATED` (`grpc-status: 16`); `status` otherwise. Other gRPC
+/// codes (`PERMISSION_DENIED` included) say nothing about the token's
+/// validity.
+pub fn effective_status(status: StatusCode, headers: &HeaderMap) -> StatusCode {
+    if headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == GRPC_UNAUTHENTICATED)
+    {
+        StatusCode::UNAUTHORIZED
+    } else {
+        status
+    }
+}
+
+/// Whether an answer with these headers may carry its status in trailers
+/// (a gRPC answer: `content-type: application/grpc…`), so its trailers are
+/// worth watching for [`effective_status`].
+pub fn may_end_with_status(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Whether a request with `method` is sent with a body when it has none to
 /// send: `GET`, `HEAD`, `DELETE`, `OPTIONS` and `TRACE` go without (an empty
 /// `Content-Length: 0` would change what some servers answer).
@@ -185,6 +245,78 @@ pub fn may_carry_body(method: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_header_naming_another_origin_gets_no_token() {
+        let mut policy = ApiCallPolicy::new();
+        let key = key();
+        policy.routes_mut().add("https://api.example", key).unwrap();
+        let api: Uri = "https://api.example/v1".parse().unwrap();
+        for same in [&b"api.example"[..], b"API.Example", b"api.example:443"] {
+            assert_eq!(
+                policy.key_for(&api, false, Some(same)),
+                Some(key),
+                "{same:?}"
+            );
+        }
+        for other in [
+            &b"intranet.example"[..],
+            b"api.example:8443",
+            b"api.example.evil",
+            b"user@api.example",
+            b"api.example/x",
+            b"",
+            b"\xff",
+        ] {
+            assert_eq!(policy.key_for(&api, false, Some(other)), None, "{other:?}");
+        }
+        let loopback: Uri = "http://127.0.0.1:8080/x".parse().unwrap();
+        policy
+            .routes_mut()
+            .add("http://127.0.0.1:8080", key)
+            .unwrap();
+        assert_eq!(
+            policy.key_for(&loopback, false, Some(b"127.0.0.1:8080")),
+            Some(key)
+        );
+        assert_eq!(policy.key_for(&loopback, false, Some(b"127.0.0.1")), None);
+    }
+
+    #[test]
+    fn grpc_unauthenticated_is_a_401_and_no_other_grpc_code_is() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(effective_status(StatusCode::OK, &headers), StatusCode::OK);
+        headers.insert("grpc-status", http::HeaderValue::from_static("16"));
+        assert_eq!(
+            effective_status(StatusCode::OK, &headers),
+            StatusCode::UNAUTHORIZED
+        );
+        for other in ["0", "1", "7", "160", " 16"] {
+            headers.insert("grpc-status", http::HeaderValue::from_static(other));
+            assert_eq!(effective_status(StatusCode::OK, &headers), StatusCode::OK);
+        }
+        assert_eq!(
+            effective_status(StatusCode::UNAUTHORIZED, &HeaderMap::new()),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn only_grpc_answers_have_their_trailers_watched() {
+        let mut headers = HeaderMap::new();
+        assert!(!may_end_with_status(&headers));
+        for (content_type, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/json", false),
+        ] {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+            assert_eq!(may_end_with_status(&headers), grpc, "{content_type}");
+        }
+    }
     use crate::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig, TokenManager};
 
     fn key() -> KeyId {
@@ -257,8 +389,8 @@ mod tests {
             .add("https://api.example.com", key)
             .unwrap();
         let api = uri("https://api.example.com/v1");
-        assert_eq!(policy.key_for(&api, false), Some(key));
-        assert_eq!(policy.key_for(&api, true), None);
+        assert_eq!(policy.key_for(&api, false, None), Some(key));
+        assert_eq!(policy.key_for(&api, true, None), None);
     }
 
     #[test]

@@ -208,7 +208,11 @@ impl Middleware for TokenMiddleware {
             return next.run(request, extensions).await;
         };
         let has_authorization = request.headers().contains_key(AUTHORIZATION);
-        let Some(key) = self.policy.key_for(&uri, has_authorization) else {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes());
+        let Some(key) = self.policy.key_for(&uri, has_authorization, host) else {
             return next.run(request, extensions).await;
         };
         let method = request.method().clone();

@@ -201,7 +201,8 @@ impl Middleware for TokenMiddleware {
             return next.run(request, client).await;
         };
         let has_authorization = request.header("Authorization").is_some();
-        let Some(key) = self.policy.key_for(&uri, has_authorization) else {
+        let host = request.header("Host").map(|h| h.last().as_str().as_bytes());
+        let Some(key) = self.policy.key_for(&uri, has_authorization, host) else {
             return next.run(request, client).await;
         };
         let invalid = |what: &str| {

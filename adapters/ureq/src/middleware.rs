@@ -272,7 +272,11 @@ impl TokenMiddleware {
         next: MiddlewareNext,
     ) -> Result<Response<Body>, ureq::Error> {
         let has_authorization = request.headers().contains_key(AUTHORIZATION);
-        let Some(key) = self.policy.key_for(request.uri(), has_authorization) else {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes());
+        let Some(key) = self.policy.key_for(request.uri(), has_authorization, host) else {
             return next.handle(self.configure(request, false)?);
         };
         let attempt = u32::from(request.extensions().get::<Retried>().is_some());
