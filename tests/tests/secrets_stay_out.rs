@@ -3,7 +3,7 @@
 //! One client secret, one private key and the access tokens the server
 //! issues are pushed through every public type that can hold or describe them
 //! (configurations, requests, responses, tokens, snapshots, decisions, events,
-//! every error, keys, both adapters' clients, middlewares and health views),
+//! every error, keys, every adapter's clients, middlewares, layers and health views),
 //! and every `Debug`, `Display` and log line produced along the way is
 //! searched for them.
 
@@ -401,5 +401,94 @@ fn the_store_protocol_prints_no_token() {
     for text in &texts {
         assert!(!text.contains(TOKEN), "leaked the token in: {text}");
         assert!(!text.contains(SECRET), "leaked the secret in: {text}");
+    }
+}
+
+/// The tokio adapters' public types (reqwest's client and middleware,
+/// tower's layer, service, response and token failure), on success and on
+/// a refused client, print no secret and no token.
+#[test]
+fn the_tokio_adapters_print_no_secret_and_no_token() {
+    use tower::{Layer, ServiceExt};
+
+    captured_logs();
+    let server = LocalAuthServer::start(ServerConfig {
+        clients: vec![("m2m".into(), SECRET.into())],
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut texts: Vec<String> = Vec::new();
+    let client = |id: &str| {
+        let tokens = token_keeper_reqwest::ReqwestTokenClient::new();
+        let config = ClientConfig::new(
+            &server.token_url(),
+            id,
+            ClientAuth::Basic(ClientSecret::new(SECRET)),
+        )
+        .unwrap();
+        tokens.add_client("m2m", config).unwrap();
+        tokens
+    };
+    let get = || {
+        http::Request::get(server.api_url())
+            .body(http_body_util::Full::<bytes::Bytes>::default())
+            .unwrap()
+    };
+    let http = {
+        let _entered = runtime.enter();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<bytes::Bytes>>()
+    };
+
+    for id in ["m2m", "not-a-client"] {
+        let tokens = client(id);
+        let middleware = token_keeper_reqwest::TokenMiddleware::new(tokens.clone())
+            .route(&server.base_url(), "m2m")
+            .unwrap();
+        texts.push(format!("{middleware:?}"));
+        let api = reqwest_middleware::ClientBuilder::new(
+            token_keeper_reqwest::TokenMiddleware::client_builder()
+                .no_proxy()
+                .build()
+                .unwrap(),
+        )
+        .with(middleware)
+        .build();
+        match runtime.block_on(api.get(server.api_url()).send()) {
+            Ok(response) => texts.push(format!("{response:?}")),
+            Err(error) => texts.push(format!("{error} {error:?}")),
+        }
+        texts.push(format!("{tokens:?} {:?}", tokens.health()));
+
+        let layer = token_keeper_tower::TokenLayer::new(&tokens)
+            .route(&server.base_url(), "m2m")
+            .unwrap();
+        let service = layer.layer(http.clone());
+        texts.push(format!("{layer:?} {service:?}"));
+        match runtime.block_on(service.oneshot(get())) {
+            Ok(response) => texts.push(format!("{response:?}")),
+            Err(error) => {
+                let typed = token_keeper_tower::token_failure(&*error).expect("a token failure");
+                texts.push(format!("{error} {error:?} {typed:?}"));
+            }
+        }
+    }
+    assert_eq!(server.api_requests(), 2, "one call per adapter got a token");
+    texts.push(captured_logs());
+    let mut forbidden = vec![SECRET.to_owned()];
+    forbidden.extend(server.issued_tokens());
+    assert!(!server.issued_tokens().is_empty());
+    for text in &texts {
+        for needle in &forbidden {
+            assert!(
+                !text.contains(needle.as_str()),
+                "leaked {needle:?} in: {text}"
+            );
+        }
     }
 }
