@@ -408,13 +408,18 @@ function send(res, status, headers, body) {
   res.end(text);
 }
 
+/** The protected API's paths: all answer alike. */
+const API_PATHS = new Set(['/data', '/api/v1/integration/health-records']);
+
 async function handleApi(req, res) {
   const url = new URL(req.url, `http://${req.headers.host ?? HOST}`);
   if (req.method === 'GET' && url.pathname === '/stats') {
     send(res, 200, {}, stats);
     return;
   }
-  if (url.pathname !== '/data' || (req.method !== 'GET' && req.method !== 'POST')) {
+  // `/api/v1/integration/health-records` is the seed's path (the example
+  // service calls it): the same answer as `/data`.
+  if (!API_PATHS.has(url.pathname) || (req.method !== 'GET' && req.method !== 'POST')) {
     send(res, 404, {}, { error: 'not_found' });
     return;
   }

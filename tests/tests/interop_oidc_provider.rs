@@ -8,20 +8,21 @@
 //! against a server that issues 10 s tokens and enforces `exp` to the second,
 //! for a little over two token lifetimes. Every client type (basic, post,
 //! private_key_jwt with ES256 and RS256), with and without DPoP, goes through
-//! both adapters (ureq and surf), and `tokenctl` goes through the same server.
-//! The whole file runs in about 25 s (the two ~23 s tests run in parallel),
-//! plus a build of tokenctl when its binary is missing or stale.
+//! the four adapters (ureq, surf, and reqwest and tower on tokio), and
+//! `tokenctl` goes through the same server. The whole file runs in about
+//! 45 s on two cores (the four ~23 s tests run in parallel), plus a build of
+//! tokenctl when its binary is missing or stale.
 //!
-//! Needs `npm ci` in `tests/interop` (and Node.js 20 or later, and `openssl`
-//! for the RS256 key). Without `tests/interop/node_modules` the tests skip,
-//! unless `TOKEN_KEEPER_INTEROP=required` (as in CI), where they fail.
-//! `NODE` overrides the node binary, `TOKENCTL` the tokenctl binary.
+//! The fixture's launcher is `token_keeper_testkit::oidc_provider` (the
+//! example service's tests use it too). Needs `npm ci` in `tests/interop`
+//! (and Node.js 20 or later, and `openssl` for the RS256 key). Without
+//! `tests/interop/node_modules` the tests skip, unless
+//! `TOKEN_KEEPER_INTEROP=required` (as in CI), where they fail. `NODE`
+//! overrides the node binary, `TOKENCTL` the tokenctl binary.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
@@ -32,6 +33,7 @@ use token_keeper::{
 };
 use token_keeper_driver::ClientStats;
 use token_keeper_keys::PrivateKey;
+use token_keeper_testkit::oidc_provider::{self, Fixture};
 
 /// Lifetime of the access tokens the server issues (`expires_in`).
 const TOKEN_TTL: Duration = Duration::from_secs(10);
@@ -75,155 +77,25 @@ fn init_logging() {
     });
 }
 
-// ---- the Node fixture ------------------------------------------------------------
+// ---- the Node fixture (token_keeper_testkit::oidc_provider) ---------------------
 
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop")
-}
-
-/// Whether the fixture is installed; `false` means "skip", which is allowed
-/// only when `TOKEN_KEEPER_INTEROP` is not `required`.
+/// Whether the fixture is installed; `false` means "skip" (see
+/// [`oidc_provider::installed`]).
 fn fixture_installed(test: &str) -> bool {
-    if interop_dir()
-        .join("node_modules")
-        .join("oidc-provider")
-        .is_dir()
-    {
-        return true;
-    }
-    let required = std::env::var("TOKEN_KEEPER_INTEROP").is_ok_and(|v| v == "required");
-    assert!(
-        !required,
-        "TOKEN_KEEPER_INTEROP=required but tests/interop/node_modules is missing: \
-         run `npm ci` in tests/interop first"
-    );
-    // Straight to stderr, past the test harness's capture, so the skip is seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: oidc-provider is not installed (run `npm ci` in tests/interop; \
-         set TOKEN_KEEPER_INTEROP=required to make this a failure)"
-    );
-    false
+    oidc_provider::installed(test)
 }
 
-/// A running `server.mjs`: the authorization server and the protected API.
-/// Dropping it closes the server's stdin, which ends it (killed if it lingers).
-struct Fixture {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    issuer: String,
-    api: String,
-    resource: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Fixture {
-    /// Starts the server with these `private_key_jwt` clients (id → public JWK).
-    fn start(jwt_clients: &Value) -> Fixture {
-        let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
-        let mut child = Command::new(&node)
-            .arg("server.mjs")
-            .current_dir(interop_dir())
-            .env("INTEROP_CLIENT_SECRET", SECRET)
-            .env("INTEROP_JWT_CLIENTS", jwt_clients.to_string())
-            .env("INTEROP_TOKEN_TTL_S", TOKEN_TTL.as_secs().to_string())
-            .env("INTEROP_API_NONCE_S", API_NONCE_EVERY.as_secs().to_string())
-            .env("INTEROP_TIME_LIMIT_S", "300")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting `{node} server.mjs` (Node.js 20+ needed): {e}"));
-        let stdin = child.stdin.take();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[server] {line}");
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = ready_tx.send(lines.next());
-            for _ in lines {}
-        });
-        let mut fixture = Fixture {
-            child,
-            stdin,
-            issuer: String::new(),
-            api: String::new(),
-            resource: String::new(),
-            log,
-        };
-        let line = match ready_rx.recv_timeout(READY_WITHIN) {
-            Ok(Some(Ok(line))) => line,
-            other => {
-                // Give the stderr reader a moment to collect why.
-                std::thread::sleep(Duration::from_millis(300));
-                panic!(
-                    "server.mjs gave no ready line within {READY_WITHIN:?} ({other:?}); its log:\n{}",
-                    fixture.log()
-                );
-            }
-        };
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("ready line {line:?} is not JSON: {e}"));
-        let field = |name: &str| {
-            ready[name]
-                .as_str()
-                .unwrap_or_else(|| panic!("ready line {line:?} has no {name}"))
-                .to_owned()
-        };
-        fixture.issuer = field("issuer");
-        fixture.api = field("api");
-        fixture.resource = field("resource");
-        fixture
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn data_url(&self, call: u64) -> String {
-        // The query must not end up in the DPoP proof's htu (the API refuses it).
-        format!("{}/data?call={call}", self.api)
-    }
-
-    /// The server's counters (`GET /stats` on the API port).
-    fn stats(&self) -> Value {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let mut response = agent
-            .get(format!("{}/stats", self.api))
-            .call()
-            .expect("GET /stats");
-        let body = response.body_mut().read_to_string().expect("stats body");
-        serde_json::from_str(&body).expect("stats are JSON")
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `server.mjs` with this file's settings and these `private_key_jwt`
+/// clients (id → public JWK).
+fn start_fixture(jwt_clients: &Value) -> Fixture {
+    Fixture::start(&oidc_provider::Options {
+        client_secret: SECRET.to_owned(),
+        jwt_clients: jwt_clients.clone(),
+        token_ttl: TOKEN_TTL,
+        api_nonce_every: API_NONCE_EVERY,
+        time_limit: Duration::from_secs(300),
+        ready_within: READY_WITHIN,
+    })
 }
 
 // ---- keys ----------------------------------------------------------------------
@@ -413,12 +285,20 @@ fn check_metadata(metadata: &ServerMetadata, fixture: &Fixture, combo: Combo) {
     );
 }
 
-// ---- the two adapters behind one face ------------------------------------------
+// ---- the adapters behind one face ------------------------------------------------
+//
+// To add an adapter: a value of `Adapter`, a variant of `Driver` holding its
+// token client and API client, one arm in each of `Driver::new`, `get` and
+// `stats`, and a `lifetimes_on_…` test. An async adapter on tokio runs its
+// calls on a runtime of the driver's own (`tokio_runtime`), blocked on at the
+// edge of each call, as the synchronous test must.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Adapter {
     Ureq,
     Surf,
+    Reqwest,
+    Tower,
 }
 
 const CLIENT: &str = "interop";
@@ -432,6 +312,34 @@ enum Driver {
         tokens: token_keeper_surf::AsyncTokenClient,
         api: surf::Client,
     },
+    Reqwest {
+        tokens: token_keeper_reqwest::ReqwestTokenClient,
+        api: reqwest_middleware::ClientWithMiddleware,
+        /// The application's runtime: API calls run on it; token requests
+        /// run on the client's own.
+        runtime: tokio::runtime::Runtime,
+    },
+    Tower {
+        tokens: token_keeper_tower::ReqwestTokenClient,
+        api: token_keeper_tower::TokenService<
+            hyper_util::client::legacy::Client<
+                hyper_util::client::legacy::connect::HttpConnector,
+                http_body_util::Full<bytes::Bytes>,
+            >,
+        >,
+        /// The application's runtime: API calls run on it; token requests
+        /// run on the client's own.
+        runtime: tokio::runtime::Runtime,
+    },
+}
+
+/// A one-worker tokio runtime for one driver's API calls.
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 impl Driver {
@@ -479,6 +387,59 @@ impl Driver {
                 );
                 Driver::Surf { tokens, api }
             }
+            Adapter::Reqwest => {
+                let runtime = tokio_runtime();
+                let tokens = token_keeper_reqwest::ReqwestTokenClient::new();
+                let metadata = runtime
+                    .block_on(tokens.discover(&fixture.issuer))
+                    .expect("reqwest discovery");
+                check_metadata(&metadata, fixture, combo);
+                let config = client_config(combo, &metadata, fixture, keys, dpop_key);
+                tokens.add_client(CLIENT, config).unwrap();
+                let http = token_keeper_reqwest::TokenMiddleware::client_builder()
+                    .timeout(Duration::from_secs(10))
+                    .no_proxy()
+                    .build()
+                    .expect("reqwest client");
+                let api = reqwest_middleware::ClientBuilder::new(http)
+                    .with(
+                        token_keeper_reqwest::TokenMiddleware::new(tokens.clone())
+                            .route(&fixture.api, CLIENT)
+                            .unwrap(),
+                    )
+                    .build();
+                Driver::Reqwest {
+                    tokens,
+                    api,
+                    runtime,
+                }
+            }
+            Adapter::Tower => {
+                let runtime = tokio_runtime();
+                let tokens = token_keeper_tower::ReqwestTokenClient::new();
+                let metadata = runtime
+                    .block_on(tokens.discover(&fixture.issuer))
+                    .expect("tower discovery");
+                check_metadata(&metadata, fixture, combo);
+                let config = client_config(combo, &metadata, fixture, keys, dpop_key);
+                tokens.add_client(CLIENT, config).unwrap();
+                let http = {
+                    let _entered = runtime.enter();
+                    hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build_http()
+                };
+                let layer = token_keeper_tower::TokenLayer::new(&tokens)
+                    .route(&fixture.api, CLIENT)
+                    .unwrap();
+                let api = tower::ServiceBuilder::new().layer(layer).service(http);
+                Driver::Tower {
+                    tokens,
+                    api,
+                    runtime,
+                }
+            }
         }
     }
 
@@ -500,6 +461,39 @@ impl Driver {
                 let body = response.body_string().await.map_err(|e| e.to_string())?;
                 Ok((status, body))
             }),
+            Driver::Reqwest { api, runtime, .. } => runtime.block_on(async {
+                let response =
+                    api.get(url).send().await.map_err(
+                        |e| match token_keeper_reqwest::token_failure(&e) {
+                            Some(no_token) => format!("no token: {no_token}"),
+                            None => e.to_string(),
+                        },
+                    )?;
+                let status = response.status().as_u16();
+                let body = response.text().await.map_err(|e| e.to_string())?;
+                Ok((status, body))
+            }),
+            Driver::Tower { api, runtime, .. } => runtime.block_on(async {
+                use http_body_util::BodyExt;
+                use tower::ServiceExt;
+                let request = http::Request::get(url)
+                    .body(http_body_util::Full::default())
+                    .map_err(|e| e.to_string())?;
+                let response = api.clone().oneshot(request).await.map_err(|e| {
+                    match token_keeper_tower::token_failure(&*e) {
+                        Some(no_token) => format!("no token: {no_token}"),
+                        None => e.to_string(),
+                    }
+                })?;
+                let status = response.status().as_u16();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                Ok((status, String::from_utf8_lossy(&body).into_owned()))
+            }),
         }
     }
 
@@ -507,6 +501,8 @@ impl Driver {
         match self {
             Driver::Ureq { tokens, .. } => tokens.stats(),
             Driver::Surf { tokens, .. } => tokens.stats(),
+            Driver::Reqwest { tokens, .. } => tokens.stats(),
+            Driver::Tower { tokens, .. } => tokens.stats(),
         }
     }
 }
@@ -707,7 +703,7 @@ fn lifetimes(adapter: Adapter, test: &str) {
     }
     init_logging();
     let keys = Keys::new(test);
-    let fixture = Fixture::start(&keys.jwt_clients());
+    let fixture = start_fixture(&keys.jwt_clients());
     let runs: Vec<Run> = std::thread::scope(|s| {
         let handles: Vec<_> = all_combos()
             .into_iter()
@@ -753,6 +749,16 @@ fn lifetimes_on_ureq_every_client_type_with_and_without_dpop() {
 #[test]
 fn lifetimes_on_surf_every_client_type_with_and_without_dpop() {
     lifetimes(Adapter::Surf, "lifetimes_surf");
+}
+
+#[test]
+fn lifetimes_on_reqwest_every_client_type_with_and_without_dpop() {
+    lifetimes(Adapter::Reqwest, "lifetimes_reqwest");
+}
+
+#[test]
+fn lifetimes_on_tower_every_client_type_with_and_without_dpop() {
+    lifetimes(Adapter::Tower, "lifetimes_tower");
 }
 
 // ---- the fixture is no rubber stamp ----------------------------------------------
@@ -833,7 +839,7 @@ fn fixture_refuses_misused_tokens_and_bad_clients() {
         return;
     }
     init_logging();
-    let fixture = Fixture::start(&json!({}));
+    let fixture = start_fixture(&json!({}));
     let tokens = token_keeper_ureq::TokenClient::new();
     let metadata = tokens.discover(&fixture.issuer).expect("discovery");
     let endpoint = metadata.token_endpoint();
@@ -1115,7 +1121,7 @@ fn tokenctl_token_and_call() {
     let tokenctl_bin = tokenctl();
     eprintln!("tokenctl: {}", tokenctl_bin.display());
     let keys = Keys::new("tokenctl");
-    let fixture = Fixture::start(&keys.jwt_clients());
+    let fixture = start_fixture(&keys.jwt_clients());
     let issuer = fixture.issuer.as_str();
     let pem = keys.rs256_pem.to_str().unwrap();
     let secret = ["--client-secret-env", "TK_INTEROP_SECRET"];
