@@ -78,6 +78,24 @@ pub struct Authorized {
     pub dpop: Option<HeaderValue>,
 }
 
+impl Authorized {
+    /// Puts these headers on a request's: `Authorization`, and `DPoP` for a
+    /// bound token (any other `DPoP` removed: a proof is made for one
+    /// request and one token). Every middleware on `http` headers calls it.
+    pub fn apply_to(&self, headers: &mut http::HeaderMap) {
+        headers.insert(http::header::AUTHORIZATION, self.authorization.clone());
+        let dpop = http::HeaderName::from_static("dpop");
+        match &self.dpop {
+            Some(proof) => {
+                headers.insert(dpop, proof.clone());
+            }
+            None => {
+                headers.remove(dpop);
+            }
+        }
+    }
+}
+
 /// The core's answer for an API request, owned and not yet signed:
 /// `Authorization`, and for a DPoP-bound token the proof to sign. Sign it
 /// with [`Attached::sign`] once the core's lock is released.

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ab;
 pub mod api_server;
 pub mod fixtures;
 pub mod oidc_provider;

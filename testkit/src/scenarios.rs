@@ -162,6 +162,26 @@ pub trait Adapter: Send + Sync {
     fn debug_text(&self) -> String;
 }
 
+/// [`Adapter::report_unauthorized`] for an adapter built on the driver's
+/// [`Client`](token_keeper_driver::Client): a 401 for the `"m2m"` token
+/// `sent`, asked of the client; whether the core allows a retry.
+pub fn report_unauthorized_to<W: token_keeper_driver::Wait>(
+    client: &token_keeper_driver::Client<W>,
+    sent: &str,
+) -> bool {
+    let key = client.key("m2m").expect("the scenarios' client is m2m");
+    let sent = http::HeaderValue::from_str(sent).expect("a header value");
+    let outcome = client.handle_resource_response(
+        key,
+        http::StatusCode::UNAUTHORIZED,
+        &http::HeaderMap::new(),
+        &sent,
+        &http::Uri::from_static("http://127.0.0.1/api"),
+        0,
+    );
+    outcome == token_keeper::ResourceOutcome::Retry
+}
+
 /// Builds adapters for scenarios.
 pub trait AdapterFactory: Sync {
     /// An adapter set up as described.

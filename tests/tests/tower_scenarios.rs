@@ -10,7 +10,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig};
 use token_keeper_testkit::scenarios::{
-    captured_logs, Adapter, AdapterError, AdapterFactory, Setup,
+    captured_logs, report_unauthorized_to, Adapter, AdapterError, AdapterFactory, Setup,
 };
 use token_keeper_tower::{
     token_failure, ClientOptions, ReqwestTokenClient, TokenLayer, TokenService,
@@ -123,17 +123,7 @@ impl Adapter for TowerAdapter {
     }
 
     fn report_unauthorized(&self, sent: &str) -> bool {
-        let key = self.tokens.key("m2m").unwrap();
-        let sent = http::HeaderValue::from_str(sent).unwrap();
-        let outcome = self.tokens.handle_resource_response(
-            key,
-            http::StatusCode::UNAUTHORIZED,
-            &http::HeaderMap::new(),
-            &sent,
-            &"http://127.0.0.1/api".parse().unwrap(),
-            0,
-        );
-        outcome == token_keeper::ResourceOutcome::Retry
+        report_unauthorized_to(&self.tokens, sent)
     }
 
     fn force_refresh(&self) -> Result<(), AdapterError> {

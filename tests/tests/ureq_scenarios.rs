@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use token_keeper::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig};
 use token_keeper_testkit::scenarios::{
-    captured_logs, Adapter, AdapterError, AdapterFactory, Setup,
+    captured_logs, report_unauthorized_to, Adapter, AdapterError, AdapterFactory, Setup,
 };
 use token_keeper_ureq::{ClientOptions, Error, TokenClient, TokenMiddleware};
 
@@ -92,17 +92,7 @@ impl Adapter for UreqAdapter {
     }
 
     fn report_unauthorized(&self, sent: &str) -> bool {
-        let key = self.client.key("m2m").unwrap();
-        let sent = http::HeaderValue::from_str(sent).unwrap();
-        let outcome = self.client.handle_resource_response(
-            key,
-            http::StatusCode::UNAUTHORIZED,
-            &http::HeaderMap::new(),
-            &sent,
-            &"http://127.0.0.1/api".parse().unwrap(),
-            0,
-        );
-        outcome == token_keeper::ResourceOutcome::Retry
+        report_unauthorized_to(&self.client, sent)
     }
 
     fn force_refresh(&self) -> Result<(), AdapterError> {

@@ -70,7 +70,7 @@
 
 use std::sync::Arc;
 
-use http::header::{HeaderName, AUTHORIZATION};
+use http::header::AUTHORIZATION;
 use http::{Extensions, StatusCode, Uri};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
@@ -79,9 +79,6 @@ use token_keeper_driver::tls::TlsSettings;
 use token_keeper_driver::{Authorized, Error};
 
 use crate::client::ReqwestTokenClient;
-
-/// The `DPoP` request header.
-const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// What a token failure's error says before the [`Error`]'s message.
 const TOKEN_FAILURE_PREFIX: &str = "no token, so the request was not sent";
@@ -167,20 +164,6 @@ impl TokenMiddleware {
     }
 }
 
-/// Puts `Authorization` (and `DPoP`, for a bound token) on a request.
-fn set_headers(request: &mut Request, auth: &Authorized) {
-    let headers = request.headers_mut();
-    headers.insert(AUTHORIZATION, auth.authorization.clone());
-    match &auth.dpop {
-        Some(proof) => {
-            headers.insert(DPOP, proof.clone());
-        }
-        None => {
-            headers.remove(DPOP);
-        }
-    }
-}
-
 /// A copy of `request` to send again, if the policy keeps its body: none, or
 /// one in memory within the replay limit (a stream cannot be cloned).
 fn replayable(policy: &ApiCallPolicy, request: &Request) -> Option<Request> {
@@ -221,7 +204,7 @@ impl Middleware for TokenMiddleware {
             .authorize_request(key, &method, &uri)
             .await
             .map_err(token_error)?;
-        set_headers(&mut request, &auth);
+        auth.apply_to(request.headers_mut());
         let replay = replayable(&self.policy, &request);
 
         let response = next.clone().run(request, extensions).await?;
@@ -240,7 +223,7 @@ impl Middleware for TokenMiddleware {
             .authorize_request(key, &method, &uri)
             .await
             .map_err(token_error)?;
-        set_headers(&mut retry, &auth);
+        auth.apply_to(retry.headers_mut());
         let response = next.run(retry, extensions).await?;
         self.report(key, &response, &auth, &uri, 1, dpop);
         Ok(response)

@@ -104,7 +104,13 @@ fn main() {
         )
         .unwrap();
         tokens.add_client("m2m", config).unwrap();
-        let fixed = tokens.header("m2m").await.unwrap().to_str().unwrap().to_owned();
+        let fixed = tokens
+            .header("m2m")
+            .await
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
         let url = format!("http://{}/bench", api_server());
         let build = || {
             hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -146,26 +152,10 @@ fn main() {
             ratios.push(ratio);
             println!("{pair:>4}  {bare_rate:>10.0}  {managed_rate:>11.0}  {ratio:.3}");
         }
-        let mut balanced: Vec<f64> = ratios
-            .chunks_exact(2)
-            .map(|couple| (couple[0] * couple[1]).sqrt())
-            .collect();
-        balanced.sort_by(f64::total_cmp);
-        let balanced_median =
-            (balanced[balanced.len() / 2] + balanced[(balanced.len() - 1) / 2]) / 2.0;
-        ratios.sort_by(f64::total_cmp);
-        let median = (ratios[ratios.len() / 2] + ratios[(ratios.len() - 1) / 2]) / 2.0;
+        let summary = token_keeper_testkit::ab::summarize(&ratios);
         println!(
-            "median ratio {median:.3} over {pairs} pairs of {requests} GETs (min {:.3}, max {:.3}); token requests: {}",
-            ratios[0],
-            ratios[ratios.len() - 1],
+            "{pairs} pairs of {requests} GETs; token requests: {}\n{summary}",
             server.token_requests()
-        );
-        println!(
-            "order-balanced: median {balanced_median:.3} over {} couples of pairs (min {:.3}, max {:.3})",
-            balanced.len(),
-            balanced[0],
-            balanced[balanced.len() - 1]
         );
     });
 }

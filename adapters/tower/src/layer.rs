@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderName, AUTHORIZATION};
+use http::header::AUTHORIZATION;
 use http::uri::{Parts, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
@@ -46,9 +46,6 @@ use tower_service::Service;
 use crate::body::{prepare, ReplayBody};
 use crate::response::{Sent, WatchedBody};
 use crate::{BoxError, NoToken};
-
-/// The `DPoP` request header.
-const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// A `tower::Layer` that attaches managed tokens to the requests of the
 /// service it wraps. See the [module docs](self).
@@ -266,7 +263,7 @@ impl Shared {
         let (body, replay) =
             prepare(body, self.policy.max_replay_body(), self.read_unsized).await?;
         let auth = self.authorize(key, &parts.method, &uri).await?;
-        set_headers(&mut parts.headers, &auth);
+        auth.apply_to(&mut parts.headers);
         let dpop = auth.dpop.is_some();
         // Kept so the request can be rebuilt for a retry; the body is the
         // only part that cannot simply be cloned.
@@ -292,7 +289,7 @@ impl Shared {
             return Ok(self.watched(response, key, &auth, uri, 0));
         };
         drop(response);
-        set_headers(&mut parts.headers, &auth);
+        auth.apply_to(&mut parts.headers);
         std::future::poll_fn(|cx| inner.poll_ready(cx))
             .await
             .map_err(Into::into)?;
@@ -367,18 +364,5 @@ impl Shared {
             attempt,
         });
         response.map(|body| WatchedBody::new(body, Some(sent)))
-    }
-}
-
-/// Puts `Authorization` (and `DPoP`, for a bound token) on a request.
-fn set_headers(headers: &mut http::HeaderMap, auth: &Authorized) {
-    headers.insert(AUTHORIZATION, auth.authorization.clone());
-    match &auth.dpop {
-        Some(proof) => {
-            headers.insert(DPOP, proof.clone());
-        }
-        None => {
-            headers.remove(DPOP);
-        }
     }
 }

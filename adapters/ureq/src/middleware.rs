@@ -286,12 +286,7 @@ impl TokenMiddleware {
             .map_err(|e| ureq::Error::Other(Box::new(e)))?;
         let request = self.configure(request, true)?;
         let (mut parts, body) = request.into_parts();
-        parts
-            .headers
-            .insert(AUTHORIZATION, auth.authorization.clone());
-        if let Some(proof) = &auth.dpop {
-            parts.headers.insert(DPOP, proof.clone());
-        }
+        auth.apply_to(&mut parts.headers);
         let uri = parts.uri.clone();
 
         let retry_agent = self.retry_agent.as_ref().filter(|_| attempt == 0);

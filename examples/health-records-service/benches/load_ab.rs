@@ -156,10 +156,6 @@ fn token_bounds(ttl: u64, lived: Duration) -> (u64, u64) {
     (least, most)
 }
 
-fn median(sorted: &[f64]) -> f64 {
-    (sorted[sorted.len() / 2] + sorted[(sorted.len() - 1) / 2]) / 2.0
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -248,28 +244,10 @@ fn main() {
             b.token_requests
         );
     }
-    let mut balanced: Vec<f64> = ratios
-        .chunks_exact(2)
-        .map(|couple| (couple[0] * couple[1]).sqrt())
-        .collect();
-    balanced.sort_by(f64::total_cmp);
-    let mut sorted = ratios.clone();
-    sorted.sort_by(f64::total_cmp);
     println!(
-        "median B/A {:.3} over {pairs} pairs (min {:.3}, max {:.3})",
-        median(&sorted),
-        sorted[0],
-        sorted[sorted.len() - 1]
+        "{pairs} pairs\n{}",
+        token_keeper_testkit::ab::summarize(&ratios)
     );
-    if !balanced.is_empty() {
-        println!(
-            "order-balanced median B/A {:.3} over {} AB/BA couples (min {:.3}, max {:.3})",
-            median(&balanced),
-            balanced.len(),
-            balanced[0],
-            balanced[balanced.len() - 1]
-        );
-    }
     println!(
         "token requests per run: B {b_tokens:?} ({ttl} s tokens; one per refresh: bounds {b_bounds:?}), A {a_tokens:?}"
     );
