@@ -150,8 +150,9 @@ pub trait Adapter: Send + Sync {
     fn header(&self) -> Result<String, AdapterError>;
     /// A GET through the adapter's middleware; the response status.
     fn get(&self, url: &str) -> Result<u16, AdapterError>;
-    /// A GET through the middleware with an `Authorization` header set by the caller.
-    fn get_with_authorization(&self, url: &str, authorization: &str) -> Result<u16, AdapterError>;
+    /// A GET through the middleware with a header set by the caller
+    /// (`Authorization`, `Host`).
+    fn get_with_header(&self, url: &str, name: &str, value: &str) -> Result<u16, AdapterError>;
     /// A POST of `body` through the middleware; the response status.
     fn post(&self, url: &str, body: Vec<u8>) -> Result<u16, AdapterError>;
     /// Reports that an API answered 401 to a request carrying `sent`; whether a retry is allowed.
@@ -597,7 +598,7 @@ pub fn middleware_respects_origins_and_caller_headers(factory: &dyn AdapterFacto
     // The caller's own header wins, even on the configured origin.
     assert_eq!(
         w.adapter
-            .get_with_authorization(&w.server.api_url(), "Bearer caller-set")
+            .get_with_header(&w.server.api_url(), "Authorization", "Bearer caller-set")
             .unwrap(),
         401
     );
@@ -606,6 +607,17 @@ pub fn middleware_respects_origins_and_caller_headers(factory: &dyn AdapterFacto
         Some(Some("Bearer caller-set".to_owned()))
     );
     assert_eq!(w.server.token_requests(), 0);
+    // A `Host` naming another origin than the URL's: no token either (behind
+    // a shared ingress it would reach that other virtual host). The stack
+    // may send that Host or its own; either way the middleware asked for none.
+    let _ = w
+        .adapter
+        .get_with_header(&w.server.api_url(), "Host", "intranet.example");
+    assert_eq!(
+        w.server.token_requests(),
+        0,
+        "no token is fetched for a request whose Host names another origin"
+    );
     // And the configured origin gets the managed token.
     assert_eq!(w.adapter.get(&w.server.api_url()).unwrap(), 200);
     let sent = w.server.last_api_authorization().unwrap().unwrap();

@@ -93,8 +93,8 @@ impl Adapter for ReqwestAdapter {
         self.status(self.api.get(url))
     }
 
-    fn get_with_authorization(&self, url: &str, authorization: &str) -> Result<u16, AdapterError> {
-        self.status(self.api.get(url).header("Authorization", authorization))
+    fn get_with_header(&self, url: &str, name: &str, value: &str) -> Result<u16, AdapterError> {
+        self.status(self.api.get(url).header(name, value))
     }
 
     fn post(&self, url: &str, body: Vec<u8>) -> Result<u16, AdapterError> {

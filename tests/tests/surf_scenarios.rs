@@ -69,8 +69,8 @@ impl Adapter for SurfAdapter {
             .map_err(flatten_surf)
     }
 
-    fn get_with_authorization(&self, url: &str, authorization: &str) -> Result<u16, AdapterError> {
-        async_std::task::block_on(self.api.get(url).header("Authorization", authorization))
+    fn get_with_header(&self, url: &str, name: &str, value: &str) -> Result<u16, AdapterError> {
+        async_std::task::block_on(self.api.get(url).header(name, value))
             .map(|r| u16::from(r.status()))
             .map_err(flatten_surf)
     }

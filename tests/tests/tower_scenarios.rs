@@ -112,8 +112,8 @@ impl Adapter for TowerAdapter {
         self.status(get(url).body(Full::default()).unwrap())
     }
 
-    fn get_with_authorization(&self, url: &str, authorization: &str) -> Result<u16, AdapterError> {
-        let request = get(url).header("Authorization", authorization);
+    fn get_with_header(&self, url: &str, name: &str, value: &str) -> Result<u16, AdapterError> {
+        let request = get(url).header(name, value);
         self.status(request.body(Full::default()).unwrap())
     }
 

@@ -74,10 +74,10 @@ impl Adapter for UreqAdapter {
             .map_err(flatten_ureq)
     }
 
-    fn get_with_authorization(&self, url: &str, authorization: &str) -> Result<u16, AdapterError> {
+    fn get_with_header(&self, url: &str, name: &str, value: &str) -> Result<u16, AdapterError> {
         self.agent
             .get(url)
-            .header("Authorization", authorization)
+            .header(name, value)
             .call()
             .map(|r| r.status().as_u16())
             .map_err(flatten_ureq)
