@@ -91,6 +91,10 @@ use zeroize::Zeroizing;
 const CONVERT_HINT: &str = "convert it to PKCS#8 with \
      `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pkcs8.pem`";
 
+/// The largest key file read: an RSA-4096 PEM is about 3.3 KB, a JWK of
+/// one about 3.2 KB.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
 /// A private key held in memory, signing with `ring`. Implements
 /// [`token_keeper::jose::Signer`].
 ///
@@ -368,11 +372,27 @@ impl PrivateKey {
     ///
     /// Error messages name the path, never the key material.
     pub fn from_file(path: &Path, alg: Option<Algorithm>) -> Result<PrivateKey, KeyError> {
+        use std::io::Read;
         let shown = path.display();
-        let bytes = Zeroizing::new(
-            std::fs::read(path)
-                .map_err(|e| KeyError::new(format!("cannot read the key file {shown}: {e}")))?,
-        );
+        let cannot =
+            |e: std::io::Error| KeyError::new(format!("cannot read the key file {shown}: {e}"));
+        // A regular file, read at most MAX_KEY_FILE bytes: `/dev/zero` would
+        // take all memory, a FIFO would hang the caller.
+        let file = std::fs::File::open(path).map_err(cannot)?;
+        if !file.metadata().map_err(cannot)?.is_file() {
+            return Err(KeyError::new(format!(
+                "the key file {shown} is not a regular file"
+            )));
+        }
+        let mut bytes = Zeroizing::new(Vec::new());
+        file.take(MAX_KEY_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cannot)?;
+        if bytes.len() as u64 > MAX_KEY_FILE {
+            return Err(KeyError::new(format!(
+                "the key file {shown} is larger than {MAX_KEY_FILE} bytes: not a key"
+            )));
+        }
         let in_file = |e: KeyError| KeyError::new(format!("key file {shown}: {}", e.message()));
         let Ok(text) = std::str::from_utf8(&bytes) else {
             return Err(in_file(KeyError::new(if bytes.first() == Some(&0x30) {
@@ -2340,6 +2360,10 @@ t9C5Es5XiCAdbT2D1jB4YCw=
                 "no x",
             ),
             (dir.join("missing.pem"), "cannot read"),
+            (write("huge.pem", &vec![b'A'; 70 * 1024]), "larger than"),
+            // A directory stands for what is not a regular file (a FIFO,
+            // `/dev/zero`): refused before anything is read.
+            (dir.clone(), "not a regular file"),
         ];
         for (path, expected) in cases {
             let message = error_of(PrivateKey::from_file(&path, None));

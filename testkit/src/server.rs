@@ -751,9 +751,19 @@ fn accept_loop(listener: TcpListener, state: Arc<State>) {
         let _ = std::thread::Builder::new()
             .name("local-auth-conn".into())
             .spawn(move || {
+                // Forgotten even if serving it panics: a leaked entry holds
+                // a descriptor and counts against MAX_CONNECTIONS.
+                struct Forget<'a>(&'a State, u64);
+                impl Drop for Forget<'_> {
+                    fn drop(&mut self) {
+                        let mut connections =
+                            self.0.connections.lock().unwrap_or_else(|e| e.into_inner());
+                        connections.remove(&self.1);
+                    }
+                }
+                let _forget = Forget(&state, id);
                 let _ = serve_connection(&stream, &state);
                 let _ = stream.shutdown(Shutdown::Both);
-                state.connections.lock().unwrap().remove(&id);
             });
     }
 }
@@ -939,7 +949,8 @@ fn read_chunked(reader: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
         let size_text = size_line.trim().split(';').next().unwrap_or_default();
         let size = usize::from_str_radix(size_text, 16)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
-        if body.len() + size > MAX_BODY {
+        // Never `body.len() + size`: a size near `usize::MAX` would overflow.
+        if size > MAX_BODY.saturating_sub(body.len()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "request body too large",
@@ -1760,6 +1771,19 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_size_near_usize_max_is_refused_not_an_overflow() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        server_side
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.write_all(b"1\r\na\r\nffffffffffffffff\r\n").unwrap();
+        let error = read_chunked(&mut BufReader::new(server_side)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
 
     #[test]
     fn form_decoding() {
