@@ -267,13 +267,18 @@ pub fn parse(
 fn resolve(flags: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Usage> {
     // An empty variable counts as unset.
     let var = |name: &str| env(name).filter(|v| !v.is_empty());
-    let listen_text = flags
-        .listen
-        .or_else(|| var("TK_LISTEN"))
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    // Errors name where a value came from (flag or variable) and never
+    // quote a value read from a variable (README: Flags).
+    let (listen_text, listen_from) = match flags.listen {
+        Some(text) => (text, "--listen"),
+        None => match var("TK_LISTEN") {
+            Some(text) => (text, "TK_LISTEN"),
+            None => (DEFAULT_LISTEN.to_owned(), "--listen"),
+        },
+    };
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
         Usage(format!(
-            "--listen: {listen_text:?} is not IP:PORT (for example 127.0.0.1:8080)"
+            "{listen_from}: not IP:PORT (for example 127.0.0.1:8080)"
         ))
     })?;
 
@@ -329,21 +334,29 @@ fn resolve(flags: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         flags.resources
     };
 
-    let api_text = flags
-        .api
-        .or_else(|| var("TK_API"))
-        .ok_or_else(|| Usage("--api URL is required (or TK_API)".into()))?;
-    let api = Url::parse(&api_text)
-        .map_err(|e| Usage(format!("--api: {api_text:?} is not a URL: {e}")))?;
+    let (api_text, api_from) = match flags.api {
+        Some(text) => (text, "--api"),
+        None => (
+            var("TK_API").ok_or_else(|| Usage("--api URL is required (or TK_API)".into()))?,
+            "TK_API",
+        ),
+    };
+    // The URL is never quoted: it may hold user information (refused below).
+    let api = Url::parse(&api_text).map_err(|e| Usage(format!("{api_from}: not a URL ({e})")))?;
     if !matches!(api.scheme(), "http" | "https") || api.host_str().is_none() {
-        return Err(Usage(format!(
-            "--api: {api_text:?} is not an http(s) URL with a host"
-        )));
+        return Err(Usage(format!("{api_from}: not an http(s) URL with a host")));
     }
     if !api.username().is_empty() || api.password().is_some() {
-        return Err(Usage(
-            "--api: a URL with user information is refused".into(),
-        ));
+        return Err(Usage(format!(
+            "{api_from}: a URL with user information is refused"
+        )));
+    }
+    // The URL goes into the startup line and transport errors' log lines:
+    // a query (an API key in `?code=`) would go with it.
+    if api.query().is_some() || api.fragment().is_some() {
+        return Err(Usage(format!(
+            "{api_from}: a query or fragment is refused (the URL is logged; keep keys out of it)"
+        )));
     }
 
     let dpop_on = flags.dpop
@@ -603,6 +616,28 @@ mod tests {
                 "not hold a valid header",
             ),
             (BASE.to_vec(), vec![SECRET, ("TK_DPOP", "maybe")], "TK_DPOP"),
+            // From a variable: named as the variable, its value never quoted
+            // (a URL that fails to parse may still hold a password).
+            (
+                BASE[..4].to_vec(),
+                vec![SECRET, ("TK_API", "https://u:pw-unit@h:99999/")],
+                "TK_API: not a URL",
+            ),
+            (
+                BASE[..4].to_vec(),
+                vec![SECRET, ("TK_API", "https://u:pw-unit@h/")],
+                "TK_API: a URL with user information",
+            ),
+            (
+                [&BASE[..4], &["--api", "https://h/records?code=pw-unit"]].concat(),
+                vec![SECRET],
+                "--api: a query or fragment is refused",
+            ),
+            (
+                BASE.to_vec(),
+                vec![SECRET, ("TK_LISTEN", "pw-unit")],
+                "TK_LISTEN: not IP:PORT",
+            ),
         ];
         for (args, env, expected) in cases {
             let error = match run(&args, &env) {

@@ -87,7 +87,8 @@ fn main() -> ExitCode {
     };
     let has_store = config.store.is_some();
     let outcome = runtime.block_on(run(config));
-    drop(runtime);
+    // Bounded: a blocking task stuck in a DNS lookup must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match outcome {
         Ok(tokens) => {
             if has_store && !tokens.settle_store(SETTLE_WAIT) {

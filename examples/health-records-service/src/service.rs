@@ -51,6 +51,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/records", get(records))
         .route("/healthz", get(healthz))
         .fallback(|| async { json_answer(StatusCode::NOT_FOUND, &json!({"error": "not_found"})) })
+        .method_not_allowed_fallback(|| async {
+            json_answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method_not_allowed", "detail": "only GET"}),
+            )
+        })
         .with_state(app)
 }
 
@@ -60,6 +66,15 @@ fn json_answer(status: StatusCode, body: &Value) -> Response {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// An empty answer with `status` that no cache keeps.
+fn json_answer_empty(status: StatusCode) -> Response {
+    let mut response = status.into_response();
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -96,10 +111,27 @@ async fn records(State(app): State<Arc<App>>) -> Response {
         Err(error) => return send_failed(&error),
     };
     let status = response.status();
+    if !status.is_success() {
+        // Its status, not its body: an error page may hold what the caller
+        // must not see (a stack trace, an echoed header).
+        log::warn!("the API answered {status}");
+        return json_answer(
+            status,
+            &json!({
+                "error": "api_error",
+                "detail": format!("the API answered {}", status.as_u16()),
+                "api_status": status.as_u16(),
+            }),
+        );
+    }
     let body = match read_bounded(response).await {
         Ok(body) => body,
         Err(answer) => return answer,
     };
+    if body.is_empty() {
+        // 204 and other empty successes: nothing to check or pass on.
+        return json_answer_empty(status);
+    }
     if serde_json::from_slice::<Value>(&body).is_err() {
         log::warn!("the API answered {status} with a body that is not JSON");
         return json_answer(
@@ -215,7 +247,30 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         );
     };
     let (code, status) = verdict(&client.health);
+    if needs_a_new_attempt(&client.health) {
+        // A token request failed, its backoff is over, and nothing will try
+        // again until a call comes: a readiness probe that took this
+        // service out of rotation would wait for ever. Start the attempt in
+        // the background (one for all, like any call's; during a backoff
+        // the client refuses at once without a request), and answer what
+        // is true now.
+        let tokens = app.tokens.clone();
+        tokio::spawn(async move {
+            let _ = tokens.header(CLIENT).await;
+        });
+    }
     json_answer(code, &health_json(status, &client.health))
+}
+
+/// Whether `/healthz` starts a token request: no usable token, the last
+/// request failed, and none is under way or backing off.
+fn needs_a_new_attempt(health: &KeyHealth) -> bool {
+    health.usable_for.is_none()
+        && health.last_error.is_some()
+        && !matches!(
+            health.state,
+            HealthState::BackingOff | HealthState::Fetching
+        )
 }
 
 /// The HTTP status and the `status` word of a key's health:
@@ -232,7 +287,11 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 /// after later successes; with no usable token it still means the last
 /// attempt failed, since a token that was fetched is refreshed ahead of its
 /// expiry (the one exception, a token invalidated after a 401, is replaced
-/// by the very call that saw the 401).
+/// by the very call that saw the 401). Once such a failure's backoff is
+/// over, nothing would try again before the next `/records`, so `/healthz`
+/// itself starts the next attempt ([`needs_a_new_attempt`]): a probe that
+/// took the service out of rotation brings it back when the token endpoint
+/// recovers.
 pub fn verdict(health: &KeyHealth) -> (StatusCode, &'static str) {
     let usable = health.usable_for.is_some();
     match (health.state, usable) {

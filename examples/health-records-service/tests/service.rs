@@ -391,6 +391,22 @@ fn token_endpoint_down_records_503_and_healthz_says_so() {
         health["last_error"]["ago_ms"].as_u64().is_some(),
         "{health}"
     );
+    // With no more `/records`, the probe alone tries again once each
+    // backoff is over (a readiness probe must not keep the service out of
+    // rotation for ever): its token request count grows.
+    let tried = health["token_requests"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut grew = false;
+    while std::time::Instant::now() < deadline {
+        let health = call(&rt, &service, "/healthz");
+        assert_eq!(health.status, 503, "{}", health.body);
+        if health.json()["token_requests"].as_u64().unwrap() > tried {
+            grew = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(grew, "/healthz never started a new token request");
     assert_clean(&service.stderr(), SECRET);
 }
 
@@ -432,6 +448,14 @@ fn api_failures_are_502_and_answers_pass_through() {
     assert_eq!(answer.json()["client_id"], "m2m", "{}", answer.body);
     assert!(answer.json()["records"].is_array(), "{}", answer.body);
     assert_eq!(tokens.token_requests(), 1);
+    // A refusal that survives the middleware's one retry: the API's status,
+    // not its body (an error page may hold what a caller must not see).
+    tokens.push_api_fault(token_keeper_testkit::ApiFault::UnauthorizedOnce);
+    tokens.push_api_fault(token_keeper_testkit::ApiFault::UnauthorizedOnce);
+    let answer = call(&rt, &service, "/records");
+    let json = assert_short_json_error(&answer, 401, "api_error", SECRET);
+    assert_eq!(json["api_status"], 401, "{json}");
+    assert_eq!(tokens.token_requests(), 2, "the retry's new token");
 
     let json_api = SplitApiServer::start(SplitApiConfig::default()).unwrap();
     let service = start(&format!("{}/records", json_api.base_url()), &[], &[]);
@@ -443,7 +467,11 @@ fn api_failures_are_502_and_answers_pass_through() {
         .flatten()
         .expect("Authorization");
     assert!(sent.starts_with("Bearer "), "{sent}");
-    assert_eq!(tokens.token_requests(), 2, "one per service process");
+    assert_eq!(
+        tokens.token_requests(),
+        3,
+        "one per service process, and the refused one's replacement"
+    );
 
     let fixed = start(
         &format!("{}/records", json_api.base_url()),
@@ -461,7 +489,7 @@ fn api_failures_are_502_and_answers_pass_through() {
         json_api.last_authorization().flatten().as_deref(),
         Some("Bearer fixed-for-the-bench")
     );
-    assert_eq!(tokens.token_requests(), 2, "mode A asks for no token");
+    assert_eq!(tokens.token_requests(), 3, "mode A asks for no token");
 
     let closed = start(&format!("http://127.0.0.1:{}/x", closed_port()), &[], &[]);
     let answer = call(&rt, &closed, "/records");
@@ -487,7 +515,21 @@ fn api_failures_are_502_and_answers_pass_through() {
     let json = assert_short_json_error(&answer, 502, "bad_api_answer", SECRET);
     assert!(json["detail"].as_str().unwrap().contains("1 MiB"), "{json}");
 
-    assert_eq!(call(&rt, &service, "/nothing").status, 404);
+    let not_found = call(&rt, &service, "/nothing");
+    assert_eq!(not_found.status, 404);
+    assert_eq!(not_found.json()["error"], "not_found");
+    // Another method on a route: JSON too, like every answer of the service.
+    let (status, text) = rt.block_on(async {
+        let answer = http_client()
+            .post(service.url("/records"))
+            .send()
+            .await
+            .unwrap();
+        (answer.status(), answer.text().await.unwrap())
+    });
+    assert_eq!(status, 405);
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
 }
 
 /// Bad settings exit 2 with one clear line naming the flag or variable;
