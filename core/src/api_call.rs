@@ -245,78 +245,6 @@ pub fn may_carry_body(method: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_host_header_naming_another_origin_gets_no_token() {
-        let mut policy = ApiCallPolicy::new();
-        let key = key();
-        policy.routes_mut().add("https://api.example", key).unwrap();
-        let api: Uri = "https://api.example/v1".parse().unwrap();
-        for same in [&b"api.example"[..], b"API.Example", b"api.example:443"] {
-            assert_eq!(
-                policy.key_for(&api, false, Some(same)),
-                Some(key),
-                "{same:?}"
-            );
-        }
-        for other in [
-            &b"intranet.example"[..],
-            b"api.example:8443",
-            b"api.example.evil",
-            b"user@api.example",
-            b"api.example/x",
-            b"",
-            b"\xff",
-        ] {
-            assert_eq!(policy.key_for(&api, false, Some(other)), None, "{other:?}");
-        }
-        let loopback: Uri = "http://127.0.0.1:8080/x".parse().unwrap();
-        policy
-            .routes_mut()
-            .add("http://127.0.0.1:8080", key)
-            .unwrap();
-        assert_eq!(
-            policy.key_for(&loopback, false, Some(b"127.0.0.1:8080")),
-            Some(key)
-        );
-        assert_eq!(policy.key_for(&loopback, false, Some(b"127.0.0.1")), None);
-    }
-
-    #[test]
-    fn grpc_unauthenticated_is_a_401_and_no_other_grpc_code_is() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(effective_status(StatusCode::OK, &headers), StatusCode::OK);
-        headers.insert("grpc-status", http::HeaderValue::from_static("16"));
-        assert_eq!(
-            effective_status(StatusCode::OK, &headers),
-            StatusCode::UNAUTHORIZED
-        );
-        for other in ["0", "1", "7", "160", " 16"] {
-            headers.insert("grpc-status", http::HeaderValue::from_static(other));
-            assert_eq!(effective_status(StatusCode::OK, &headers), StatusCode::OK);
-        }
-        assert_eq!(
-            effective_status(StatusCode::UNAUTHORIZED, &HeaderMap::new()),
-            StatusCode::UNAUTHORIZED
-        );
-    }
-
-    #[test]
-    fn only_grpc_answers_have_their_trailers_watched() {
-        let mut headers = HeaderMap::new();
-        assert!(!may_end_with_status(&headers));
-        for (content_type, grpc) in [
-            ("application/grpc", true),
-            ("application/grpc+proto", true),
-            ("application/json", false),
-        ] {
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(content_type),
-            );
-            assert_eq!(may_end_with_status(&headers), grpc, "{content_type}");
-        }
-    }
     use crate::{ClientAuth, ClientConfig, ClientSecret, ManagerConfig, TokenManager};
 
     fn key() -> KeyId {
@@ -433,5 +361,77 @@ mod tests {
         assert!(!policy.must_retry(ok, retry, 0, true));
         assert!(may_carry_body(&Method::POST) && !may_carry_body(&Method::GET));
         assert_eq!(REDIRECTS_WITH_TOKEN, 0);
+    }
+
+    #[test]
+    fn a_host_header_naming_another_origin_gets_no_token() {
+        let mut policy = ApiCallPolicy::new();
+        let key = key();
+        policy.routes_mut().add("https://api.example", key).unwrap();
+        let api: Uri = "https://api.example/v1".parse().unwrap();
+        for same in [&b"api.example"[..], b"API.Example", b"api.example:443"] {
+            assert_eq!(
+                policy.key_for(&api, false, Some(same)),
+                Some(key),
+                "{same:?}"
+            );
+        }
+        for other in [
+            &b"intranet.example"[..],
+            b"api.example:8443",
+            b"api.example.evil",
+            b"user@api.example",
+            b"api.example/x",
+            b"",
+            b"\xff",
+        ] {
+            assert_eq!(policy.key_for(&api, false, Some(other)), None, "{other:?}");
+        }
+        let loopback: Uri = "http://127.0.0.1:8080/x".parse().unwrap();
+        policy
+            .routes_mut()
+            .add("http://127.0.0.1:8080", key)
+            .unwrap();
+        assert_eq!(
+            policy.key_for(&loopback, false, Some(b"127.0.0.1:8080")),
+            Some(key)
+        );
+        assert_eq!(policy.key_for(&loopback, false, Some(b"127.0.0.1")), None);
+    }
+
+    #[test]
+    fn grpc_unauthenticated_is_a_401_and_no_other_grpc_code_is() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(effective_status(StatusCode::OK, &headers), StatusCode::OK);
+        headers.insert("grpc-status", http::HeaderValue::from_static("16"));
+        assert_eq!(
+            effective_status(StatusCode::OK, &headers),
+            StatusCode::UNAUTHORIZED
+        );
+        for other in ["0", "1", "7", "160", " 16"] {
+            headers.insert("grpc-status", http::HeaderValue::from_static(other));
+            assert_eq!(effective_status(StatusCode::OK, &headers), StatusCode::OK);
+        }
+        assert_eq!(
+            effective_status(StatusCode::UNAUTHORIZED, &HeaderMap::new()),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn only_grpc_answers_have_their_trailers_watched() {
+        let mut headers = HeaderMap::new();
+        assert!(!may_end_with_status(&headers));
+        for (content_type, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/json", false),
+        ] {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+            assert_eq!(may_end_with_status(&headers), grpc, "{content_type}");
+        }
     }
 }

@@ -265,21 +265,19 @@ impl Shared {
         let auth = self.authorize(key, &parts.method, &uri).await?;
         auth.apply_to(&mut parts.headers);
         let dpop = auth.dpop.is_some();
-        // Kept so the request can be rebuilt for a retry; the body is the
-        // only part that cannot simply be cloned.
-        let retry_parts = replay.as_ref().map(|_| parts.clone());
+        // The head is kept with the body's replay so the request can be
+        // rebuilt for a retry (the body is the only part that cannot simply
+        // be cloned).
+        let kept = replay.map(|replay| (parts.clone(), replay));
         let response = inner
             .call(Request::from_parts(parts, body))
             .await
             .map_err(Into::into)?;
 
         let (status, outcome) = self.report(key, &response, &auth, &uri, 0, dpop);
-        let retry = match (replay, retry_parts) {
-            (Some(replay), Some(parts)) if self.policy.must_retry(status, outcome, 0, true) => {
-                replay.into_body().map(|body| (parts, body))
-            }
-            _ => None,
-        };
+        let retry = kept
+            .filter(|_| self.policy.must_retry(status, outcome, 0, true))
+            .and_then(|(parts, replay)| Some((parts, replay.into_body()?)));
         let Some((mut parts, body)) = retry else {
             return Ok(self.watched(response, key, &auth, uri, 0));
         };

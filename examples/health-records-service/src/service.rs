@@ -70,7 +70,7 @@ fn json_answer(status: StatusCode, body: &Value) -> Response {
 }
 
 /// An empty answer with `status` that no cache keeps.
-fn json_answer_empty(status: StatusCode) -> Response {
+fn empty_answer(status: StatusCode) -> Response {
     let mut response = status.into_response();
     response
         .headers_mut()
@@ -130,7 +130,7 @@ async fn records(State(app): State<Arc<App>>) -> Response {
     };
     if body.is_empty() {
         // 204 and other empty successes: nothing to check or pass on.
-        return json_answer_empty(status);
+        return empty_answer(status);
     }
     if serde_json::from_slice::<Value>(&body).is_err() {
         log::warn!("the API answered {status} with a body that is not JSON");
